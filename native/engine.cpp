@@ -1,0 +1,293 @@
+#include "engine.h"
+
+#include <cstdio>
+#include <cstring>
+#include <sys/stat.h>
+
+#include "js_params.h"
+#include "llama_log.h"
+
+namespace cml {
+
+Napi::Error coded_error(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+namespace {
+
+struct LoadFailure {
+  std::string code, message;
+};
+
+// Cheap checks first, so the common mistakes get a precise message rather than llama.cpp's.
+void check_gguf_file(const std::string& path) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0) throw LoadFailure{"MODEL_NOT_FOUND", "model file not found: " + path};
+  if (!S_ISREG(st.st_mode)) throw LoadFailure{"MODEL_INVALID", "not a regular file: " + path};
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw LoadFailure{"MODEL_NOT_FOUND", "cannot open " + path + ": " + std::strerror(errno)};
+  char magic[4] = {0, 0, 0, 0};
+  const size_t n = std::fread(magic, 1, 4, f);
+  std::fclose(f);
+  if (n != 4 || std::memcmp(magic, "GGUF", 4) != 0) {
+    throw LoadFailure{"MODEL_INVALID", "not a GGUF file (no GGUF magic at the start): " + path};
+  }
+}
+
+}  // namespace
+
+// Loads the model and creates the context off the JS thread, reporting progress through a TSFN.
+class LoadWorker : public Napi::AsyncWorker {
+ public:
+  LoadWorker(Engine* engine, Napi::Promise::Deferred deferred, Napi::ThreadSafeFunction progress)
+      : Napi::AsyncWorker(engine->Env()), engine_(engine), deferred_(deferred), progress_(progress) {}
+
+  void Execute() override {
+    try {
+      check_gguf_file(engine_->opts_.model_path);
+      LogCapture capture;
+      auto mp = llama_model_default_params();
+      mp.n_gpu_layers = engine_->opts_.gpu_layers;
+      mp.progress_callback = &LoadWorker::on_progress;
+      mp.progress_callback_user_data = this;
+      model_ = llama_model_load_from_file(engine_->opts_.model_path.c_str(), mp);
+      if (model_ == nullptr) {
+        const std::string why = capture.text();
+        throw LoadFailure{"MODEL_LOAD_FAILED", "llama.cpp could not load " + engine_->opts_.model_path + ": " +
+                                                   (why.empty() ? "no reason given" : why)};
+      }
+      const auto& o = engine_->opts_;
+      auto cp = llama_context_default_params();
+      cp.n_seq_max = o.sched.n_slots;
+      cp.n_ctx = static_cast<uint32_t>(o.context_size) * o.sched.n_slots;
+      cp.n_batch = std::max(o.sched.n_batch, o.sched.n_slots);
+      cp.n_ubatch = cp.n_batch;
+      cp.n_threads = o.threads;
+      cp.n_threads_batch = o.threads_batch;
+      cp.flash_attn_type = static_cast<llama_flash_attn_type>(o.flash_attention);
+      cp.kv_unified = false;  // each slot owns context_size cells: overflow is per request, predictable
+      cp.no_perf = true;
+      ctx_ = llama_init_from_model(model_, cp);
+      if (ctx_ == nullptr) {
+        const std::string why = capture.text();
+        llama_model_free(model_);
+        model_ = nullptr;
+        throw LoadFailure{"CONTEXT_FAILED", "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
+      }
+    } catch (const LoadFailure& f) {
+      failure_ = f;
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    progress_.Release();
+    engine_->loading_ = false;
+    engine_->Unref();
+    if (!failure_.code.empty()) {
+      deferred_.Reject(coded_error(env, failure_.code, failure_.message).Value());
+      return;
+    }
+    engine_->model_ = model_;
+    engine_->ctx_ = ctx_;
+    engine_->adapters_ = std::make_unique<AdapterRegistry>(model_);
+    engine_->scheduler_ = std::make_unique<Scheduler>(
+        model_, ctx_, engine_->adapters_.get(), engine_->opts_.sched,
+        [engine = engine_](std::vector<Event>&& events) { engine->deliver(std::move(events)); });
+    deferred_.Resolve(env.Undefined());
+  }
+
+ private:
+  static bool on_progress(float p, void* self) {
+    auto* w = static_cast<LoadWorker*>(self);
+    if (p - w->last_progress_ >= 0.01f || p >= 1.0f) {
+      w->last_progress_ = p;
+      w->progress_.NonBlockingCall([p](Napi::Env env, Napi::Function fn) {
+        if (!fn.IsEmpty()) fn.Call({Napi::Number::New(env, p)});
+      });
+    }
+    return true;
+  }
+
+  Engine* engine_;
+  Napi::Promise::Deferred deferred_;
+  Napi::ThreadSafeFunction progress_;
+  llama_model* model_ = nullptr;
+  llama_context* ctx_ = nullptr;
+  LoadFailure failure_;
+  float last_progress_ = -1.0f;
+};
+
+// Joining the scheduler can wait for a decode step, so closing happens off the JS thread.
+class CloseWorker : public Napi::AsyncWorker {
+ public:
+  CloseWorker(Engine* engine, Napi::Promise::Deferred deferred)
+      : Napi::AsyncWorker(engine->Env()), engine_(engine), deferred_(deferred) {}
+  void Execute() override { engine_->teardown(); }
+  void OnOK() override {
+    engine_->Unref();
+    if (engine_->events_) engine_->events_.Release();
+    engine_->events_ = Napi::ThreadSafeFunction();
+    deferred_.Resolve(Env().Undefined());
+  }
+
+ private:
+  Engine* engine_;
+  Napi::Promise::Deferred deferred_;
+};
+
+Napi::Function Engine::Define(Napi::Env env) {
+  return DefineClass(env, "Engine",
+                     {
+                         InstanceMethod<&Engine::Load>("load"),
+                         InstanceMethod<&Engine::Info>("info"),
+                         InstanceMethod<&Engine::Tokenize>("tokenize"),
+                         InstanceMethod<&Engine::Detokenize>("detokenize"),
+                         InstanceMethod<&Engine::LoadAdapter>("loadAdapter"),
+                         InstanceMethod<&Engine::UnloadAdapter>("unloadAdapter"),
+                         InstanceMethod<&Engine::SetAdapterScale>("setAdapterScale"),
+                         InstanceMethod<&Engine::Adapters>("adapters"),
+                         InstanceMethod<&Engine::Submit>("submit"),
+                         InstanceMethod<&Engine::Cancel>("cancel"),
+                         InstanceMethod<&Engine::Stats>("stats"),
+                         InstanceMethod<&Engine::Close>("close"),
+                     });
+}
+
+// new Engine(options, onEvents): onEvents(events[]) receives every event of one decode step.
+Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
+  Napi::Env env = info.Env();
+  install_log_hook();
+  if (!info[0].IsObject() || !info[1].IsFunction()) {
+    throw coded_error(env, "INVALID_PARAMS", "new Engine(options, onEvents): options object and callback required");
+  }
+  opts_ = read_engine_options(env, info[0].As<Napi::Object>());
+  events_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "cml-engine-events", 0, 1);
+  events_.Unref(env);  // referenced only while requests are in flight
+}
+
+Engine::~Engine() {
+  teardown();
+  if (events_) events_.Abort();
+}
+
+void Engine::teardown() {
+  if (scheduler_) scheduler_->stop();
+  scheduler_.reset();
+  if (ctx_ != nullptr) llama_free(ctx_);
+  ctx_ = nullptr;
+  adapters_.reset();  // frees adapters; needs the model
+  if (model_ != nullptr) llama_model_free(model_);
+  model_ = nullptr;
+}
+
+void Engine::require_loaded(Napi::Env env) const {
+  if (closed_) throw coded_error(env, "ENGINE_CLOSED", "the engine is closed");
+  if (model_ == nullptr) throw coded_error(env, "NOT_LOADED", "the model is not loaded yet (await load())");
+}
+
+Napi::Value Engine::Load(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) throw coded_error(env, "ENGINE_CLOSED", "the engine is closed");
+  if (loading_ || model_ != nullptr) throw coded_error(env, "ALREADY_LOADED", "load() may be called once");
+  loading_ = true;
+  auto deferred = Napi::Promise::Deferred::New(env);
+  Napi::Function cb = info[0].IsFunction() ? info[0].As<Napi::Function>()
+                                           : Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
+  auto progress = Napi::ThreadSafeFunction::New(env, cb, "cml-load-progress", 0, 1);
+  Ref();  // the worker holds `this` until it settles
+  (new LoadWorker(this, deferred, progress))->Queue();
+  return deferred.Promise();
+}
+
+Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  Napi::Object o = Napi::Object::New(env);
+  char buf[256];
+  llama_model_desc(model_, buf, sizeof buf);
+  o.Set("description", buf);
+  if (llama_model_meta_val_str(model_, "general.architecture", buf, sizeof buf) > 0) o.Set("architecture", buf);
+  o.Set("parameters", Napi::Number::New(env, static_cast<double>(llama_model_n_params(model_))));
+  o.Set("sizeBytes", Napi::Number::New(env, static_cast<double>(llama_model_size(model_))));
+  o.Set("trainContext", llama_model_n_ctx_train(model_));
+  o.Set("layers", llama_model_n_layer(model_));
+  o.Set("vocabSize", llama_vocab_n_tokens(vocab));
+  o.Set("bos", llama_vocab_bos(vocab));
+  o.Set("eos", llama_vocab_eos(vocab));
+  o.Set("addBos", llama_vocab_get_add_bos(vocab));
+  o.Set("contextPerSlot", scheduler_->n_ctx_seq());
+  o.Set("slots", opts_.sched.n_slots);
+  o.Set("maxQueue", opts_.sched.max_queue);
+  o.Set("threads", opts_.threads);
+  o.Set("gpuLayers", opts_.gpu_layers);
+  return o;
+}
+
+Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "tokenize(text): text must be a string");
+  const std::string text = info[0].As<Napi::String>().Utf8Value();
+  const bool add_special = info[1].IsBoolean() ? info[1].As<Napi::Boolean>().Value() : true;
+  const bool parse_special = info[2].IsBoolean() ? info[2].As<Napi::Boolean>().Value() : false;
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  std::vector<llama_token> ids(text.size() + 8);
+  int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(),
+                             static_cast<int32_t>(ids.size()), add_special, parse_special);
+  if (n < 0 && n != INT32_MIN) {
+    ids.resize(-n);
+    n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(), -n, add_special, parse_special);
+  }
+  if (n < 0) throw coded_error(env, "INVALID_PARAMS", "text is too long to tokenize");
+  Napi::Array out = Napi::Array::New(env, n);
+  for (int32_t i = 0; i < n; ++i) out.Set(i, ids[i]);
+  return out;
+}
+
+Napi::Value Engine::Detokenize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  if (!info[0].IsArray()) throw coded_error(env, "INVALID_PARAMS", "detokenize(ids): ids must be an array");
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+  const Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<llama_token> ids;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    const Napi::Value v = a.Get(i);
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (d < 0 || d >= n_vocab || static_cast<llama_token>(d) != d) {
+      throw coded_error(env, "INVALID_PARAMS", "token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
+    }
+    ids.push_back(static_cast<llama_token>(d));
+  }
+  const bool special = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  std::string text(ids.size() * 8 + 16, '\0');
+  int32_t n = llama_detokenize(vocab, ids.data(), static_cast<int32_t>(ids.size()), text.data(),
+                               static_cast<int32_t>(text.size()), false, special);
+  if (n < 0) {
+    text.resize(-n);
+    n = llama_detokenize(vocab, ids.data(), static_cast<int32_t>(ids.size()), text.data(), -n, false, special);
+  }
+  text.resize(std::max(n, 0));
+  return Napi::String::New(env, text);
+}
+
+Napi::Value Engine::Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto deferred = Napi::Promise::Deferred::New(env);
+  if (closed_ || loading_) {
+    if (loading_) throw coded_error(env, "LOADING", "close() while the model is loading; await load() first");
+    deferred.Resolve(env.Undefined());
+    return deferred.Promise();
+  }
+  closed_ = true;
+  Ref();
+  (new CloseWorker(this, deferred))->Queue();
+  return deferred.Promise();
+}
+
+}  // namespace cml

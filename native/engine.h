@@ -1,0 +1,66 @@
+// The JS-visible Engine: one model, one context, one scheduler thread, an adapter registry.
+// Every method that JS calls validates its input and throws an Error with a `code`; nothing here
+// may crash the process on bad input.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+#include <string>
+
+#include "adapters.h"
+#include "scheduler.h"
+
+namespace cml {
+
+struct EngineOptions {
+  std::string model_path;
+  int32_t gpu_layers = 0;  // < 0 = all
+  int32_t threads = 1;
+  int32_t threads_batch = 1;
+  int32_t context_size = 2048;  // per slot
+  int32_t flash_attention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
+  SchedulerConfig sched;
+};
+
+class Engine : public Napi::ObjectWrap<Engine> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit Engine(const Napi::CallbackInfo& info);
+  ~Engine() override;
+
+ private:
+  friend class LoadWorker;
+  friend class CloseWorker;
+
+  Napi::Value Load(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value Tokenize(const Napi::CallbackInfo& info);
+  Napi::Value Detokenize(const Napi::CallbackInfo& info);
+  Napi::Value LoadAdapter(const Napi::CallbackInfo& info);
+  Napi::Value UnloadAdapter(const Napi::CallbackInfo& info);
+  Napi::Value SetAdapterScale(const Napi::CallbackInfo& info);
+  Napi::Value Adapters(const Napi::CallbackInfo& info);
+  Napi::Value Submit(const Napi::CallbackInfo& info);
+  Napi::Value Cancel(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  void require_loaded(Napi::Env env) const;
+  void deliver(std::vector<Event>&& events);
+  void teardown();  // any thread but the scheduler's; idempotent
+
+  EngineOptions opts_;
+  llama_model* model_ = nullptr;
+  llama_context* ctx_ = nullptr;
+  std::unique_ptr<AdapterRegistry> adapters_;
+  std::unique_ptr<Scheduler> scheduler_;
+  Napi::ThreadSafeFunction events_;
+  bool loading_ = false;
+  bool closed_ = false;
+  uint64_t next_id_ = 1;
+  int64_t in_flight_ = 0;  // JS thread only: keeps the event loop alive while requests run
+};
+
+Napi::Error coded_error(Napi::Env env, const std::string& code, const std::string& message);
+
+}  // namespace cml

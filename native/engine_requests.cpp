@@ -1,0 +1,231 @@
+// Engine methods for adapters and generation requests, and the delivery of scheduler events to JS.
+#include <cmath>
+
+#include "engine.h"
+#include "js_params.h"
+
+namespace cml {
+
+namespace {
+
+class AdapterWorker : public Napi::AsyncWorker {
+ public:
+  AdapterWorker(Napi::Env env, AdapterRegistry* registry, std::string name, std::string path, float scale,
+                Napi::Promise::Deferred deferred)
+      : Napi::AsyncWorker(env), registry_(registry), name_(std::move(name)), path_(std::move(path)), scale_(scale),
+        deferred_(deferred) {}
+
+  void Execute() override {
+    try {
+      loaded_ = registry_->load(name_, path_, scale_);
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!error_.empty()) {
+      deferred_.Reject(coded_error(env, "ADAPTER_LOAD_FAILED", error_).Value());
+      return;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", loaded_->name);
+    o.Set("path", loaded_->path);
+    o.Set("alpha", loaded_->alpha);
+    o.Set("scale", loaded_->default_scale.load());
+    deferred_.Resolve(o);
+  }
+
+ private:
+  AdapterRegistry* registry_;
+  std::string name_, path_;
+  float scale_;
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<LoadedAdapter> loaded_;
+  std::string error_;
+};
+
+float scale_arg(Napi::Env env, const Napi::Value& v, float fallback) {
+  if (v.IsUndefined() || v.IsNull()) return fallback;
+  if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue())) {
+    throw coded_error(env, "INVALID_PARAMS", "scale must be a finite number");
+  }
+  return v.As<Napi::Number>().FloatValue();
+}
+
+Napi::Object event_to_js(Napi::Env env, const Event& e) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", Napi::Number::New(env, static_cast<double>(e.id)));
+  switch (e.kind) {
+    case EventKind::Token:
+      o.Set("type", "token");
+      o.Set("text", Napi::String::New(env, e.text));
+      o.Set("token", e.token);
+      if (e.has_logprobs) {
+        o.Set("logprob", e.logprobs.chosen);
+        Napi::Array top = Napi::Array::New(env, e.logprobs.top.size());
+        for (size_t i = 0; i < e.logprobs.top.size(); ++i) {
+          Napi::Object t = Napi::Object::New(env);
+          t.Set("token", e.logprobs.top[i].token);
+          t.Set("logprob", e.logprobs.top[i].logprob);
+          top.Set(static_cast<uint32_t>(i), t);
+        }
+        o.Set("top", top);
+      }
+      break;
+    case EventKind::Done:
+      o.Set("type", "done");
+      o.Set("text", Napi::String::New(env, e.text));
+      o.Set("stopReason", e.stop_reason);
+      if (!e.stop_string.empty()) o.Set("stopString", e.stop_string);
+      o.Set("promptTokens", e.prompt_tokens);
+      o.Set("generatedTokens", e.generated_tokens);
+      o.Set("prefillMs", e.prefill_ms);
+      o.Set("ttftMs", e.ttft_ms);
+      o.Set("decodeTokensPerSecond", e.decode_tps);
+      o.Set("totalMs", e.total_ms);
+      break;
+    case EventKind::Error:
+      o.Set("type", "error");
+      o.Set("code", e.code);
+      o.Set("message", e.message);
+      break;
+  }
+  return o;
+}
+
+}  // namespace
+
+Napi::Value Engine::LoadAdapter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  if (!info[0].IsString() || !info[1].IsString()) {
+    throw coded_error(env, "INVALID_PARAMS", "loadAdapter(name, path, scale?): name and path must be strings");
+  }
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name.empty()) throw coded_error(env, "INVALID_PARAMS", "adapter name must not be empty");
+  const float scale = scale_arg(env, info[2], 1.0f);
+  auto deferred = Napi::Promise::Deferred::New(env);
+  (new AdapterWorker(env, adapters_.get(), name, info[1].As<Napi::String>().Utf8Value(), scale, deferred))->Queue();
+  return deferred.Promise();
+}
+
+Napi::Value Engine::UnloadAdapter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "unloadAdapter(name): name must be a string");
+  return Napi::Boolean::New(env, adapters_->unload(info[0].As<Napi::String>().Utf8Value()));
+}
+
+Napi::Value Engine::SetAdapterScale(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "setAdapterScale(name, scale): name must be a string");
+  const float scale = scale_arg(env, info[1], NAN);
+  if (std::isnan(scale)) throw coded_error(env, "INVALID_PARAMS", "setAdapterScale(name, scale): scale required");
+  return Napi::Boolean::New(env, adapters_->set_default_scale(info[0].As<Napi::String>().Utf8Value(), scale));
+}
+
+Napi::Value Engine::Adapters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  auto all = adapters_->list();
+  Napi::Array out = Napi::Array::New(env, all.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", all[i]->name);
+    o.Set("path", all[i]->path);
+    o.Set("alpha", all[i]->alpha);
+    o.Set("scale", all[i]->default_scale.load());
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+// submit(prompt: string | number[], params) -> request id. Errors are thrown here, synchronously,
+// for anything knowable before the request runs; later failures arrive as 'error' events.
+Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  auto req = std::make_shared<Request>();
+  const Napi::Object params = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+  read_request_params(env, params, *adapters_, *req);
+
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  if (info[0].IsString()) {
+    const std::string text = info[0].As<Napi::String>().Utf8Value();
+    const bool add_special = !params.Has("addSpecial") || params.Get("addSpecial").ToBoolean().Value();
+    std::vector<llama_token> ids(text.size() + 8);
+    const int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(),
+                                     static_cast<int32_t>(ids.size()), add_special, false);
+    if (n < 0) throw coded_error(env, "INVALID_PARAMS", "prompt could not be tokenized");
+    ids.resize(n);
+    req->prompt = std::move(ids);
+  } else if (info[0].IsArray()) {
+    const Napi::Array a = info[0].As<Napi::Array>();
+    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      const Napi::Value v = a.Get(i);
+      const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (d < 0 || d >= n_vocab || static_cast<llama_token>(d) != d) {
+        throw coded_error(env, "INVALID_PARAMS", "prompt token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
+      }
+      req->prompt.push_back(static_cast<llama_token>(d));
+    }
+  } else {
+    throw coded_error(env, "INVALID_PARAMS", "prompt must be a string or an array of token ids");
+  }
+  if (req->prompt.empty()) throw coded_error(env, "INVALID_PARAMS", "prompt is empty (and the model adds no BOS)");
+
+  const int64_t need = static_cast<int64_t>(req->prompt.size()) + req->max_new_tokens;
+  if (need > scheduler_->n_ctx_seq()) {
+    throw coded_error(env, "CONTEXT_OVERFLOW",
+                      "prompt (" + std::to_string(req->prompt.size()) + " tokens) + max new tokens (" +
+                          std::to_string(req->max_new_tokens) + ") exceeds the context of " +
+                          std::to_string(scheduler_->n_ctx_seq()) + " tokens per slot");
+  }
+  req->id = next_id_++;
+  req->t_submit_us = now_us();
+  const uint64_t id = req->id;
+  if (!scheduler_->submit(req)) {
+    throw coded_error(env, "QUEUE_FULL", "all " + std::to_string(opts_.sched.n_slots) + " slots are busy and " +
+                                             std::to_string(opts_.sched.max_queue) + " requests are queued");
+  }
+  if (in_flight_++ == 0) events_.Ref(env);
+  return Napi::Number::New(env, static_cast<double>(id));
+}
+
+Napi::Value Engine::Cancel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_ || !scheduler_) return Napi::Boolean::New(env, false);
+  if (!info[0].IsNumber()) throw coded_error(env, "INVALID_PARAMS", "cancel(id): id must be a number");
+  return Napi::Boolean::New(env, scheduler_->cancel(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value())));
+}
+
+Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("busySlots", scheduler_ ? scheduler_->busy() : 0);
+  o.Set("queued", scheduler_ ? scheduler_->queued() : 0);
+  o.Set("inFlight", Napi::Number::New(env, static_cast<double>(in_flight_)));
+  return o;
+}
+
+// Scheduler thread: one JS call per decode step, whatever the number of streams.
+void Engine::deliver(std::vector<Event>&& events) {
+  auto* batch = new std::vector<Event>(std::move(events));
+  const napi_status st = events_.NonBlockingCall(batch, [this](Napi::Env env, Napi::Function fn, std::vector<Event>* b) {
+    std::unique_ptr<std::vector<Event>> owned(b);
+    if (env == nullptr) return;
+    Napi::Array arr = Napi::Array::New(env, b->size());
+    for (size_t i = 0; i < b->size(); ++i) {
+      const Event& e = (*b)[i];
+      arr.Set(static_cast<uint32_t>(i), event_to_js(env, e));
+      if (e.kind != EventKind::Token && --in_flight_ == 0) events_.Unref(env);
+    }
+    fn.Call({arr});
+  });
+  if (st != napi_ok) delete batch;
+}
+
+}  // namespace cml

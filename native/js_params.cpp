@@ -1,0 +1,120 @@
+#include "js_params.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace cml {
+namespace {
+
+[[noreturn]] void bad(Napi::Env env, const std::string& message) { throw coded_error(env, "INVALID_PARAMS", message); }
+
+bool has(const Napi::Object& o, const char* key) {
+  if (!o.Has(key)) return false;
+  const Napi::Value v = o.Get(key);
+  return !v.IsUndefined() && !v.IsNull();
+}
+
+double number(Napi::Env env, const Napi::Object& o, const char* key, double fallback) {
+  if (!has(o, key)) return fallback;
+  const Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) bad(env, std::string(key) + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) bad(env, std::string(key) + " must be a finite number");
+  return d;
+}
+
+int32_t integer(Napi::Env env, const Napi::Object& o, const char* key, int32_t fallback, int64_t lo, int64_t hi) {
+  if (!has(o, key)) return fallback;
+  const double d = number(env, o, key, fallback);
+  if (std::floor(d) != d || d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
+    bad(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return static_cast<int32_t>(d);
+}
+
+bool boolean(Napi::Env env, const Napi::Object& o, const char* key, bool fallback) {
+  if (!has(o, key)) return fallback;
+  const Napi::Value v = o.Get(key);
+  if (!v.IsBoolean()) bad(env, std::string(key) + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+}  // namespace
+
+EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
+  EngineOptions e;
+  if (!o.Get("modelPath").IsString()) bad(env, "modelPath must be a string");
+  e.model_path = o.Get("modelPath").As<Napi::String>().Utf8Value();
+  constexpr int32_t kMax = std::numeric_limits<int32_t>::max();
+  e.gpu_layers = integer(env, o, "gpuLayers", 0, -1, kMax);
+  e.threads = integer(env, o, "threads", 1, 1, 1024);
+  e.threads_batch = integer(env, o, "threadsBatch", e.threads, 1, 1024);
+  e.context_size = integer(env, o, "contextSize", 2048, 16, 1 << 20);
+  e.sched.n_slots = integer(env, o, "slots", 4, 1, 256);
+  e.sched.n_batch = integer(env, o, "batchSize", 512, 16, 1 << 16);
+  e.sched.max_queue = integer(env, o, "maxQueue", 64, 0, 1 << 20);
+  if (has(o, "flashAttention")) {
+    const std::string fa = o.Get("flashAttention").ToString().Utf8Value();
+    if (fa == "auto") e.flash_attention = -1;
+    else if (fa == "on") e.flash_attention = 1;
+    else if (fa == "off") e.flash_attention = 0;
+    else bad(env, "flashAttention must be 'auto', 'on' or 'off'");
+  }
+  return e;
+}
+
+void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, Request& r) {
+  SamplingParams& s = r.sampling;
+  r.max_new_tokens = integer(env, o, "maxTokens", 256, 1, 1 << 24);
+  s.greedy = boolean(env, o, "greedy", false);
+  s.temperature = static_cast<float>(number(env, o, "temperature", 0.8));
+  s.top_k = integer(env, o, "topK", 0, 0, 1 << 24);
+  s.top_p = static_cast<float>(number(env, o, "topP", 1.0));
+  s.min_p = static_cast<float>(number(env, o, "minP", 0.0));
+  s.repetition_penalty = static_cast<float>(number(env, o, "repetitionPenalty", 1.0));
+  s.presence_penalty = static_cast<float>(number(env, o, "presencePenalty", 0.0));
+  s.frequency_penalty = static_cast<float>(number(env, o, "frequencyPenalty", 0.0));
+  s.logprobs = integer(env, o, "logprobs", 0, 0, 20);
+  if (has(o, "seed")) {
+    const double seed = number(env, o, "seed", 0);
+    if (std::floor(seed) != seed || seed < 0 || seed > 4294967295.0) bad(env, "seed must be an integer in [0, 2^32)");
+    s.seed = static_cast<uint32_t>(seed);
+  }
+  const std::string why = validate(s);
+  if (!why.empty()) bad(env, why);
+
+  if (has(o, "stop")) {
+    const Napi::Value v = o.Get("stop");
+    if (!v.IsArray()) bad(env, "stop must be an array of strings");
+    const Napi::Array a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!a.Get(i).IsString()) bad(env, "stop must be an array of strings");
+      r.stops.push_back(a.Get(i).As<Napi::String>().Utf8Value());
+    }
+  }
+
+  if (has(o, "adapters")) {
+    const Napi::Value v = o.Get("adapters");
+    if (!v.IsArray()) bad(env, "adapters must be an array of {name, scale?}");
+    const Napi::Array a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!a.Get(i).IsObject()) bad(env, "adapters must be an array of {name, scale?}");
+      const Napi::Object item = a.Get(i).As<Napi::Object>();
+      if (!item.Get("name").IsString()) bad(env, "each adapter needs a string name");
+      const std::string name = item.Get("name").As<Napi::String>().Utf8Value();
+      auto adapter = registry.find(name);
+      if (!adapter) throw coded_error(env, "UNKNOWN_ADAPTER", "no adapter named '" + name + "' is loaded");
+      const float scale = static_cast<float>(number(env, item, "scale", adapter->default_scale.load()));
+      if (scale == 0.0f) continue;  // scale 0 is the base model for that adapter
+      for (const auto& u : r.adapters) {
+        if (u.adapter == adapter) bad(env, "adapter '" + name + "' is named twice");
+      }
+      r.adapters.push_back({adapter, scale});
+    }
+    std::sort(r.adapters.begin(), r.adapters.end(),
+              [](const AdapterUse& x, const AdapterUse& y) { return x.adapter.get() < y.adapter.get(); });
+  }
+}
+
+}  // namespace cml

@@ -1,0 +1,52 @@
+// What a request asks for and what the scheduler reports back: plain records passed between the
+// JS thread and the scheduler thread (see scheduler.h).
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "adapters.h"
+#include "sampling.h"
+
+namespace cml {
+
+struct Request {
+  uint64_t id = 0;
+  std::vector<llama_token> prompt;
+  SamplingParams sampling;
+  int32_t max_new_tokens = 0;
+  std::vector<std::string> stops;
+  std::vector<AdapterUse> adapters;  // non-zero scales only, sorted by handle: equal sets compare equal
+  std::atomic<bool> cancelled{false};
+  int64_t t_submit_us = 0;
+
+  bool same_adapters(const Request& o) const {
+    if (adapters.size() != o.adapters.size()) return false;
+    for (size_t i = 0; i < adapters.size(); ++i) {
+      if (adapters[i].adapter != o.adapters[i].adapter || adapters[i].scale != o.adapters[i].scale) return false;
+    }
+    return true;
+  }
+};
+
+enum class EventKind { Token, Done, Error };
+
+struct Event {
+  uint64_t id = 0;
+  EventKind kind = EventKind::Token;
+  std::string text;  // Token: releasable text (may be empty); Done: text held back until the end
+  llama_token token = -1;
+  LogprobRow logprobs{0.0f, {}};
+  bool has_logprobs = false;
+  // Done
+  std::string stop_reason;  // eos | length | stop | cancelled
+  std::string stop_string;
+  int32_t prompt_tokens = 0;
+  int32_t generated_tokens = 0;
+  double prefill_ms = 0, ttft_ms = 0, decode_tps = 0, total_ms = 0;
+  // Error
+  std::string code, message;
+};
+
+}  // namespace cml

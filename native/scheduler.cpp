@@ -1,0 +1,297 @@
+#include "scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace cml {
+
+int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+
+std::string token_piece(const llama_vocab* vocab, llama_token t) {
+  char buf[128];
+  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, /*special=*/false);
+  if (n >= 0) return std::string(buf, n);
+  std::string big(static_cast<size_t>(-n), '\0');
+  n = llama_token_to_piece(vocab, t, big.data(), static_cast<int32_t>(big.size()), 0, false);
+  big.resize(std::max(n, 0));
+  return big;
+}
+
+}  // namespace
+
+Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters, SchedulerConfig cfg, Sink sink)
+    : model_(model),
+      ctx_(ctx),
+      vocab_(llama_model_get_vocab(model)),
+      adapters_(adapters),
+      cfg_(cfg),
+      sink_(std::move(sink)),
+      n_ctx_seq_(static_cast<int32_t>(llama_n_ctx_seq(ctx))),
+      n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(model))) {
+  batch_ = llama_batch_init(std::max(cfg_.n_batch, cfg_.n_slots), 0, 1);
+  slots_.resize(cfg_.n_slots);
+  for (int32_t i = 0; i < cfg_.n_slots; ++i) slots_[i].seq = i;
+  thread_ = std::thread([this] { run(); });
+}
+
+Scheduler::~Scheduler() {
+  stop();
+  llama_batch_free(batch_);
+}
+
+void Scheduler::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool Scheduler::submit(std::shared_ptr<Request> req) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) return false;
+    const int32_t free_slots = cfg_.n_slots - busy_.load();
+    if (static_cast<int32_t>(pending_.size()) >= free_slots + cfg_.max_queue) return false;
+    live_[req->id] = req;
+    pending_.push_back(std::move(req));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+bool Scheduler::cancel(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = live_.find(id);
+    if (it == live_.end()) return false;
+    it->second->cancelled = true;
+  }
+  cv_.notify_one();
+  return true;
+}
+
+int32_t Scheduler::queued() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return static_cast<int32_t>(pending_.size());
+}
+
+void Scheduler::run() {
+  for (;;) {
+    std::vector<Event> events;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !pending_.empty() || active_ > 0; });
+      if (stopping_) break;
+    }
+    if (adapters_->has_garbage()) {
+      llama_set_adapters_lora(ctx_, nullptr, 0, nullptr);  // the context must not point at freed adapters
+      adapters_->reap();
+    }
+    admit(events);
+    for (auto& s : slots_) {
+      if (s.req && s.req->cancelled) finish(s, "cancelled", events);
+    }
+    if (active_ > 0) step(events);
+    if (!events.empty()) sink_(std::move(events));
+  }
+
+  std::vector<Event> events;
+  for (auto& s : slots_) {
+    if (s.req) fail(s, "ENGINE_CLOSED", "the engine was closed", events);
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& r : pending_) {
+    Event e;
+    e.id = r->id;
+    e.kind = EventKind::Error;
+    e.code = "ENGINE_CLOSED";
+    e.message = "the engine was closed";
+    events.push_back(std::move(e));
+  }
+  pending_.clear();
+  live_.clear();
+  if (!events.empty()) sink_(std::move(events));
+}
+
+void Scheduler::admit(std::vector<Event>& out) {
+  std::lock_guard<std::mutex> lk(mu_);
+  // Cancelled requests leave the queue wherever they stand.
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if ((*it)->cancelled) {
+      Event e;
+      e.id = (*it)->id;
+      e.kind = EventKind::Done;
+      e.stop_reason = "cancelled";
+      e.prompt_tokens = static_cast<int32_t>((*it)->prompt.size());
+      out.push_back(std::move(e));
+      live_.erase((*it)->id);
+      it = pending_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& s : slots_) {
+    if (pending_.empty()) break;
+    if (s.req) continue;
+    s.req = std::move(pending_.front());
+    pending_.pop_front();
+    s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_, n_ctx_seq_);
+    s.sampler->accept_prompt(s.req->prompt);
+    s.text = std::make_unique<TextStream>(s.req->stops);
+    s.n_prefilled = 0;
+    s.n_past = 0;
+    s.n_generated = 0;
+    s.next = -1;
+    s.last_step = 0;
+    s.t_prefill_start = s.t_prefill_end = s.t_first = s.t_last = 0;
+    ++active_;
+    busy_.fetch_add(1);
+  }
+}
+
+void Scheduler::apply_adapters(const Request& r) {
+  std::vector<llama_adapter_lora*> handles;
+  std::vector<float> scales;
+  for (const auto& u : r.adapters) {
+    handles.push_back(u.adapter->handle);
+    scales.push_back(u.scale);
+  }
+  llama_set_adapters_lora(ctx_, handles.empty() ? nullptr : handles.data(), handles.size(),
+                          scales.empty() ? nullptr : scales.data());
+}
+
+void Scheduler::step(std::vector<Event>& out) {
+  // Adapters are per context, so one step serves one adapter set: the one whose slot waited longest.
+  Slot* lead = nullptr;
+  for (auto& s : slots_) {
+    if (s.req && (lead == nullptr || s.last_step < lead->last_step)) lead = &s;
+  }
+  if (lead == nullptr) return;
+  const Request& group = *lead->req;
+  apply_adapters(group);
+  ++step_no_;
+
+  batch_.n_tokens = 0;
+  int32_t budget = cfg_.n_batch;
+  auto add = [&](llama_token t, llama_pos pos, int32_t seq, bool logits) {
+    const int32_t i = batch_.n_tokens++;
+    batch_.token[i] = t;
+    batch_.pos[i] = pos;
+    batch_.n_seq_id[i] = 1;
+    batch_.seq_id[i][0] = seq;
+    batch_.logits[i] = logits;
+    return i;
+  };
+  std::vector<Slot*> in_batch;
+  for (auto& s : slots_) {  // running streams first: one token each
+    s.out_idx = -1;
+    if (!s.req || s.prefilling() || !s.req->same_adapters(group)) continue;
+    s.out_idx = add(s.next, s.n_past++, s.seq, true);
+    --budget;
+    in_batch.push_back(&s);
+  }
+  const int64_t t0 = now_us();
+  for (auto& s : slots_) {  // then prompt chunks, so long prompts never stall running streams
+    if (budget <= 0) break;
+    if (!s.req || !s.prefilling() || !s.req->same_adapters(group)) continue;
+    if (s.t_prefill_start == 0) s.t_prefill_start = t0;
+    const size_t take = std::min<size_t>(budget, s.req->prompt.size() - s.n_prefilled);
+    for (size_t k = 0; k < take; ++k) {
+      const bool last = s.n_prefilled + 1 == s.req->prompt.size();
+      const int32_t i = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last);
+      if (last) s.out_idx = i;
+    }
+    budget -= static_cast<int32_t>(take);
+    in_batch.push_back(&s);
+  }
+
+  const int32_t rc = llama_decode(ctx_, batch_);
+  if (rc != 0) {
+    const std::string why = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
+    for (Slot* s : in_batch) fail(*s, "DECODE_FAILED", why, out);
+    return;
+  }
+  for (Slot* s : in_batch) {
+    s->last_step = step_no_;
+    if (s->out_idx >= 0) sample_slot(*s, out);
+  }
+}
+
+void Scheduler::sample_slot(Slot& s, std::vector<Event>& out) {
+  const int64_t now = now_us();
+  if (s.t_prefill_end == 0) s.t_prefill_end = now;
+  Event e;
+  e.id = s.req->id;
+  const llama_token t = s.sampler->sample(ctx_, s.out_idx);
+  if (s.req->sampling.logprobs > 0) {
+    e.logprobs = logprob_row(llama_get_logits_ith(ctx_, s.out_idx), n_vocab_, s.req->sampling.logprobs, t);
+    e.has_logprobs = true;
+  }
+  if (s.t_first == 0) s.t_first = now_us();
+  s.t_last = now_us();
+  if (llama_vocab_is_eog(vocab_, t)) {
+    finish(s, "eos", out);
+    return;
+  }
+  ++s.n_generated;
+  e.token = t;
+  e.text = s.text->push(token_piece(vocab_, t));
+  out.push_back(std::move(e));
+  s.next = t;
+  if (s.text->stopped()) {
+    finish(s, "stop", out, s.text->matched_stop());
+  } else if (s.n_generated >= s.req->max_new_tokens) {
+    finish(s, "length", out);
+  }
+}
+
+void Scheduler::finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop) {
+  Event e;
+  e.id = s.req->id;
+  e.kind = EventKind::Done;
+  e.text = s.text->flush();
+  e.stop_reason = reason;
+  e.stop_string = stop;
+  e.prompt_tokens = static_cast<int32_t>(s.req->prompt.size());
+  e.generated_tokens = s.n_generated;
+  const int64_t end = now_us();
+  if (s.t_prefill_end > 0) e.prefill_ms = (s.t_prefill_end - s.t_prefill_start) / 1000.0;
+  if (s.t_first > 0) e.ttft_ms = (s.t_first - s.req->t_submit_us) / 1000.0;
+  if (s.n_generated > 1 && s.t_last > s.t_first) e.decode_tps = (s.n_generated - 1) * 1e6 / (s.t_last - s.t_first);
+  e.total_ms = (end - s.req->t_submit_us) / 1000.0;
+  out.push_back(std::move(e));
+  release(s);
+}
+
+void Scheduler::fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out) {
+  Event e;
+  e.id = s.req->id;
+  e.kind = EventKind::Error;
+  e.code = code;
+  e.message = message;
+  out.push_back(std::move(e));
+  release(s);
+}
+
+void Scheduler::release(Slot& s) {
+  llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    live_.erase(s.req->id);
+  }
+  s.req.reset();  // drops adapter references; unloaded adapters are reaped next loop
+  s.sampler.reset();
+  s.text.reset();
+  --active_;
+  busy_.fetch_sub(1);
+}
+
+}  // namespace cml

@@ -1,0 +1,91 @@
+// The one thread that owns the llama_context. Each step it gathers one batch from the slots that
+// share an adapter set (decode tokens first, then prompt chunks), decodes once, samples every
+// ready slot and hands all the step's events to JS in one call. Requests only post and cancel.
+#pragma once
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "llama.h"
+#include "request.h"
+#include "text_stream.h"
+
+namespace cml {
+
+struct SchedulerConfig {
+  int32_t n_slots = 4;
+  int32_t n_batch = 512;
+  int32_t max_queue = 64;  // requests waiting beyond the free slots
+};
+
+class Scheduler {
+ public:
+  using Sink = std::function<void(std::vector<Event>&&)>;
+
+  Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters, SchedulerConfig cfg, Sink sink);
+  ~Scheduler();  // stops the thread; queued and running requests end with an ENGINE_CLOSED error
+
+  // Returns false when the queue is full.
+  bool submit(std::shared_ptr<Request> req);
+  bool cancel(uint64_t id);
+  void stop();
+
+  int32_t n_ctx_seq() const { return n_ctx_seq_; }
+  int32_t queued() const;
+  int32_t busy() const { return busy_.load(); }
+
+ private:
+  struct Slot {
+    int32_t seq = 0;
+    std::shared_ptr<Request> req;
+    std::unique_ptr<Sampler> sampler;
+    std::unique_ptr<TextStream> text;
+    size_t n_prefilled = 0;
+    llama_pos n_past = 0;
+    llama_token next = -1;  // sampled last step, fed this step
+    int32_t n_generated = 0;
+    int32_t out_idx = -1;   // row of this slot's logits in the current batch
+    uint64_t last_step = 0;
+    int64_t t_prefill_start = 0, t_prefill_end = 0, t_first = 0, t_last = 0;
+    bool prefilling() const { return n_prefilled < req->prompt.size(); }
+  };
+
+  void run();
+  void admit(std::vector<Event>& out);
+  void step(std::vector<Event>& out);
+  void sample_slot(Slot& s, std::vector<Event>& out);
+  void finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop = {});
+  void fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out);
+  void release(Slot& s);
+  void apply_adapters(const Request& r);
+
+  llama_model* model_;
+  llama_context* ctx_;
+  const llama_vocab* vocab_;
+  AdapterRegistry* adapters_;
+  SchedulerConfig cfg_;
+  Sink sink_;
+  int32_t n_ctx_seq_;
+  int32_t n_vocab_;
+  llama_batch batch_;
+  std::vector<Slot> slots_;
+  uint64_t step_no_ = 0;
+  int32_t active_ = 0;
+  std::atomic<int32_t> busy_{0};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Request>> pending_;
+  std::unordered_map<uint64_t, std::shared_ptr<Request>> live_;  // pending or running, for cancel
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+int64_t now_us();
+
+}  // namespace cml

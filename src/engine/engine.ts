@@ -1,0 +1,152 @@
+// The typed facade over the native engine: load a model, register adapters, generate.
+import os from 'node:os';
+import { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
+import { AbortedError, EngineClosedError, fromNative } from './errors.ts';
+import { Generation } from './generation.ts';
+import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams } from './native.ts';
+
+export interface EngineOptions {
+  modelPath: string;
+  backend?: BackendChoice;
+  /** Layers on the GPU: all (-1) by default when a GPU backend is in use, else 0. */
+  gpuLayers?: number;
+  /** CPU threads; defaults to the cores available, at most 8. */
+  threads?: number;
+  /** Tokens of context per slot (prompt + generated). */
+  contextSize?: number;
+  /** Concurrent sequences decoded together. */
+  slots?: number;
+  /** Requests allowed to wait beyond the free slots. */
+  maxQueue?: number;
+  batchSize?: number;
+  flashAttention?: 'auto' | 'on' | 'off';
+  onProgress?: (fraction: number) => void;
+}
+
+export type GenerateParams = Omit<NativeRequestParams, 'addSpecial'> & {
+  /** Add the model's BOS (when its GGUF says so) to a text prompt. Default true. */
+  addSpecial?: boolean;
+};
+
+export interface LoadedEngine {
+  backend: ResolvedBackend;
+  model: NativeModelInfo;
+}
+
+function defaultThreads(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), 8));
+}
+
+export class Engine {
+  private readonly live = new Map<number, Generation>();
+  private closed = false;
+
+  private constructor(
+    private readonly native: NativeEngine,
+    readonly backend: ResolvedBackend,
+    readonly model: NativeModelInfo,
+  ) {}
+
+  /** Loads the model; rejects with ModelLoadError (or BackendError) carrying llama.cpp's reason. */
+  static async load(opts: EngineOptions): Promise<Engine> {
+    const backend = resolveBackend(opts.backend ?? 'auto');
+    let self: Engine | undefined;
+    const native = new backend.addon.Engine(
+      {
+        modelPath: opts.modelPath,
+        gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
+        threads: opts.threads ?? defaultThreads(),
+        contextSize: opts.contextSize ?? 2048,
+        slots: opts.slots ?? 4,
+        maxQueue: opts.maxQueue ?? 64,
+        batchSize: opts.batchSize ?? 512,
+        flashAttention: opts.flashAttention ?? 'auto',
+      },
+      (events) => self?.dispatch(events),
+    );
+    try {
+      await native.load(opts.onProgress);
+    } catch (err) {
+      throw fromNative(err);
+    }
+    self = new Engine(native, backend, native.info());
+    return self;
+  }
+
+  private dispatch(events: NativeEvent[]): void {
+    for (const ev of events) {
+      const g = this.live.get(ev.id);
+      if (!g) continue;
+      if (ev.type !== 'token') this.live.delete(ev.id);
+      g.handle(ev);
+    }
+  }
+
+  private call<T>(fn: () => T): T {
+    if (this.closed) throw new EngineClosedError('the engine is closed', 'ENGINE_CLOSED');
+    try {
+      return fn();
+    } catch (err) {
+      throw fromNative(err);
+    }
+  }
+
+  tokenize(text: string, addSpecial = true): number[] {
+    return this.call(() => this.native.tokenize(text, addSpecial));
+  }
+
+  detokenize(ids: number[]): string {
+    return this.call(() => this.native.detokenize(ids));
+  }
+
+  /** Registers (or replaces) a GGUF LoRA under a name; `scale` is its default scale. */
+  async loadAdapter(name: string, path: string, scale = 1): Promise<NativeAdapterInfo> {
+    try {
+      return await this.call(() => this.native.loadAdapter(name, path, scale));
+    } catch (err) {
+      throw fromNative(err);
+    }
+  }
+
+  /** Running requests keep the adapter until they end. Returns false if no such adapter. */
+  unloadAdapter(name: string): boolean {
+    return this.call(() => this.native.unloadAdapter(name));
+  }
+
+  setAdapterScale(name: string, scale: number): boolean {
+    return this.call(() => this.native.setAdapterScale(name, scale));
+  }
+
+  adapters(): NativeAdapterInfo[] {
+    return this.call(() => this.native.adapters());
+  }
+
+  stats(): { busySlots: number; queued: number; inFlight: number } {
+    return this.native.stats();
+  }
+
+  /**
+   * Starts a request. Bad parameters, an unknown adapter, context overflow and a full queue throw
+   * here, synchronously; the returned Generation streams chunks and settles `result`.
+   */
+  generate(prompt: string | number[], params: GenerateParams = {}, opts: { signal?: AbortSignal } = {}): Generation {
+    const signal = opts.signal;
+    if (signal?.aborted) throw new AbortedError('the request was aborted before it started', 'ABORTED');
+    const id = this.call(() => this.native.submit(prompt, params));
+    const g = new Generation(id, (i) => this.native.cancel(i));
+    this.live.set(id, g);
+    if (signal) {
+      const onAbort = () => g.cancel();
+      signal.addEventListener('abort', onAbort, { once: true });
+      g.result.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
+    }
+    return g;
+  }
+
+  /** Ends every request (they fail with EngineClosedError) and frees the model. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.native.close();
+  }
+}

@@ -1,0 +1,118 @@
+// The one description of what the C++ addon (native/) exposes, and the one place that loads it.
+// Everything else depends on these types, never on the addon's shape by guesswork.
+import { createRequire } from 'node:module';
+
+export interface NativeEngineOptions {
+  modelPath: string;
+  gpuLayers?: number; // -1 = all
+  threads?: number;
+  threadsBatch?: number;
+  contextSize?: number; // tokens per slot
+  slots?: number;
+  batchSize?: number;
+  maxQueue?: number;
+  flashAttention?: 'auto' | 'on' | 'off';
+}
+
+export interface NativeRequestParams {
+  maxTokens?: number;
+  greedy?: boolean;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  seed?: number;
+  stop?: string[];
+  logprobs?: number;
+  adapters?: { name: string; scale?: number }[];
+  addSpecial?: boolean;
+}
+
+export interface TopLogprob {
+  token: number;
+  logprob: number;
+}
+
+export type NativeEvent =
+  | { id: number; type: 'token'; text: string; token: number; logprob?: number; top?: TopLogprob[] }
+  | {
+      id: number;
+      type: 'done';
+      text: string;
+      stopReason: 'eos' | 'length' | 'stop' | 'cancelled';
+      stopString?: string;
+      promptTokens: number;
+      generatedTokens: number;
+      prefillMs: number;
+      ttftMs: number;
+      decodeTokensPerSecond: number;
+      totalMs: number;
+    }
+  | { id: number; type: 'error'; code: string; message: string };
+
+export interface NativeModelInfo {
+  description: string;
+  architecture?: string;
+  parameters: number;
+  sizeBytes: number;
+  trainContext: number;
+  layers: number;
+  vocabSize: number;
+  bos: number;
+  eos: number;
+  addBos: boolean;
+  contextPerSlot: number;
+  slots: number;
+  maxQueue: number;
+  threads: number;
+  gpuLayers: number;
+}
+
+export interface NativeAdapterInfo {
+  name: string;
+  path: string;
+  alpha: number;
+  scale: number;
+}
+
+export interface NativeEngine {
+  load(onProgress?: (fraction: number) => void): Promise<void>;
+  info(): NativeModelInfo;
+  tokenize(text: string, addSpecial?: boolean, parseSpecial?: boolean): number[];
+  detokenize(ids: number[], renderSpecial?: boolean): string;
+  loadAdapter(name: string, path: string, scale?: number): Promise<NativeAdapterInfo>;
+  unloadAdapter(name: string): boolean;
+  setAdapterScale(name: string, scale: number): boolean;
+  adapters(): NativeAdapterInfo[];
+  submit(prompt: string | number[], params: NativeRequestParams): number;
+  cancel(id: number): boolean;
+  stats(): { busySlots: number; queued: number; inFlight: number };
+  close(): Promise<void>;
+}
+
+export interface NativeDevice {
+  name: string;
+  description: string;
+  type: 'cpu' | 'gpu' | 'igpu' | 'accel';
+  memoryFree: number;
+  memoryTotal: number;
+}
+
+export interface NativeAddon {
+  Engine: new (options: NativeEngineOptions, onEvents: (events: NativeEvent[]) => void) => NativeEngine;
+  devices(): NativeDevice[];
+  /** Loads the ggml backend libraries in dir; returns llama.cpp's warnings about any that failed. */
+  loadBackends(dir: string): string;
+  systemInfo(): string;
+  /** false for a build that links its backends statically (the CUDA build). */
+  dynamicBackends: boolean;
+}
+
+const require = createRequire(import.meta.url);
+
+export function loadAddon(file: string): NativeAddon {
+  return require(file) as NativeAddon;
+}
