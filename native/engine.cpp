@@ -67,6 +67,8 @@ class LoadWorker : public Napi::AsyncWorker {
       cp.n_threads = o.threads;
       cp.n_threads_batch = o.threads_batch;
       cp.flash_attn_type = static_cast<llama_flash_attn_type>(o.flash_attention);
+      cp.type_k = o.kv_type;
+      cp.type_v = o.kv_type;
       cp.kv_unified = false;  // each slot owns context_size cells: overflow is per request, predictable
       cp.no_perf = true;
       ctx_ = llama_init_from_model(model_, cp);

@@ -149,9 +149,9 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   require_loaded(env);
   auto req = std::make_shared<Request>();
   const Napi::Object params = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
-  read_request_params(env, params, *adapters_, *req);
-
   const llama_vocab* vocab = llama_model_get_vocab(model_);
+  read_request_params(env, params, *adapters_, llama_vocab_n_tokens(vocab), *req);
+
   if (info[0].IsString()) {
     const std::string text = info[0].As<Napi::String>().Utf8Value();
     const bool add_special = !params.Has("addSpecial") || params.Get("addSpecial").ToBoolean().Value();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 namespace cml {
@@ -61,10 +62,18 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
     else if (fa == "off") e.flash_attention = 0;
     else bad(env, "flashAttention must be 'auto', 'on' or 'off'");
   }
+  if (has(o, "kvCacheType")) {
+    const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
+    if (t == "f16") e.kv_type = GGML_TYPE_F16;
+    else if (t == "f32") e.kv_type = GGML_TYPE_F32;
+    else if (t == "q8_0") e.kv_type = GGML_TYPE_Q8_0;
+    else bad(env, "kvCacheType must be 'f16', 'f32' or 'q8_0'");
+  }
   return e;
 }
 
-void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, Request& r) {
+void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, int32_t n_vocab,
+                         Request& r) {
   SamplingParams& s = r.sampling;
   r.max_new_tokens = integer(env, o, "maxTokens", 256, 1, 1 << 24);
   s.greedy = boolean(env, o, "greedy", false);
@@ -76,6 +85,7 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
   s.presence_penalty = static_cast<float>(number(env, o, "presencePenalty", 0.0));
   s.frequency_penalty = static_cast<float>(number(env, o, "frequencyPenalty", 0.0));
   s.logprobs = integer(env, o, "logprobs", 0, 0, 20);
+  s.ignore_eos = boolean(env, o, "ignoreEos", false);
   if (has(o, "seed")) {
     const double seed = number(env, o, "seed", 0);
     if (std::floor(seed) != seed || seed < 0 || seed > 4294967295.0) bad(env, "seed must be an integer in [0, 2^32)");
@@ -83,6 +93,25 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
   }
   const std::string why = validate(s);
   if (!why.empty()) bad(env, why);
+
+  if (has(o, "logitBias")) {
+    // {"<token id>": bias}, as OpenAI's logit_bias.
+    const Napi::Value v = o.Get("logitBias");
+    if (!v.IsObject() || v.IsArray()) bad(env, "logitBias must be an object of token id -> bias");
+    const Napi::Object m = v.As<Napi::Object>();
+    const Napi::Array keys = m.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      const std::string key = keys.Get(i).ToString().Utf8Value();
+      char* end = nullptr;
+      const long id = std::strtol(key.c_str(), &end, 10);
+      if (key.empty() || *end != '\0' || id < 0 || id >= n_vocab) {
+        bad(env, "logitBias key '" + key + "' is not a token id in [0, " + std::to_string(n_vocab) + ")");
+      }
+      const Napi::Value b = m.Get(keys.Get(i));
+      if (!b.IsNumber() || !std::isfinite(b.As<Napi::Number>().DoubleValue())) bad(env, "logitBias values must be finite numbers");
+      s.logit_bias.push_back({static_cast<llama_token>(id), b.As<Napi::Number>().FloatValue()});
+    }
+  }
 
   if (has(o, "stop")) {
     const Napi::Value v = o.Get("stop");

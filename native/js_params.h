@@ -12,6 +12,7 @@ namespace cml {
 EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o);
 
 // Fills everything but the prompt and the id. Adapter names are resolved against the registry.
-void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, Request& r);
+void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, int32_t n_vocab,
+                         Request& r);
 
 }  // namespace cml

@@ -5,10 +5,20 @@
 
 namespace cml {
 
-Sampler::Sampler(const SamplingParams& p, int32_t n_vocab, int32_t penalty_window) {
+Sampler::Sampler(const SamplingParams& p, const llama_vocab* vocab, int32_t penalty_window) {
+  const int32_t n_vocab = llama_vocab_n_tokens(vocab);
   auto sp = llama_sampler_chain_default_params();
   sp.no_perf = true;
   chain_ = llama_sampler_chain_init(sp);
+  std::vector<llama_logit_bias> bias = p.logit_bias;
+  if (p.ignore_eos) {
+    for (llama_token t = 0; t < n_vocab; ++t) {
+      if (llama_vocab_is_eog(vocab, t)) bias.push_back({t, -INFINITY});
+    }
+  }
+  if (!bias.empty()) {
+    llama_sampler_chain_add(chain_, llama_sampler_init_logit_bias(n_vocab, static_cast<int32_t>(bias.size()), bias.data()));
+  }
   const bool penalize = p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
   if (penalize) {
     penalties_ = llama_sampler_init_penalties(n_vocab, penalty_window, p.repetition_penalty,

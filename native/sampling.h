@@ -21,6 +21,8 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;
   uint32_t seed = LLAMA_DEFAULT_SEED;
   int32_t logprobs = 0;  // top-n log-probabilities per generated token, 0 = none
+  bool ignore_eos = false;
+  std::vector<llama_logit_bias> logit_bias;  // added to the raw logits before anything else  // mask end-of-generation tokens: fixed-length runs (benchmarks)
 };
 
 struct TokenLogprob {
@@ -31,7 +33,7 @@ struct TokenLogprob {
 class Sampler {
  public:
   // penalty_window: how many past tokens the penalties see (the slot's context size).
-  Sampler(const SamplingParams& p, int32_t n_vocab, int32_t penalty_window);
+  Sampler(const SamplingParams& p, const llama_vocab* vocab, int32_t penalty_window);
   ~Sampler();
   Sampler(const Sampler&) = delete;
   Sampler& operator=(const Sampler&) = delete;

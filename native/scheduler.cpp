@@ -143,7 +143,7 @@ void Scheduler::admit(std::vector<Event>& out) {
     if (s.req) continue;
     s.req = std::move(pending_.front());
     pending_.pop_front();
-    s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_, n_ctx_seq_);
+    s.sampler = std::make_unique<Sampler>(s.req->sampling, vocab_, n_ctx_seq_);
     s.sampler->accept_prompt(s.req->prompt);
     s.text = std::make_unique<TextStream>(s.req->stops);
     s.n_prefilled = 0;

@@ -20,6 +20,7 @@ export interface EngineOptions {
   maxQueue?: number;
   batchSize?: number;
   flashAttention?: 'auto' | 'on' | 'off';
+  kvCacheType?: 'f16' | 'f32' | 'q8_0';
   onProgress?: (fraction: number) => void;
 }
 
@@ -61,6 +62,7 @@ export class Engine {
         maxQueue: opts.maxQueue ?? 64,
         batchSize: opts.batchSize ?? 512,
         flashAttention: opts.flashAttention ?? 'auto',
+        kvCacheType: opts.kvCacheType ?? 'f16',
       },
       (events) => self?.dispatch(events),
     );

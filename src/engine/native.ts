@@ -12,6 +12,8 @@ export interface NativeEngineOptions {
   batchSize?: number;
   maxQueue?: number;
   flashAttention?: 'auto' | 'on' | 'off';
+  /** KV cache precision: f16 (llama.cpp's default), f32 (exact, twice the memory), q8_0. */
+  kvCacheType?: 'f16' | 'f32' | 'q8_0';
 }
 
 export interface NativeRequestParams {
@@ -27,6 +29,10 @@ export interface NativeRequestParams {
   seed?: number;
   stop?: string[];
   logprobs?: number;
+  /** Never stop at end-of-generation tokens (fixed-length runs, benchmarks). */
+  ignoreEos?: boolean;
+  /** token id -> bias added to its logit before sampling (OpenAI's logit_bias). */
+  logitBias?: Record<number, number>;
   adapters?: { name: string; scale?: number }[];
   addSpecial?: boolean;
 }

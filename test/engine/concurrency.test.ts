@@ -1,0 +1,84 @@
+// Continuous batching: requests decoded together, with different adapter sets, give what each gives alone.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Engine, GenerateParams } from '../../src/engine/index.ts';
+import { chunksOf, loadEngine, loadReference, modelDir } from '../helpers.ts';
+
+const ref = loadReference('tiny-qa');
+const prompts = [...new Set(ref.cases.map((c) => c.prompt))];
+const adapterSets: GenerateParams['adapters'][] = [[], [{ name: 'qa', scale: 1 }], [{ name: 'qa', scale: 0.5 }]];
+
+// Eight requests, mixed prompts and adapter sets; long enough (no EOS) to overlap for many steps.
+const requests = Array.from({ length: 8 }, (_, i) => ({
+  prompt: prompts[(i * 5) % prompts.length]!,
+  params: { greedy: true, maxTokens: 40 + 3 * i, ignoreEos: true, adapters: adapterSets[i % 3] } as GenerateParams,
+}));
+
+describe('concurrent requests', () => {
+  let engine: Engine;
+  const alone: number[][] = [];
+
+  beforeAll(async () => {
+    engine = await loadEngine('tiny-qa', { slots: 8 }); // serving defaults: f16 KV cache, flash attention auto
+    await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
+    for (const r of requests) alone.push((await engine.generate(r.prompt, r.params).result).tokens);
+  });
+  afterAll(() => engine?.close());
+
+  it('8 at once give the same greedy ids as each alone', async () => {
+    const together = await Promise.all(requests.map((r) => engine.generate(r.prompt, r.params).result));
+    expect(together.map((r) => r.tokens)).toEqual(alone);
+    expect(together.map((r) => r.stopReason)).toEqual(requests.map(() => 'length'));
+  });
+
+  it('more requests than slots queue and still match', async () => {
+    const twice = [...requests, ...requests];
+    const results = await Promise.all(twice.map((r) => engine.generate(r.prompt, r.params).result));
+    expect(results.map((r) => r.tokens)).toEqual([...alone, ...alone]);
+  });
+
+  it('cancelling one mid-stream leaves the others unchanged and frees its slot', async () => {
+    const gens = requests.map((r, i) =>
+      engine.generate(r.prompt, i === 3 ? { ...r.params, maxTokens: 200 } : r.params),
+    );
+    let seen = 0;
+    for await (const _ of gens[3]!) {
+      if (++seen === 5) gens[3]!.cancel();
+    }
+    const results = await Promise.all(gens.map((g) => g.result));
+    expect(results[3]!.stopReason).toBe('cancelled');
+    expect(results[3]!.tokens.length).toBeLessThan(200);
+    expect(results[3]!.tokens).toEqual(alone[3]!.slice(0, results[3]!.tokens.length));
+    results.forEach((r, i) => {
+      if (i !== 3) expect(r.tokens).toEqual(alone[i]);
+    });
+    expect(engine.stats()).toMatchObject({ busySlots: 0, queued: 0, inFlight: 0 });
+  });
+
+  it('an AbortSignal cancels a queued or running request', async () => {
+    const ac = new AbortController();
+    const g = engine.generate(requests[0]!.prompt, { ...requests[0]!.params, maxTokens: 200 }, { signal: ac.signal });
+    ac.abort();
+    const r = await g.result;
+    expect(r.stopReason).toBe('cancelled');
+    expect(r.tokens.length).toBeLessThan(200);
+  });
+
+  it('adapters can be unloaded and reloaded while requests run', async () => {
+    const running = engine.generate(requests[1]!.prompt, requests[1]!.params); // uses 'qa'
+    expect(engine.unloadAdapter('qa')).toBe(true);
+    expect(() => engine.generate('x', { adapters: [{ name: 'qa' }] })).toThrow(/no adapter named 'qa'/);
+    expect((await running.result).tokens).toEqual(alone[1]);
+    await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`, 0.5);
+    // The default scale applies when a request names no scale: 0.5 here, so it equals request 2.
+    const r = await engine.generate(requests[2]!.prompt, { ...requests[2]!.params, adapters: [{ name: 'qa' }] }).result;
+    expect(r.tokens).toEqual(alone[2]);
+    expect(engine.setAdapterScale('qa', 1)).toBe(true);
+    expect(engine.adapters()).toMatchObject([{ name: 'qa', scale: 1, alpha: 16 }]);
+  });
+
+  it('the text streamed equals the final text', async () => {
+    const g = engine.generate(requests[4]!.prompt, requests[4]!.params);
+    const chunks = await chunksOf(g);
+    expect(chunks.join('')).toBe((await g.result).text);
+  });
+});

@@ -1,0 +1,53 @@
+// Shared by the tests: the project's copies of the fixtures and small helpers over Generation.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Engine, type EngineOptions, type Generation } from '../src/engine/index.ts';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const modelDir = (name: 'tiny-qa' | 'tiny-qwen2') => path.join(root, 'models', name);
+
+export interface ReferenceCase {
+  set: 'train' | 'heldout';
+  mode: 'base' | 'adapter' | 'adapter@0.5';
+  prompt: string;
+  prompt_ids: number[];
+  greedy_ids: number[];
+  greedy_text: string;
+  first_logits: number[];
+}
+
+export interface Reference {
+  vocab_size: number;
+  bos: number | null;
+  eos: number;
+  lora: { r: number; alpha: number; use_rslora?: boolean };
+  cases: ReferenceCase[];
+}
+
+export function loadReference(name: 'tiny-qa' | 'tiny-qwen2'): Reference {
+  return JSON.parse(readFileSync(path.join(modelDir(name), 'reference.json'), 'utf8')) as Reference;
+}
+
+/** CPU, one llama.cpp thread: what CI has. */
+export function loadEngine(name: 'tiny-qa' | 'tiny-qwen2', opts: Partial<EngineOptions> = {}): Promise<Engine> {
+  return Engine.load({
+    modelPath: path.join(modelDir(name), 'base-f32.gguf'),
+    backend: 'cpu',
+    threads: 1,
+    contextSize: 256,
+    ...opts,
+  });
+}
+
+export async function chunksOf(g: Generation): Promise<string[]> {
+  const out: string[] = [];
+  for await (const c of g) out.push(c.text);
+  return out;
+}
+
+export function logSoftmax(logits: number[]): number[] {
+  const max = Math.max(...logits);
+  const z = max + Math.log(logits.reduce((s, x) => s + Math.exp(x - max), 0));
+  return logits.map((x) => x - z);
+}
