@@ -2,6 +2,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { EngineError } from '../engine/index.ts';
 import { runGenerate } from './generate.ts';
+import { runPredict, runServe } from './serve.ts';
 
 const program = new Command()
   .name('cml-lora-serve')
@@ -48,13 +49,29 @@ program
   .option('--json', 'print one JSON object (last line) instead of streaming text', false)
   .action(runGenerate);
 
-program
-  .command('serve')
-  .description('serve the CML predict endpoint (arrives with the serving issue)')
-  .action(() => {
-    console.error('serve: the HTTP server is not part of this build yet; use `generate`.');
-    process.exitCode = 2;
-  });
+const serveOptions = (cmd: Command) =>
+  cmd
+    .option('--model <location>', 'base model (env FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME)')
+    .option('--adapter <location>', 'adapter (env FINE_TUNING_STUDIO_ADAPTER_LOCATION / ADAPTER_LOCATION)')
+    .option('--adapter-none', 'serve the base model alone')
+    .option('--gen-config <json>', 'generation config (env FINE_TUNING_STUDIO_GEN_CONFIG_STRING / GEN_CONFIG_STRING)')
+    .option('--models-dir <dir>', 'where org/name model ids are looked up (env MODELS_DIR)')
+    .option('--slots <n>', 'concurrent sequences (env SLOTS, default 8)', intArg('--slots', 1))
+    .option('--max-queue <n>', 'requests waiting beyond the slots (env MAX_QUEUE, default 64)', intArg('--max-queue', 0))
+    .option('--context <n>', 'context tokens per slot (env CONTEXT_SIZE, default 2048)', intArg('--context', 16))
+    .option('--threads <n>', 'CPU threads (env THREADS)', intArg('--threads', 1))
+    .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)');
+
+serveOptions(program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'))
+  .option('--port <n>', 'port (env PORT, default 8080)', intArg('--port', 0))
+  .option('--host <h>', 'address (env HOST, default 127.0.0.1)')
+  .option('--api-key <key>', 'require Authorization: Bearer <key> (env API_KEY)')
+  .action(runServe);
+
+serveOptions(program.command('predict').description('one prompt through the CML predict contract, printed bare'))
+  .requiredOption('--prompt <text>', 'prompt text')
+  .option('--request <json>', 'other request fields, as JSON (e.g. \'{"do_sample": false}\')')
+  .action(runPredict);
 
 try {
   await program.parseAsync(process.argv);

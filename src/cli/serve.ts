@@ -1,0 +1,85 @@
+// `serve` (= npm start) and `predict`: configuration from Fine Tuning Studio's env, flags win.
+import cliProgress from 'cli-progress';
+import { pino } from 'pino';
+import { loadConfig, type Overrides } from '../cml/config.ts';
+import { openPredictor } from '../cml/open.ts';
+import { startServer } from '../server/server.ts';
+
+export interface ServeFlags {
+  port?: number;
+  host?: string;
+  model?: string;
+  adapter?: string;
+  adapterNone?: boolean;
+  modelsDir?: string;
+  apiKey?: string;
+  slots?: number;
+  maxQueue?: number;
+  context?: number;
+  threads?: number;
+  backend?: string;
+  genConfig?: string;
+}
+
+function overrides(f: ServeFlags): Overrides {
+  const o: Overrides = {};
+  if (f.port !== undefined) o.port = f.port;
+  if (f.host !== undefined) o.host = f.host;
+  if (f.model !== undefined) o.baseModel = f.model;
+  if (f.adapter !== undefined) o.adapter = f.adapter;
+  if (f.adapterNone) o.adapter = null;
+  if (f.modelsDir !== undefined) o.modelsDir = f.modelsDir;
+  if (f.apiKey !== undefined) o.apiKey = f.apiKey;
+  if (f.slots !== undefined) o.slots = f.slots;
+  if (f.maxQueue !== undefined) o.maxQueue = f.maxQueue;
+  if (f.context !== undefined) o.contextSize = f.context;
+  if (f.threads !== undefined) o.threads = f.threads;
+  if (f.backend !== undefined) o.backend = f.backend as Overrides['backend'];
+  if (f.genConfig !== undefined) o.genConfigString = f.genConfig;
+  return o;
+}
+
+/** A progress bar on a terminal; nothing otherwise (the logs say when loading ends). */
+function loadProgress(): { onProgress?: (f: number) => void; done: () => void } {
+  if (!process.stderr.isTTY) return { done: () => {} };
+  const bar = new cliProgress.SingleBar(
+    { format: 'loading model [{bar}] {percentage}%', stream: process.stderr, hideCursor: true, clearOnComplete: true },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(100, 0);
+  return { onProgress: (f) => bar.update(Math.round(f * 100)), done: () => bar.stop() };
+}
+
+export async function runServe(flags: ServeFlags): Promise<void> {
+  const cfg = loadConfig(process.env, overrides(flags));
+  const log = pino({ name: 'cml-lora-serve' });
+  const progress = loadProgress();
+  const running = await startServer(cfg, log, progress.onProgress);
+  try {
+    await running.ready;
+  } catch (err) {
+    progress.done();
+    log.error({ err: (err as Error).message }, 'model failed to load');
+    await running.close();
+    throw err;
+  }
+  progress.done();
+  const stop = (signal: string) => {
+    log.info({ signal }, 'shutting down');
+    running.close().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+}
+
+export async function runPredict(flags: ServeFlags & { prompt: string; request?: string }): Promise<void> {
+  const cfg = loadConfig(process.env, overrides(flags));
+  const request = flags.request ? (JSON.parse(flags.request) as Record<string, unknown>) : {};
+  const predictor = await openPredictor(cfg);
+  try {
+    for (const w of cfg.warnings) console.error(`warning: ${w}`);
+    process.stdout.write(`${await predictor.predict({ ...request, prompt: flags.prompt })}\n`);
+  } finally {
+    await predictor.engine.close();
+  }
+}

@@ -1,0 +1,160 @@
+// Fine Tuning Studio's generation config: parsed like the original predict script, merged
+// request > env > defaults, and turned into engine parameters. Values coerce as Python would
+// ("0.5" -> 0.5); anything else is a BadRequestError naming the parameter.
+import type { GenerateParams } from '../engine/index.ts';
+
+/** DEFAULT_GENERATIONAL_CONFIG of the studio (ft/consts.py). */
+export const STUDIO_DEFAULTS = Object.freeze({
+  do_sample: true,
+  temperature: 0.8,
+  max_new_tokens: 60,
+  top_p: 1,
+  top_k: 50,
+  num_beams: 1,
+  repetition_penalty: 1.1,
+});
+
+export class BadRequestError extends Error {
+  readonly status = 400;
+}
+
+export interface GenConfigParse {
+  config: Record<string, unknown>;
+  /** Why the string was not used as given (the original stays silent; we log it). */
+  warning?: string;
+}
+
+/** json.loads; then with ' replaced by "; then the defaults. Never throws. */
+export function parseGenConfigString(raw: string | undefined): GenConfigParse {
+  if (raw === undefined || raw.trim() === '') return { config: {} };
+  const attempt = (s: string): Record<string, unknown> | Error => {
+    try {
+      const v: unknown = JSON.parse(s);
+      if (v === null || typeof v !== 'object' || Array.isArray(v)) return new Error('it is not a JSON object');
+      return v as Record<string, unknown>;
+    } catch (e) {
+      return e as Error;
+    }
+  };
+  const first = attempt(raw);
+  if (!(first instanceof Error)) return { config: first };
+  const second = attempt(raw.replaceAll("'", '"'));
+  if (!(second instanceof Error)) {
+    return { config: second, warning: 'generation config is not valid JSON; read it with single quotes as double quotes' };
+  }
+  return { config: {}, warning: `generation config ignored, using the studio defaults: ${first.message}` };
+}
+
+type Coerce = (name: string, v: unknown) => unknown;
+
+const num =
+  (check: (n: number) => boolean, rule: string): Coerce =>
+  (name, v) => {
+    const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : Number.NaN;
+    if (typeof v === 'boolean' || !Number.isFinite(n) || !check(n)) {
+      throw new BadRequestError(`${name} must be ${rule}, got ${JSON.stringify(v)}`);
+    }
+    return n;
+  };
+
+const int = (min: number): Coerce => num((n) => Number.isInteger(n) && n >= min, `an integer >= ${min}`);
+
+const bool: Coerce = (name, v) => {
+  if (typeof v === 'boolean') return v;
+  if (v === 0 || v === 1) return v === 1;
+  if (typeof v === 'string' && /^(true|false)$/i.test(v.trim())) return v.trim().toLowerCase() === 'true';
+  throw new BadRequestError(`${name} must be true or false, got ${JSON.stringify(v)}`);
+};
+
+const stopList: Coerce = (name, v) => {
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || !list.every((s) => typeof s === 'string')) {
+    throw new BadRequestError(`${name} must be a string or a list of strings`);
+  }
+  return list.filter((s) => s !== '');
+};
+
+const adapterName: Coerce = (name, v) => {
+  if (v === null || v === false || v === '' || v === 'none') return null;
+  if (typeof v !== 'string') throw new BadRequestError(`${name} must be an adapter name, or null for the base model`);
+  return v;
+};
+
+/** The parameters a request (or the env config) may set, and how each coerces. */
+const PARAMS: Record<string, Coerce> = {
+  temperature: num((n) => n >= 0, 'a number >= 0'),
+  top_p: num((n) => n > 0 && n <= 1, 'a number in (0, 1]'),
+  top_k: int(0),
+  repetition_penalty: num((n) => n > 0, 'a number > 0'),
+  max_new_tokens: int(1),
+  num_beams: int(1),
+  do_sample: bool,
+  seed: num((n) => Number.isInteger(n) && n >= 0 && n < 2 ** 32, 'an integer in [0, 2^32)'),
+  stop: stopList,
+  adapter: adapterName,
+  adapter_scale: num(() => true, 'a finite number'),
+};
+
+export interface ResolvedGeneration {
+  params: GenerateParams;
+  /** The adapter the request uses (null = base model), and its scale. */
+  adapter: string | null;
+}
+
+/**
+ * Validates the known keys of one layer; unknown keys are ignored (the studio passes others, such as
+ * max_length, that the original ignores too).
+ */
+export function coerceLayer(layer: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, coerce] of Object.entries(PARAMS)) {
+    if (!(key in layer) || layer[key] === undefined) continue;
+    if (layer[key] === null && key !== 'adapter') continue; // Python's None: not set
+    out[key] = coerce(key, layer[key]);
+  }
+  return out;
+}
+
+/** Like coerceLayer, but drops each bad key with a warning instead of failing (for the env config). */
+export function coerceEnvLayer(layer: Record<string, unknown>): { values: Record<string, unknown>; warnings: string[] } {
+  const values: Record<string, unknown> = {};
+  const warnings: string[] = [];
+  for (const key of Object.keys(PARAMS)) {
+    try {
+      Object.assign(values, coerceLayer({ [key]: layer[key] }));
+    } catch (e) {
+      warnings.push(`generation config: ${(e as Error).message}; using the default`);
+    }
+  }
+  return { values, warnings };
+}
+
+/**
+ * request > env config > studio defaults. `defaultAdapter` is what a request that names none uses.
+ */
+export function resolveGeneration(
+  request: Record<string, unknown>,
+  env: Record<string, unknown>,
+  defaultAdapter: string | null,
+): ResolvedGeneration {
+  const merged: Record<string, unknown> = { ...STUDIO_DEFAULTS, ...env, ...coerceLayer(request) };
+  if ((merged.num_beams as number) > 1) {
+    throw new BadRequestError('num_beams > 1 (beam search) is not supported; use num_beams 1');
+  }
+  const greedy = merged.do_sample === false || merged.temperature === 0;
+  const adapter = 'adapter' in merged ? (merged.adapter as string | null) : defaultAdapter;
+  const params: GenerateParams = {
+    maxTokens: merged.max_new_tokens as number,
+    greedy,
+    temperature: merged.temperature as number,
+    topK: merged.top_k as number,
+    topP: merged.top_p as number,
+    repetitionPenalty: merged.repetition_penalty as number,
+  };
+  if (merged.seed !== undefined) params.seed = merged.seed as number;
+  if (merged.stop !== undefined) params.stop = merged.stop as string[];
+  if (adapter !== null) {
+    params.adapters = [{ name: adapter, ...(merged.adapter_scale !== undefined ? { scale: merged.adapter_scale as number } : {}) }];
+  }
+  return { params, adapter };
+}

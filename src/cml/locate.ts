@@ -1,0 +1,111 @@
+// Turns Fine Tuning Studio's model and adapter locations into GGUF files, saying which rule won and,
+// when none did, every place that was tried. No network: a Hub id must already be on disk.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ggufKind, readGgufHeader } from '../intake/gguf-header.ts';
+
+export class LocateError extends Error {}
+
+export interface Located {
+  path: string;
+  /** Which rule matched, for the start-up log. */
+  rule: string;
+}
+
+const isFile = (p: string) => existsSync(p) && statSync(p).isFile();
+const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
+const SPLIT = /-(\d{5})-of-(\d{5})\.gguf$/;
+
+/** The GGUF files of one kind in dir: a single file, or the first part of one split set. */
+async function ggufIn(dir: string, kind: 'model' | 'adapter'): Promise<string | string[]> {
+  const files = readdirSync(dir).filter((f) => f.endsWith('.gguf')).sort();
+  const matching: string[] = [];
+  for (const f of files) {
+    const split = SPLIT.exec(f);
+    if (split && split[1] !== '00001') continue; // llama.cpp loads the rest of a split set from part 1
+    try {
+      if (ggufKind(await readGgufHeader(path.join(dir, f))) === kind) matching.push(path.join(dir, f));
+    } catch {
+      // not a readable GGUF: not a candidate
+    }
+  }
+  return matching.length === 1 ? matching[0]! : matching;
+}
+
+async function fromDir(dir: string, kind: 'model' | 'adapter', rule: string, tried: string[]): Promise<Located | null> {
+  if (!isDir(dir)) {
+    tried.push(`${dir} (no such directory)`);
+    return null;
+  }
+  const found = await ggufIn(dir, kind);
+  if (typeof found === 'string') return { path: found, rule };
+  if (found.length > 1) {
+    throw new LocateError(`${dir} holds several ${kind} GGUF files (${found.map((f) => path.basename(f)).join(', ')}); name one`);
+  }
+  tried.push(`${dir} (no ${kind} GGUF inside)`);
+  return null;
+}
+
+function hfCacheSnapshots(id: string): string[] {
+  const hub = process.env.HF_HUB_CACHE ?? path.join(process.env.HF_HOME ?? path.join(os.homedir(), '.cache/huggingface'), 'hub');
+  const snaps = path.join(hub, `models--${id.replaceAll('/', '--')}`, 'snapshots');
+  return isDir(snaps) ? readdirSync(snaps).map((s) => path.join(snaps, s)) : [];
+}
+
+const notYet = (what: string, where: string) =>
+  new LocateError(
+    `${where} is a ${what}; converting it to GGUF in-process is not available yet. Convert it with ` +
+      "llama.cpp's converter (convert_hf_to_gguf.py / convert_lora_to_gguf.py) and point at the .gguf",
+  );
+
+/** FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME → a GGUF model file. */
+export async function locateBaseModel(value: string, modelsDir: string): Promise<Located> {
+  const tried: string[] = [];
+  const p = path.resolve(value);
+  if (value.endsWith('.gguf')) {
+    if (isFile(p)) return { path: p, rule: 'a .gguf file path' };
+    tried.push(`${p} (no such file)`);
+  } else if (isDir(p)) {
+    const hit = await fromDir(p, 'model', 'a directory holding one GGUF', tried);
+    if (hit) return hit;
+    if (isFile(path.join(p, 'config.json'))) throw notYet('Hugging Face checkpoint directory', p);
+  } else {
+    tried.push(`${p} (no such file or directory)`);
+  }
+  if (!path.isAbsolute(value)) {
+    const hit = await fromDir(path.join(modelsDir, value), 'model', `MODELS_DIR/${value}`, tried);
+    if (hit) return hit;
+    const snaps = hfCacheSnapshots(value);
+    for (const s of snaps) {
+      const inSnap = await fromDir(s, 'model', 'a Hugging Face cache snapshot holding a GGUF', tried);
+      if (inSnap) return inSnap;
+      if (isFile(path.join(s, 'config.json'))) throw notYet('Hugging Face cache snapshot', s);
+    }
+    if (snaps.length === 0) tried.push(`the Hugging Face cache (no snapshot of ${value})`);
+  }
+  throw new LocateError(`base model '${value}' not found; tried: ${tried.join('; ')}`);
+}
+
+/** FINE_TUNING_STUDIO_ADAPTER_LOCATION → a GGUF LoRA file. */
+export async function locateAdapter(value: string): Promise<Located> {
+  const p = path.resolve(value);
+  if (isFile(p)) {
+    if (!value.endsWith('.gguf')) throw new LocateError(`adapter ${p} is not a .gguf file`);
+    return { path: p, rule: 'a GGUF LoRA file' };
+  }
+  if (isDir(p)) {
+    const tried: string[] = [];
+    const hit = await fromDir(p, 'adapter', 'a directory holding one GGUF LoRA', tried);
+    if (hit) return hit;
+    if (isFile(path.join(p, 'adapter_config.json'))) throw notYet('PEFT adapter directory', p);
+    throw new LocateError(`adapter directory ${p} holds no GGUF LoRA and no PEFT adapter`);
+  }
+  if (/^[\w.-]+\/[\w.-]+$/.test(value)) {
+    throw new LocateError(
+      `adapter '${value}' is not on disk and looks like a Hugging Face Hub id: download it first ` +
+        '(this server, like the studio, serves adapters stored with the project)',
+    );
+  }
+  throw new LocateError(`adapter location ${p} does not exist`);
+}

@@ -1,0 +1,67 @@
+// Prometheus metrics (prom-client). Recorded once per request from its final record, never per token.
+import client from 'prom-client';
+import type { GenerationResult } from '../engine/index.ts';
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly requests = new client.Counter({
+    name: 'cml_requests_total',
+    help: 'HTTP requests by route and status',
+    labelNames: ['route', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly errors = new client.Counter({
+    name: 'cml_request_errors_total',
+    help: 'HTTP requests that ended in an error, by route and status',
+    labelNames: ['route', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly promptTokens = new client.Counter({ name: 'cml_prompt_tokens_total', help: 'prompt tokens processed', registers: [this.registry] });
+  readonly generatedTokens = new client.Counter({ name: 'cml_generated_tokens_total', help: 'tokens generated', registers: [this.registry] });
+  readonly ttft = new client.Histogram({
+    name: 'cml_time_to_first_token_seconds',
+    help: 'time from request to its first token',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly decodeRate = new client.Histogram({
+    name: 'cml_decode_tokens_per_second',
+    help: 'decode speed of each request',
+    buckets: [5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200],
+    registers: [this.registry],
+  });
+  readonly duration = new client.Histogram({
+    name: 'cml_request_duration_seconds',
+    help: 'time from request to its last token',
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+
+  constructor(stats: () => { busySlots: number; queued: number } | null) {
+    client.collectDefaultMetrics({ register: this.registry });
+    new client.Gauge({
+      name: 'cml_queue_depth',
+      help: 'requests waiting for a slot',
+      registers: [this.registry],
+      collect() {
+        this.set(stats()?.queued ?? 0);
+      },
+    });
+    new client.Gauge({
+      name: 'cml_busy_slots',
+      help: 'slots generating',
+      registers: [this.registry],
+      collect() {
+        this.set(stats()?.busySlots ?? 0);
+      },
+    });
+  }
+
+  observe(r: GenerationResult): void {
+    this.promptTokens.inc(r.usage.promptTokens);
+    this.generatedTokens.inc(r.usage.generatedTokens);
+    if (r.usage.generatedTokens > 0) this.ttft.observe(r.timings.ttftMs / 1000);
+    if (r.timings.decodeTokensPerSecond > 0) this.decodeRate.observe(r.timings.decodeTokensPerSecond);
+    this.duration.observe(r.timings.totalMs / 1000);
+  }
+}
