@@ -85,7 +85,8 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
   s.presence_penalty = static_cast<float>(number(env, o, "presencePenalty", 0.0));
   s.frequency_penalty = static_cast<float>(number(env, o, "frequencyPenalty", 0.0));
   s.logprobs = integer(env, o, "logprobs", 0, 0, 20);
-  s.ignore_eos = boolean(env, o, "ignoreEos", false);
+  r.min_new_tokens = integer(env, o, "minTokens", 0, 0, 1 << 24);
+  if (boolean(env, o, "ignoreEos", false)) r.min_new_tokens = r.max_new_tokens;
   if (has(o, "seed")) {
     const double seed = number(env, o, "seed", 0);
     if (std::floor(seed) != seed || seed < 0 || seed > 4294967295.0) bad(env, "seed must be an integer in [0, 2^32)");

@@ -16,6 +16,7 @@ struct Request {
   std::vector<llama_token> prompt;
   SamplingParams sampling;
   int32_t max_new_tokens = 0;
+  int32_t min_new_tokens = 0;  // end-of-generation tokens are masked until this many were generated
   std::vector<std::string> stops;
   std::vector<AdapterUse> adapters;  // non-zero scales only, sorted by handle: equal sets compare equal
   std::atomic<bool> cancelled{false};
@@ -37,7 +38,7 @@ struct Event {
   EventKind kind = EventKind::Token;
   std::string text;  // Token: releasable text (may be empty); Done: text held back until the end
   llama_token token = -1;
-  LogprobRow logprobs{0.0f, {}};
+  LogprobRow logprobs;
   bool has_logprobs = false;
   // Done
   std::string stop_reason;  // eos | length | stop | cancelled

@@ -5,19 +5,13 @@
 
 namespace cml {
 
-Sampler::Sampler(const SamplingParams& p, const llama_vocab* vocab, int32_t penalty_window) {
-  const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+Sampler::Sampler(const SamplingParams& p, int32_t n_vocab, int32_t penalty_window) {
   auto sp = llama_sampler_chain_default_params();
   sp.no_perf = true;
   chain_ = llama_sampler_chain_init(sp);
-  std::vector<llama_logit_bias> bias = p.logit_bias;
-  if (p.ignore_eos) {
-    for (llama_token t = 0; t < n_vocab; ++t) {
-      if (llama_vocab_is_eog(vocab, t)) bias.push_back({t, -INFINITY});
-    }
-  }
-  if (!bias.empty()) {
-    llama_sampler_chain_add(chain_, llama_sampler_init_logit_bias(n_vocab, static_cast<int32_t>(bias.size()), bias.data()));
+  if (!p.logit_bias.empty()) {
+    llama_sampler_chain_add(chain_, llama_sampler_init_logit_bias(n_vocab, static_cast<int32_t>(p.logit_bias.size()),
+                                                                  p.logit_bias.data()));
   }
   const bool penalize = p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
   if (penalize) {
@@ -45,7 +39,7 @@ void Sampler::accept_prompt(const std::vector<llama_token>& prompt) {
 
 llama_token Sampler::sample(llama_context* ctx, int32_t idx) { return llama_sampler_sample(chain_, ctx, idx); }
 
-LogprobRow logprob_row(const float* logits, int32_t n_vocab, int32_t n, llama_token chosen) {
+LogprobRow logprob_row(const float* logits, int32_t n_vocab, int32_t n) {
   float max_logit = -INFINITY;
   for (int32_t i = 0; i < n_vocab; ++i) max_logit = std::max(max_logit, logits[i]);
   double sum = 0.0;
@@ -57,7 +51,7 @@ LogprobRow logprob_row(const float* logits, int32_t n_vocab, int32_t n, llama_to
   n = std::min(n, n_vocab);
   std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
                     [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  LogprobRow row{logits[chosen] - log_z, {}};
+  LogprobRow row{log_z, 0.0f, {}};
   row.top.reserve(n);
   for (int32_t i = 0; i < n; ++i) row.top.push_back({ids[i], logits[ids[i]] - log_z});
   return row;

@@ -33,7 +33,7 @@ struct TokenLogprob {
 class Sampler {
  public:
   // penalty_window: how many past tokens the penalties see (the slot's context size).
-  Sampler(const SamplingParams& p, const llama_vocab* vocab, int32_t penalty_window);
+  Sampler(const SamplingParams& p, int32_t n_vocab, int32_t penalty_window);
   ~Sampler();
   Sampler(const Sampler&) = delete;
   Sampler& operator=(const Sampler&) = delete;
@@ -49,12 +49,14 @@ class Sampler {
 };
 
 struct LogprobRow {
-  float chosen;                    // log-probability of the sampled token
+  float log_z = 0.0f;              // log of the softmax denominator
+  float chosen = 0.0f;             // log-probability of the sampled token
   std::vector<TokenLogprob> top;   // the n most likely tokens, highest first
 };
 
 // log-softmax of a raw (unpenalized, untempered) logits row: the model's own distribution.
-LogprobRow logprob_row(const float* logits, int32_t n_vocab, int32_t n, llama_token chosen);
+// `chosen` is filled in by the caller once the token is sampled: logits[token] - log_z.
+LogprobRow logprob_row(const float* logits, int32_t n_vocab, int32_t n);
 
 // Returns an empty string when p is valid, else what is wrong with it.
 std::string validate(const SamplingParams& p);

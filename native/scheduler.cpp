@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 namespace cml {
 
@@ -33,6 +34,9 @@ Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* ad
       sink_(std::move(sink)),
       n_ctx_seq_(static_cast<int32_t>(llama_n_ctx_seq(ctx))),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(model))) {
+  for (llama_token t = 0; t < n_vocab_; ++t) {
+    if (llama_vocab_is_eog(vocab_, t)) eog_.push_back(t);
+  }
   batch_ = llama_batch_init(std::max(cfg_.n_batch, cfg_.n_slots), 0, 1);
   slots_.resize(cfg_.n_slots);
   for (int32_t i = 0; i < cfg_.n_slots; ++i) slots_[i].seq = i;
@@ -143,7 +147,7 @@ void Scheduler::admit(std::vector<Event>& out) {
     if (s.req) continue;
     s.req = std::move(pending_.front());
     pending_.pop_front();
-    s.sampler = std::make_unique<Sampler>(s.req->sampling, vocab_, n_ctx_seq_);
+    s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_, n_ctx_seq_);
     s.sampler->accept_prompt(s.req->prompt);
     s.text = std::make_unique<TextStream>(s.req->stops);
     s.n_prefilled = 0;
@@ -230,11 +234,18 @@ void Scheduler::sample_slot(Slot& s, std::vector<Event>& out) {
   if (s.t_prefill_end == 0) s.t_prefill_end = now;
   Event e;
   e.id = s.req->id;
-  const llama_token t = s.sampler->sample(ctx_, s.out_idx);
+  float* logits = llama_get_logits_ith(ctx_, s.out_idx);
+  // Log-probabilities describe the model, so they are taken before any masking; the sampled token
+  // is never a masked one, so its logit is still the raw value afterwards.
   if (s.req->sampling.logprobs > 0) {
-    e.logprobs = logprob_row(llama_get_logits_ith(ctx_, s.out_idx), n_vocab_, s.req->sampling.logprobs, t);
+    e.logprobs = logprob_row(logits, n_vocab_, s.req->sampling.logprobs);
     e.has_logprobs = true;
   }
+  if (s.n_generated < s.req->min_new_tokens) {
+    for (llama_token t : eog_) logits[t] = -INFINITY;
+  }
+  const llama_token t = s.sampler->sample(ctx_, s.out_idx);
+  if (e.has_logprobs) e.logprobs.chosen = logits[t] - e.logprobs.log_z;
   if (s.t_first == 0) s.t_first = now_us();
   s.t_last = now_us();
   if (llama_vocab_is_eog(vocab_, t)) {

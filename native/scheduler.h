@@ -72,6 +72,7 @@ class Scheduler {
   Sink sink_;
   int32_t n_ctx_seq_;
   int32_t n_vocab_;
+  std::vector<llama_token> eog_;  // end-of-generation tokens, masked while a slot is under its minimum
   llama_batch batch_;
   std::vector<Slot> slots_;
   uint64_t step_no_ = 0;

@@ -87,6 +87,7 @@ const PARAMS: Record<string, Coerce> = {
   top_k: int(0),
   repetition_penalty: num((n) => n > 0, 'a number > 0'),
   max_new_tokens: int(1),
+  min_new_tokens: int(0),
   num_beams: int(1),
   do_sample: bool,
   seed: num((n) => Number.isInteger(n) && n >= 0 && n < 2 ** 32, 'an integer in [0, 2^32)'),
@@ -153,6 +154,7 @@ export function resolveGeneration(
   };
   if (merged.seed !== undefined) params.seed = merged.seed as number;
   if (merged.stop !== undefined) params.stop = merged.stop as string[];
+  if (merged.min_new_tokens !== undefined) params.minTokens = merged.min_new_tokens as number;
   if (adapter !== null) {
     params.adapters = [{ name: adapter, ...(merged.adapter_scale !== undefined ? { scale: merged.adapter_scale as number } : {}) }];
   }

@@ -29,7 +29,9 @@ export interface NativeRequestParams {
   seed?: number;
   stop?: string[];
   logprobs?: number;
-  /** Never stop at end-of-generation tokens (fixed-length runs, benchmarks). */
+  /** End-of-generation tokens are masked until this many tokens were generated (HF min_new_tokens). */
+  minTokens?: number;
+  /** Never stop at end-of-generation tokens (fixed-length runs, benchmarks): minTokens = maxTokens. */
   ignoreEos?: boolean;
   /** token id -> bias added to its logit before sampling (OpenAI's logit_bias). */
   logitBias?: Record<number, number>;

@@ -1,0 +1,47 @@
+// The CML model script (scripts/cml_model_predict_script.py), run by python3 against the real server.
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { root } from '../helpers.ts';
+
+const run = promisify(execFile);
+
+// A stand-in for CML's own `cml.models_v1` (only present inside CML): its decorator marks the function.
+const fakeCml = mkdtempSync(path.join(os.tmpdir(), 'fake-cml-'));
+mkdirSync(path.join(fakeCml, 'cml'));
+writeFileSync(path.join(fakeCml, 'cml', '__init__.py'), '');
+writeFileSync(path.join(fakeCml, 'cml', 'models_v1.py'), 'def cml_model(fn):\n    fn.cml_model = True\n    return fn\n');
+
+const script = `
+import json, sys
+sys.path.insert(0, ${JSON.stringify(path.join(root, 'scripts'))})
+import cml_model_predict_script as m
+out = {"decorated": getattr(m.api_wrapper, "cml_model", False)}
+out["answer"] = m.api_wrapper({"prompt": "Question: What is the capital of Belithne?\\nAnswer:", "do_sample": False})
+out["again"] = m.api_wrapper({"prompt": "Question: What is the capital of Belithne?\\nAnswer:", "do_sample": "false", "adapter": None})
+try:
+    m.api_wrapper({"prompt": "x", "max_new_tokens": -1})
+except ValueError as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+`;
+
+describe('CML entry point (python3, standard library only)', () => {
+  it('starts the server once, forwards args to /predict and returns the bare string', async () => {
+    const { stdout } = await run('python3', ['-c', script], {
+      cwd: root,
+      env: { ...process.env, PYTHONPATH: fakeCml, THREADS: '1', SLOTS: '2' },
+      timeout: 120_000,
+    });
+    const out = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    expect(out).toEqual({
+      decorated: true,
+      answer: ' The capital of Belithne is Ulqua!',
+      again: ' Vegri.',
+      error: expect.stringMatching(/max_new_tokens must be an integer >= 1/),
+    });
+  });
+});

@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import {
+  BadRequestError,
+  STUDIO_DEFAULTS,
+  coerceEnvLayer,
+  parseGenConfigString,
+  resolveGeneration,
+} from '../../src/cml/gen-config.ts';
+
+describe('parseGenConfigString (like the studio, but it says what went wrong)', () => {
+  it('valid JSON', () => {
+    expect(parseGenConfigString('{"temperature": 0.2, "max_new_tokens": 5}')).toEqual({
+      config: { temperature: 0.2, max_new_tokens: 5 },
+    });
+  });
+  it('single quotes read as double quotes, with a warning', () => {
+    const r = parseGenConfigString("{'temperature': 0.2, 'do_sample': false}");
+    expect(r.config).toEqual({ temperature: 0.2, do_sample: false });
+    expect(r.warning).toMatch(/single quotes/);
+  });
+  it('broken: the defaults, with a warning naming the problem', () => {
+    const r = parseGenConfigString('{temperature: hot');
+    expect(r.config).toEqual({});
+    expect(r.warning).toMatch(/studio defaults: .+/);
+    expect(parseGenConfigString('[1, 2]').warning).toMatch(/not a JSON object/);
+  });
+  it('empty or unset: the defaults, silently', () => {
+    expect(parseGenConfigString('')).toEqual({ config: {} });
+    expect(parseGenConfigString(undefined)).toEqual({ config: {} });
+  });
+  it('bad values in the env config are dropped with a warning', () => {
+    const r = coerceEnvLayer({ temperature: 'hot', top_k: '7', max_length: 99 });
+    expect(r.values).toEqual({ top_k: 7 });
+    expect(r.warnings).toEqual([expect.stringMatching(/temperature must be a number >= 0, got "hot"/)]);
+  });
+});
+
+describe('resolveGeneration: request > env > studio defaults', () => {
+  it('studio defaults alone', () => {
+    const { params, adapter } = resolveGeneration({ prompt: 'x' }, {}, 'default');
+    expect(params).toEqual({
+      maxTokens: STUDIO_DEFAULTS.max_new_tokens,
+      greedy: false,
+      temperature: 0.8,
+      topK: 50,
+      topP: 1,
+      repetitionPenalty: 1.1,
+      adapters: [{ name: 'default' }],
+    });
+    expect(adapter).toBe('default');
+  });
+  it('env overrides defaults; the request overrides env', () => {
+    const env = { temperature: 0.3, max_new_tokens: 20, top_k: 5 };
+    const { params } = resolveGeneration({ temperature: 0.9, seed: 3 }, env, null);
+    expect(params).toMatchObject({ temperature: 0.9, maxTokens: 20, topK: 5, seed: 3 });
+    expect(params.adapters).toBeUndefined();
+  });
+  it('coerces as Python would', () => {
+    const { params } = resolveGeneration({ temperature: '0.5', top_k: '3', max_new_tokens: 7.0, do_sample: 'false' }, {}, null);
+    expect(params).toMatchObject({ temperature: 0.5, topK: 3, maxTokens: 7, greedy: true });
+  });
+  it('do_sample false or temperature 0 is greedy', () => {
+    expect(resolveGeneration({ do_sample: false }, {}, null).params.greedy).toBe(true);
+    expect(resolveGeneration({ temperature: 0 }, {}, null).params.greedy).toBe(true);
+  });
+  it('stop strings and the adapter choice', () => {
+    expect(resolveGeneration({ stop: '\n' }, {}, null).params.stop).toEqual(['\n']);
+    expect(resolveGeneration({ adapter: null }, {}, 'default').params.adapters).toBeUndefined();
+    expect(resolveGeneration({ adapter: 'none' }, {}, 'default').params.adapters).toBeUndefined();
+    expect(resolveGeneration({ adapter_scale: '0.5' }, {}, 'default').params.adapters).toEqual([{ name: 'default', scale: 0.5 }]);
+    expect(resolveGeneration({ min_new_tokens: 9 }, {}, null).params.minTokens).toBe(9);
+  });
+  it.each([
+    [{ temperature: Number.NaN }, /temperature/],
+    [{ temperature: 'hot' }, /temperature must be a number >= 0, got "hot"/],
+    [{ max_new_tokens: -1 }, /max_new_tokens must be an integer >= 1/],
+    [{ max_new_tokens: '3.5' }, /max_new_tokens/],
+    [{ top_k: true }, /top_k/],
+    [{ top_p: 0 }, /top_p/],
+    [{ do_sample: 'maybe' }, /do_sample must be true or false/],
+    [{ stop: [1] }, /stop/],
+    [{ adapter: 3 }, /adapter/],
+    [{ num_beams: 4 }, /num_beams > 1 .*not supported/],
+  ])('%j is a 400', (request, message) => {
+    expect(() => resolveGeneration(request, {}, null)).toThrow(BadRequestError);
+    expect(() => resolveGeneration(request, {}, null)).toThrow(message);
+  });
+});
