@@ -4,6 +4,9 @@
 #include <cstring>
 #include <sys/stat.h>
 
+#include <chrono>
+#include <thread>
+
 #include "js_params.h"
 #include "llama_log.h"
 
@@ -130,8 +133,8 @@ class CloseWorker : public Napi::AsyncWorker {
   void Execute() override { engine_->teardown(); }
   void OnOK() override {
     engine_->Unref();
-    if (engine_->events_) engine_->events_.Release();
-    engine_->events_ = Napi::ThreadSafeFunction();
+    if (engine_->events_open_) engine_->events_.Release();  // queued events are still delivered
+    engine_->events_open_ = false;
     deferred_.Resolve(Env().Undefined());
   }
 
@@ -172,10 +175,11 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
 
 Engine::~Engine() {
   teardown();
-  if (events_) events_.Abort();
+  if (events_open_) events_.Release();
 }
 
 void Engine::teardown() {
+  while (adapter_loads_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (scheduler_) scheduler_->stop();
   scheduler_.reset();
   if (ctx_ != nullptr) llama_free(ctx_);
@@ -229,24 +233,31 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   return o;
 }
 
+std::vector<llama_token> tokenize_text(Napi::Env env, const llama_vocab* vocab, const std::string& text,
+                                       bool add_special, bool parse_special) {
+  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) throw coded_error(env, "INVALID_PARAMS", "text is too long to tokenize");
+  const int32_t len = static_cast<int32_t>(text.size());
+  std::vector<llama_token> ids(text.size() + 8);
+  int32_t n = llama_tokenize(vocab, text.data(), len, ids.data(), static_cast<int32_t>(ids.size()), add_special, parse_special);
+  if (n < 0 && n != INT32_MIN) {
+    ids.resize(-n);
+    n = llama_tokenize(vocab, text.data(), len, ids.data(), -n, add_special, parse_special);
+  }
+  if (n < 0) throw coded_error(env, "INVALID_PARAMS", "text could not be tokenized");
+  ids.resize(n);
+  return ids;
+}
+
 Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
   if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "tokenize(text): text must be a string");
-  const std::string text = info[0].As<Napi::String>().Utf8Value();
   const bool add_special = info[1].IsBoolean() ? info[1].As<Napi::Boolean>().Value() : true;
   const bool parse_special = info[2].IsBoolean() ? info[2].As<Napi::Boolean>().Value() : false;
-  const llama_vocab* vocab = llama_model_get_vocab(model_);
-  std::vector<llama_token> ids(text.size() + 8);
-  int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(),
-                             static_cast<int32_t>(ids.size()), add_special, parse_special);
-  if (n < 0 && n != INT32_MIN) {
-    ids.resize(-n);
-    n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(), -n, add_special, parse_special);
-  }
-  if (n < 0) throw coded_error(env, "INVALID_PARAMS", "text is too long to tokenize");
-  Napi::Array out = Napi::Array::New(env, n);
-  for (int32_t i = 0; i < n; ++i) out.Set(i, ids[i]);
+  const auto ids = tokenize_text(env, llama_model_get_vocab(model_), info[0].As<Napi::String>().Utf8Value(), add_special,
+                                 parse_special);
+  Napi::Array out = Napi::Array::New(env, ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) out.Set(static_cast<uint32_t>(i), ids[i]);
   return out;
 }
 

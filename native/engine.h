@@ -4,6 +4,7 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -56,6 +57,8 @@ class Engine : public Napi::ObjectWrap<Engine> {
   std::unique_ptr<AdapterRegistry> adapters_;
   std::unique_ptr<Scheduler> scheduler_;
   Napi::ThreadSafeFunction events_;
+  bool events_open_ = true;            // false once released (close) or aborted
+  std::atomic<int> adapter_loads_{0};  // loads running on worker threads; close waits for them
   bool loading_ = false;
   bool closed_ = false;
   uint64_t next_id_ = 1;
@@ -63,5 +66,9 @@ class Engine : public Napi::ObjectWrap<Engine> {
 };
 
 Napi::Error coded_error(Napi::Env env, const std::string& code, const std::string& message);
+
+// llama_tokenize with the buffer grown as needed; throws INVALID_PARAMS when the text cannot be tokenized.
+std::vector<llama_token> tokenize_text(Napi::Env env, const llama_vocab* vocab, const std::string& text,
+                                       bool add_special, bool parse_special);
 
 }  // namespace cml

@@ -10,17 +10,22 @@ namespace {
 
 class AdapterWorker : public Napi::AsyncWorker {
  public:
-  AdapterWorker(Napi::Env env, AdapterRegistry* registry, std::string name, std::string path, float scale,
-                Napi::Promise::Deferred deferred)
-      : Napi::AsyncWorker(env), registry_(registry), name_(std::move(name)), path_(std::move(path)), scale_(scale),
-        deferred_(deferred) {}
+  AdapterWorker(Napi::Env env, AdapterRegistry* registry, std::atomic<int>* running, std::string name, std::string path,
+                float scale, Napi::Promise::Deferred deferred)
+      : Napi::AsyncWorker(env), registry_(registry), running_(running), name_(std::move(name)), path_(std::move(path)),
+        scale_(scale), deferred_(deferred) {
+    running_->fetch_add(1);  // counted from the JS thread, before close() can start
+  }
 
   void Execute() override {
     try {
-      loaded_ = registry_->load(name_, path_, scale_);
+      // Plain copies only: a reference would outlive the registry if the engine closes meanwhile.
+      const auto loaded = registry_->load(name_, path_, scale_);
+      alpha_ = loaded->alpha;
     } catch (const std::exception& e) {
       error_ = e.what();
     }
+    running_->fetch_sub(1);
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -29,19 +34,20 @@ class AdapterWorker : public Napi::AsyncWorker {
       return;
     }
     Napi::Object o = Napi::Object::New(env);
-    o.Set("name", loaded_->name);
-    o.Set("path", loaded_->path);
-    o.Set("alpha", loaded_->alpha);
-    o.Set("scale", loaded_->default_scale.load());
+    o.Set("name", name_);
+    o.Set("path", path_);
+    o.Set("alpha", alpha_);
+    o.Set("scale", scale_);
     deferred_.Resolve(o);
   }
 
  private:
   AdapterRegistry* registry_;
+  std::atomic<int>* running_;
   std::string name_, path_;
   float scale_;
   Napi::Promise::Deferred deferred_;
-  std::shared_ptr<LoadedAdapter> loaded_;
+  float alpha_ = 0.0f;
   std::string error_;
 };
 
@@ -106,7 +112,8 @@ Napi::Value Engine::LoadAdapter(const Napi::CallbackInfo& info) {
   if (name.empty()) throw coded_error(env, "INVALID_PARAMS", "adapter name must not be empty");
   const float scale = scale_arg(env, info[2], 1.0f);
   auto deferred = Napi::Promise::Deferred::New(env);
-  (new AdapterWorker(env, adapters_.get(), name, info[1].As<Napi::String>().Utf8Value(), scale, deferred))->Queue();
+  (new AdapterWorker(env, adapters_.get(), &adapter_loads_, name, info[1].As<Napi::String>().Utf8Value(), scale, deferred))
+      ->Queue();
   return deferred.Promise();
 }
 
@@ -153,14 +160,8 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   read_request_params(env, params, *adapters_, llama_vocab_n_tokens(vocab), *req);
 
   if (info[0].IsString()) {
-    const std::string text = info[0].As<Napi::String>().Utf8Value();
     const bool add_special = !params.Has("addSpecial") || params.Get("addSpecial").ToBoolean().Value();
-    std::vector<llama_token> ids(text.size() + 8);
-    const int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), ids.data(),
-                                     static_cast<int32_t>(ids.size()), add_special, false);
-    if (n < 0) throw coded_error(env, "INVALID_PARAMS", "prompt could not be tokenized");
-    ids.resize(n);
-    req->prompt = std::move(ids);
+    req->prompt = tokenize_text(env, vocab, info[0].As<Napi::String>().Utf8Value(), add_special, false);
   } else if (info[0].IsArray()) {
     const Napi::Array a = info[0].As<Napi::Array>();
     const int32_t n_vocab = llama_vocab_n_tokens(vocab);
@@ -205,8 +206,9 @@ Napi::Value Engine::Cancel(const Napi::CallbackInfo& info) {
 Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("busySlots", scheduler_ ? scheduler_->busy() : 0);
-  o.Set("queued", scheduler_ ? scheduler_->queued() : 0);
+  const bool live = !closed_ && scheduler_;  // after close() the worker thread tears the scheduler down
+  o.Set("busySlots", live ? scheduler_->busy() : 0);
+  o.Set("queued", live ? scheduler_->queued() : 0);
   o.Set("inFlight", Napi::Number::New(env, static_cast<double>(in_flight_)));
   return o;
 }
@@ -221,7 +223,7 @@ void Engine::deliver(std::vector<Event>&& events) {
     for (size_t i = 0; i < b->size(); ++i) {
       const Event& e = (*b)[i];
       arr.Set(static_cast<uint32_t>(i), event_to_js(env, e));
-      if (e.kind != EventKind::Token && --in_flight_ == 0) events_.Unref(env);
+      if (e.kind != EventKind::Token && --in_flight_ == 0 && events_open_) events_.Unref(env);
     }
     fn.Call({arr});
   });

@@ -5,9 +5,9 @@ import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { BadRequestError } from '../cml/gen-config.ts';
 import type { Chunk, GenerateParams, GenerationResult } from '../engine/index.ts';
-import { HttpError, openAiEnvelope, toHttp } from './errors.ts';
+import { HttpError, openAiEnvelope } from './errors.ts';
 import { readyPredictor, type AppContext } from './context.ts';
-import { cancelOnClose, openSse, sendEvent, wantsStream } from './sse.ts';
+import { cancelOnClose, streamGeneration, usageOf, wantsStream } from './sse.ts';
 
 function paramsFrom(b: Record<string, unknown>, adapter: string | null): GenerateParams {
   const num = (k: string, ok: (n: number) => boolean = () => true): number | undefined => {
@@ -78,25 +78,18 @@ export function completionRoutes(ctx: AppContext): Router {
       res.json({
         id, object: 'text_completion', created, model,
         choices: [{ text: r.text, index: 0, logprobs: logprobsOf(chunks), finish_reason: finishReason(r) }],
-        usage: { prompt_tokens: r.usage.promptTokens, completion_tokens: r.usage.generatedTokens, total_tokens: r.usage.promptTokens + r.usage.generatedTokens },
+        usage: usageOf(r),
       });
       return;
     }
-    openSse(res);
     const frame = (text: string, finish: string | null, lp: unknown = null) =>
       ({ id, object: 'text_completion', created, model, choices: [{ text, index: 0, logprobs: lp, finish_reason: finish }] });
-    try {
-      for await (const c of gen) if (c.text || c.logprob !== undefined) sendEvent(res, frame(c.text, null, c.token !== null ? logprobsOf([c]) : null));
-      const r = await gen.result;
-      ctx.metrics.observe(r);
-      sendEvent(res, frame('', finishReason(r)));
-      sendEvent(res, '[DONE]');
-    } catch (err) {
-      const f = toHttp(err);
-      res.locals.failure = f;
-      sendEvent(res, openAiEnvelope(f));
-    }
-    res.end();
+    const r = await streamGeneration(res, gen, {
+      chunk: (c) => (c.text || c.logprob !== undefined ? frame(c.text, null, c.token !== null ? logprobsOf([c]) : null) : undefined),
+      done: (r) => [frame('', finishReason(r)), '[DONE]'],
+      failure: openAiEnvelope,
+    });
+    if (r) ctx.metrics.observe(r);
   });
   return router;
 }

@@ -1,8 +1,8 @@
 // POST /predict: CML's envelope around the predict contract, plain or streamed.
 import { Router } from 'express';
-import { HttpError, cmlEnvelope, toHttp } from './errors.ts';
+import { HttpError, cmlEnvelope } from './errors.ts';
 import { readyPredictor, type AppContext } from './context.ts';
-import { cancelOnClose, openSse, sendEvent, wantsStream } from './sse.ts';
+import { cancelOnClose, streamGeneration, usageOf, wantsStream } from './sse.ts';
 
 export function predictRoutes(ctx: AppContext): Router {
   const router = Router();
@@ -23,23 +23,12 @@ export function predictRoutes(ctx: AppContext): Router {
       res.json({ success: true, response: r.text });
       return;
     }
-    openSse(res);
-    try {
-      for await (const chunk of gen) if (chunk.text) sendEvent(res, { token: chunk.text });
-      const r = await gen.result;
-      ctx.metrics.observe(r);
-      const usage = {
-        prompt_tokens: r.usage.promptTokens,
-        completion_tokens: r.usage.generatedTokens,
-        total_tokens: r.usage.promptTokens + r.usage.generatedTokens,
-      };
-      sendEvent(res, { done: true, response: r.text, usage, stop_reason: r.stopReason, timings: r.timings });
-    } catch (err) {
-      const f = toHttp(err);
-      res.locals.failure = f;
-      sendEvent(res, cmlEnvelope(f));
-    }
-    res.end();
+    const r = await streamGeneration(res, gen, {
+      chunk: (c) => (c.text ? { token: c.text } : undefined),
+      done: (r) => [{ done: true, response: r.text, usage: usageOf(r), stop_reason: r.stopReason, timings: r.timings }],
+      failure: cmlEnvelope,
+    });
+    if (r) ctx.metrics.observe(r);
   });
   return router;
 }
