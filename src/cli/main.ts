@@ -1,6 +1,7 @@
 // The command line: `generate` (one prompt, straight through the engine) and `serve`.
 import { Command, InvalidArgumentError } from 'commander';
 import { EngineError } from '../engine/index.ts';
+import { runConvertLora } from './convert.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
@@ -67,6 +68,15 @@ serveOptions(program.command('serve').description('serve POST /predict, /v1/comp
   .option('--host <h>', 'address (env HOST, default 127.0.0.1)')
   .option('--api-key <key>', 'require Authorization: Bearer <key> (env API_KEY)')
   .action(runServe);
+
+program
+  .command('convert-lora')
+  .description('convert a PEFT LoRA adapter directory to a GGUF LoRA')
+  .argument('<peft-dir>', 'directory with adapter_config.json and adapter_model.safetensors')
+  .option('--base <dir-or-gguf>', "the base model's Hugging Face directory or GGUF (default: the adapter's base_model_name_or_path)")
+  .requiredOption('--out <file.gguf>', 'output file')
+  .option('--outtype <t>', 'f32 | f16 | bf16', 'f32')
+  .action(runConvertLora);
 
 serveOptions(program.command('predict').description('one prompt through the CML predict contract, printed bare'))
   .requiredOption('--prompt <text>', 'prompt text')

@@ -3,7 +3,9 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ggufKind, readGgufHeader } from '../intake/gguf-header.ts';
+import { convertPeftAdapter } from '../intake/peft.ts';
 
 export class LocateError extends Error {}
 
@@ -87,8 +89,8 @@ export async function locateBaseModel(value: string, modelsDir: string): Promise
   throw new LocateError(`base model '${value}' not found; tried: ${tried.join('; ')}`);
 }
 
-/** FINE_TUNING_STUDIO_ADAPTER_LOCATION → a GGUF LoRA file. */
-export async function locateAdapter(value: string): Promise<Located> {
+/** FINE_TUNING_STUDIO_ADAPTER_LOCATION → a GGUF LoRA file; a PEFT directory is converted (cached). */
+export async function locateAdapter(value: string, baseGguf?: string, cache = cacheDir()): Promise<Located> {
   const p = path.resolve(value);
   if (isFile(p)) {
     if (!value.endsWith('.gguf')) throw new LocateError(`adapter ${p} is not a .gguf file`);
@@ -98,7 +100,12 @@ export async function locateAdapter(value: string): Promise<Located> {
     const tried: string[] = [];
     const hit = await fromDir(p, 'adapter', 'a directory holding one GGUF LoRA', tried);
     if (hit) return hit;
-    if (isFile(path.join(p, 'adapter_config.json'))) throw notYet('PEFT adapter directory', p);
+    if (isFile(path.join(p, 'adapter_config.json'))) {
+      if (!baseGguf) throw new LocateError(`${p} is a PEFT adapter directory; converting it needs the base model`);
+      const key = inputKey([p, baseGguf], { outtype: 'f32', converter: 1 });
+      const made = await cached(cache, `adapter-${key}.gguf`, (out) => convertPeftAdapter({ peftDir: p, base: baseGguf, out }));
+      return { path: made.path, rule: `a PEFT adapter directory, ${made.reused ? 'reused from' : 'converted into'} the cache` };
+    }
     throw new LocateError(`adapter directory ${p} holds no GGUF LoRA and no PEFT adapter`);
   }
   if (/^[\w.-]+\/[\w.-]+$/.test(value)) {

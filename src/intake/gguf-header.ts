@@ -4,10 +4,20 @@ import { open } from 'node:fs/promises';
 
 export type GgufValue = string | number | bigint | boolean | GgufValue[];
 
+export interface GgufTensorInfo {
+  name: string;
+  /** ggml order: innermost dimension first */
+  ne: number[];
+  type: number;
+  /** absolute offset of the data in the file */
+  offset: number;
+}
+
 export interface GgufHeader {
   version: number;
   tensorCount: bigint;
   metadata: Map<string, GgufValue>;
+  tensors: GgufTensorInfo[];
 }
 
 export class GgufFormatError extends Error {}
@@ -22,6 +32,7 @@ class Cursor {
   need(n: number): void {
     if (this.off + n > this.buf.length) throw new RangeError('short');
   }
+  get offset(): number { return this.off; }
   u32(): number { this.need(4); const v = this.buf.readUInt32LE(this.off); this.off += 4; return v; }
   u64(): bigint { this.need(8); const v = this.buf.readBigUInt64LE(this.off); this.off += 8; return v; }
   str(): string {
@@ -93,7 +104,20 @@ function parse(data: Buffer, path: string): GgufHeader {
     const key = c.str();
     metadata.set(key, c.value(c.u32()));
   }
-  return { version, tensorCount, metadata };
+  const infos: Omit<GgufTensorInfo, 'offset'>[] = [];
+  const rel: number[] = [];
+  for (let i = 0; i < Number(tensorCount); i++) {
+    const name = c.str();
+    const nDims = c.u32();
+    const ne: number[] = [];
+    for (let d = 0; d < nDims; d++) ne.push(Number(c.u64()));
+    infos.push({ name, ne, type: c.u32() });
+    rel.push(Number(c.u64()));
+  }
+  const align = Number(metadata.get('general.alignment') ?? 32);
+  const dataStart = Math.ceil((4 + c.offset) / align) * align;
+  const tensors = infos.map((t, i) => ({ ...t, offset: dataStart + rel[i]! }));
+  return { version, tensorCount, metadata, tensors };
 }
 
 /** 'adapter' for LoRA files (general.type), else 'model'. */

@@ -60,8 +60,8 @@ describe('adapter location', () => {
     expect((await locateAdapter(path.join(qa, 'adapter-f32.gguf'))).path).toBe(path.join(qa, 'adapter-f32.gguf'));
     expect((await locateAdapter(qa)).path).toBe(path.join(qa, 'adapter-f32.gguf'));
   });
-  it('a PEFT directory is a clear error until the intake converts it', async () => {
-    await expect(locateAdapter(path.join(qa, 'adapter-peft'))).rejects.toThrow(/PEFT adapter directory.*not available yet/);
+  it('a PEFT directory is converted against the base (test/intake); without a base it is a clear error', async () => {
+    await expect(locateAdapter(path.join(qa, 'adapter-peft'))).rejects.toThrow(/PEFT adapter directory; converting it needs the base model/);
   });
   it('a Hub id says to download it first', async () => {
     await expect(locateAdapter('someone/my-adapter')).rejects.toThrow(/Hub id: download it first/);

@@ -1,0 +1,159 @@
+// Writes GGUF v3 files tensor by tensor: the header and tensor infos first (shapes are known up
+// front), then each tensor's data as it is produced, into a temporary file renamed at the end so a
+// killed conversion leaves no half file behind.
+import { open, rename, rm } from 'node:fs/promises';
+
+export const GGML_TYPE = { F32: 0, F16: 1, BF16: 30 } as const;
+export type OutType = 'f32' | 'f16' | 'bf16';
+const TYPE_OF: Record<OutType, number> = { f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16 };
+const WIDTH: Record<OutType, number> = { f32: 4, f16: 2, bf16: 2 };
+
+const ALIGN = 32;
+enum V { U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9, U64 = 10 }
+
+export type KvValue =
+  | { type: 'string'; value: string }
+  | { type: 'u32' | 'i32' | 'f32' | 'u64'; value: number }
+  | { type: 'bool'; value: boolean }
+  | { type: 'string[]'; value: string[] }
+  | { type: 'i32[]' | 'f32[]'; value: number[] };
+
+interface PendingTensor {
+  name: string;
+  shape: number[]; // row-major (numpy) order
+  outType: OutType;
+  produce: () => Promise<Float32Array>;
+}
+
+class Bytes {
+  private parts: Buffer[] = [];
+  length = 0;
+  push(b: Buffer) { this.parts.push(b); this.length += b.length; }
+  u32(v: number) { const b = Buffer.alloc(4); b.writeUInt32LE(v); this.push(b); }
+  i32(v: number) { const b = Buffer.alloc(4); b.writeInt32LE(v); this.push(b); }
+  f32(v: number) { const b = Buffer.alloc(4); b.writeFloatLE(v); this.push(b); }
+  u64(v: number | bigint) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); this.push(b); }
+  str(s: string) { const b = Buffer.from(s, 'utf8'); this.u64(b.length); this.push(b); }
+  concat() { return Buffer.concat(this.parts); }
+}
+
+export function encodeTensor(values: Float32Array, t: OutType): Buffer {
+  if (t === 'f32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
+  const out = Buffer.alloc(values.length * 2);
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  for (let i = 0; i < values.length; i++) {
+    out.writeUInt16LE(t === 'bf16' ? bf16Bits(bits[i]!) : f16Bits(values[i]!), i * 2);
+  }
+  return out;
+}
+
+/** Round to nearest even, as torch does; NaN stays NaN. */
+function bf16Bits(u: number): number {
+  if ((u & 0x7fffffff) > 0x7f800000) return ((u >>> 16) | 0x40) & 0xffff;
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+const f32buf = new Float32Array(1);
+const u32buf = new Uint32Array(f32buf.buffer);
+function f16Bits(v: number): number {
+  f32buf[0] = v;
+  const x = u32buf[0]!;
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  let e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let half = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const mid = 1 << (shift - 1);
+    if (rem > mid || (rem === mid && half & 1)) half++;
+    return sign | half;
+  }
+  let half = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
+  return sign | half;
+}
+
+export class GgufWriter {
+  private readonly kvs: [string, KvValue][] = [];
+  private readonly tensors: PendingTensor[] = [];
+
+  kv(key: string, v: KvValue): this {
+    this.kvs.push([key, v]);
+    return this;
+  }
+
+  tensor(name: string, shape: number[], outType: OutType, produce: () => Promise<Float32Array>): this {
+    this.tensors.push({ name, shape, outType, produce });
+    return this;
+  }
+
+  private header(): { head: Buffer; offsets: number[] } {
+    const b = new Bytes();
+    b.push(Buffer.from('GGUF', 'latin1'));
+    b.u32(3);
+    b.u64(this.tensors.length);
+    b.u64(this.kvs.length);
+    for (const [key, v] of this.kvs) {
+      b.str(key);
+      switch (v.type) {
+        case 'string': b.u32(V.STRING); b.str(v.value); break;
+        case 'u32': b.u32(V.U32); b.u32(v.value); break;
+        case 'i32': b.u32(V.I32); b.i32(v.value); break;
+        case 'f32': b.u32(V.F32); b.f32(v.value); break;
+        case 'u64': b.u32(V.U64); b.u64(v.value); break;
+        case 'bool': b.u32(V.BOOL); b.push(Buffer.from([v.value ? 1 : 0])); break;
+        case 'string[]': b.u32(V.ARRAY); b.u32(V.STRING); b.u64(v.value.length); v.value.forEach((s) => b.str(s)); break;
+        case 'i32[]': b.u32(V.ARRAY); b.u32(V.I32); b.u64(v.value.length); v.value.forEach((x) => b.i32(x)); break;
+        case 'f32[]': b.u32(V.ARRAY); b.u32(V.F32); b.u64(v.value.length); v.value.forEach((x) => b.f32(x)); break;
+      }
+    }
+    const offsets: number[] = [];
+    let offset = 0;
+    for (const t of this.tensors) {
+      b.str(t.name);
+      b.u32(t.shape.length);
+      for (const d of [...t.shape].reverse()) b.u64(d); // ggml's ne: innermost dimension first
+      b.u32(TYPE_OF[t.outType]);
+      b.u64(offset);
+      offsets.push(offset);
+      offset += pad(t.shape.reduce((x, y) => x * y, 1) * WIDTH[t.outType]);
+    }
+    const head = b.concat();
+    return { head: Buffer.concat([head, Buffer.alloc(pad(head.length) - head.length)]), offsets };
+  }
+
+  /** Writes everything to `path` (via `path.tmp-<pid>` and a rename). */
+  async write(path: string, onTensor?: (done: number, total: number) => void): Promise<void> {
+    const tmp = `${path}.tmp-${process.pid}`;
+    const fh = await open(tmp, 'w');
+    try {
+      const { head } = this.header();
+      await fh.write(head);
+      let done = 0;
+      for (const t of this.tensors) {
+        const values = await t.produce();
+        const expect = t.shape.reduce((x, y) => x * y, 1);
+        if (values.length !== expect) throw new Error(`tensor ${t.name}: ${values.length} values for shape ${t.shape}`);
+        const data = encodeTensor(values, t.outType);
+        await fh.write(data);
+        await fh.write(Buffer.alloc(pad(data.length) - data.length));
+        onTensor?.(++done, this.tensors.length);
+      }
+      await fh.close();
+      await rename(tmp, path);
+    } catch (e) {
+      await fh.close().catch(() => {});
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+}
+
+const pad = (n: number) => Math.ceil(n / ALIGN) * ALIGN;

@@ -1,0 +1,215 @@
+// PEFT LoRA adapter directory -> GGUF LoRA that llama.cpp loads, in-process. Names and layouts follow
+// llama.cpp's convert_lora_to_gguf.py (including the Llama q/k row permutation, applied to lora_b,
+// and Bloom's fused-QKV reordering); PEFT's scaling (alpha/r, rslora's alpha/sqrt(r), rank_pattern,
+// alpha_pattern) is folded into lora_b so llama.cpp's alpha/rank reproduces it exactly.
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { ggufKind, readGgufHeader } from './gguf-header.ts';
+import { GgufWriter, type OutType } from './gguf-writer.ts';
+import { SafetensorsFile } from './safetensors.ts';
+
+export class IntakeError extends Error {}
+
+/** What the conversion needs to know about the base model. */
+export interface BaseShape {
+  arch: 'llama' | 'qwen2' | 'bloom';
+  nHead: number;
+  nHeadKv: number;
+  nEmbd: number;
+  /** Llama-family q/k weights are permuted by llama.cpp's converter; their LoRA must be too. */
+  permuteQK: boolean;
+}
+
+const HF_ARCH: Record<string, BaseShape['arch']> = {
+  LlamaForCausalLM: 'llama',
+  MistralForCausalLM: 'llama',
+  Qwen2ForCausalLM: 'qwen2',
+  BloomForCausalLM: 'bloom',
+};
+
+/** From a Hugging Face config.json directory or a base GGUF file. */
+export async function baseShape(base: string): Promise<BaseShape> {
+  if (base.endsWith('.gguf')) {
+    const h = await readGgufHeader(base);
+    if (ggufKind(h) !== 'model') throw new IntakeError(`${base} is not a model GGUF`);
+    const arch = String(h.metadata.get('general.architecture'));
+    if (arch !== 'llama' && arch !== 'qwen2' && arch !== 'bloom') throw new IntakeError(`unsupported base architecture '${arch}' in ${base}`);
+    const num = (k: string) => Number(h.metadata.get(`${arch}.${k}`));
+    const nHead = num('attention.head_count');
+    return { arch, nHead, nHeadKv: num('attention.head_count_kv') || nHead, nEmbd: num('embedding_length'), permuteQK: arch === 'llama' };
+  }
+  const file = path.join(base, 'config.json');
+  if (!existsSync(file)) throw new IntakeError(`no config.json in ${base} (the base model's Hugging Face directory)`);
+  const c = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  const name = (c.architectures as string[] | undefined)?.[0] ?? '';
+  const arch = HF_ARCH[name];
+  if (!arch) throw new IntakeError(`unsupported base architecture '${name || c.model_type}' (supported: ${Object.keys(HF_ARCH).join(', ')})`);
+  const nHead = Number(c.num_attention_heads ?? c.n_head);
+  return {
+    arch,
+    nHead,
+    nHeadKv: Number(c.num_key_value_heads ?? nHead),
+    nEmbd: Number(c.hidden_size ?? c.n_embed),
+    permuteQK: arch === 'llama',
+  };
+}
+
+const MODULES: Record<BaseShape['arch'], [RegExp, string][]> = {
+  llama: [
+    [/^model\.layers\.(\d+)\.self_attn\.q_proj$/, 'attn_q'],
+    [/^model\.layers\.(\d+)\.self_attn\.k_proj$/, 'attn_k'],
+    [/^model\.layers\.(\d+)\.self_attn\.v_proj$/, 'attn_v'],
+    [/^model\.layers\.(\d+)\.self_attn\.o_proj$/, 'attn_output'],
+    [/^model\.layers\.(\d+)\.mlp\.gate_proj$/, 'ffn_gate'],
+    [/^model\.layers\.(\d+)\.mlp\.up_proj$/, 'ffn_up'],
+    [/^model\.layers\.(\d+)\.mlp\.down_proj$/, 'ffn_down'],
+  ],
+  qwen2: [],
+  bloom: [
+    [/^transformer\.h\.(\d+)\.self_attention\.query_key_value$/, 'attn_qkv'],
+    [/^transformer\.h\.(\d+)\.self_attention\.dense$/, 'attn_output'],
+    [/^transformer\.h\.(\d+)\.mlp\.dense_h_to_4h$/, 'ffn_up'],
+    [/^transformer\.h\.(\d+)\.mlp\.dense_4h_to_h$/, 'ffn_down'],
+  ],
+};
+MODULES.qwen2 = MODULES.llama;
+
+interface LoraConfig {
+  r: number;
+  lora_alpha: number;
+  use_rslora?: boolean;
+  rank_pattern?: Record<string, number>;
+  alpha_pattern?: Record<string, number>;
+  [k: string]: unknown;
+}
+
+function readConfig(dir: string): LoraConfig {
+  const file = path.join(dir, 'adapter_config.json');
+  if (!existsSync(file)) throw new IntakeError(`no adapter_config.json in ${dir}: not a PEFT adapter directory`);
+  const c = JSON.parse(readFileSync(file, 'utf8')) as LoraConfig;
+  const refuse = (key: string, why: string) => {
+    throw new IntakeError(`adapter_config.json: ${key} ${why}; only plain LoRA on linear layers converts to a llama.cpp adapter`);
+  };
+  if (c.peft_type !== undefined && c.peft_type !== 'LORA') refuse('peft_type', `is ${JSON.stringify(c.peft_type)}`);
+  if (c.use_dora) refuse('use_dora', 'is true (DoRA)');
+  if (c.modules_to_save && (c.modules_to_save as unknown[]).length) refuse('modules_to_save', `is set (${JSON.stringify(c.modules_to_save)})`);
+  if (c.bias !== undefined && c.bias !== 'none') refuse('bias', `is ${JSON.stringify(c.bias)}`);
+  if (c.lora_bias) refuse('lora_bias', 'is true');
+  if (c.fan_in_fan_out) refuse('fan_in_fan_out', 'is true');
+  if (c.target_parameters) refuse('target_parameters', 'is set');
+  if (c.trainable_token_indices) refuse('trainable_token_indices', 'is set');
+  if (c.layer_replication) refuse('layer_replication', 'is set');
+  if (!(c.r > 0) || typeof c.lora_alpha !== 'number') throw new IntakeError('adapter_config.json: r and lora_alpha are required');
+  return c;
+}
+
+/** PEFT's own pattern lookup: the first key that matches the module name at a dot boundary. */
+function patternValue(patterns: Record<string, number> | undefined, module: string): number | undefined {
+  for (const [key, value] of Object.entries(patterns ?? {})) {
+    if (new RegExp(`(^|.*\\.)${key}$`).test(module)) return value;
+  }
+  return undefined;
+}
+
+/** Rows of lora_b (out x r) reordered as llama.cpp's converter reorders the base weight's rows. */
+function reorderRows(b: Float32Array, rows: number, r: number, map: (newRow: number) => number): Float32Array {
+  const out = new Float32Array(b.length);
+  for (let i = 0; i < rows; i++) out.set(b.subarray(map(i) * r, map(i) * r + r), i * r);
+  return out;
+}
+
+function rowMap(kind: string, rows: number, s: BaseShape): ((i: number) => number) | null {
+  if (s.permuteQK && (kind === 'attn_q' || kind === 'attn_k')) {
+    // LlamaModel.permute: reshape(n_head, 2, half, ...).swapaxes(1, 2)
+    const nHead = kind === 'attn_k' && s.nHeadKv !== s.nHead ? s.nHeadKv : s.nHead;
+    const half = rows / nHead / 2;
+    return (i) => {
+      const h = Math.floor(i / (2 * half));
+      const j = Math.floor((i % (2 * half)) / 2);
+      const k = i % 2;
+      return h * 2 * half + k * half + j;
+    };
+  }
+  if (s.arch === 'bloom' && kind === 'attn_qkv') {
+    // BloomModel: (n_head, 3, head_dim) rows -> all q, then all k, then all v
+    const hd = s.nEmbd / s.nHead;
+    return (i) => {
+      const c = Math.floor(i / s.nEmbd);
+      const h = Math.floor((i % s.nEmbd) / hd);
+      return h * 3 * hd + c * hd + (i % hd);
+    };
+  }
+  return null;
+}
+
+export interface ConvertLoraOptions {
+  peftDir: string;
+  /** Base model: its Hugging Face directory or its GGUF file. */
+  base: string;
+  out: string;
+  outtype?: OutType;
+  onTensor?: (done: number, total: number) => void;
+}
+
+export async function convertPeftAdapter(o: ConvertLoraOptions): Promise<{ tensors: number; alpha: number }> {
+  const cfg = readConfig(o.peftDir);
+  const file = path.join(o.peftDir, 'adapter_model.safetensors');
+  if (!existsSync(file)) {
+    if (existsSync(path.join(o.peftDir, 'adapter_model.bin'))) {
+      throw new IntakeError(`${o.peftDir} holds adapter_model.bin (a pickle): save the adapter with safetensors (save_pretrained(..., safe_serialization=True))`);
+    }
+    throw new IntakeError(`no adapter_model.safetensors in ${o.peftDir}`);
+  }
+  const shape = await baseShape(o.base);
+  const st = await SafetensorsFile.open(file);
+  try {
+    const modules = new Map<string, { a?: string; b?: string }>();
+    for (const name of st.tensors.keys()) {
+      const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$/.exec(name);
+      if (!m) {
+        const why = /lora_embedding_/.test(name) ? 'embedding adapters are not supported'
+          : /lora_magnitude_vector/.test(name) ? 'DoRA magnitudes are not supported'
+          : /\.bias$/.test(name) ? 'LoRA biases are not supported' : 'not a lora_A/lora_B weight';
+        throw new IntakeError(`tensor '${name}': ${why}`);
+      }
+      const entry = modules.get(m[1]!) ?? {};
+      entry[m[2] === 'A' ? 'a' : 'b'] = name;
+      modules.set(m[1]!, entry);
+    }
+    const alpha = cfg.lora_alpha;
+    const writer = new GgufWriter()
+      .kv('general.architecture', { type: 'string', value: shape.arch })
+      .kv('general.type', { type: 'string', value: 'adapter' })
+      .kv('adapter.type', { type: 'string', value: 'lora' })
+      .kv('adapter.lora.alpha', { type: 'f32', value: alpha })
+      .kv('general.quantization_version', { type: 'u32', value: 2 });
+    const outtype = o.outtype ?? 'f32';
+    for (const [module, { a, b }] of [...modules.entries()].sort(([x], [y]) => (x < y ? -1 : 1))) {
+      if (!a || !b) throw new IntakeError(`module '${module}' has lora_${a ? 'B' : 'A'} missing`);
+      const rule = MODULES[shape.arch].find(([re]) => re.test(module));
+      if (!rule) throw new IntakeError(`module '${module}' has no llama.cpp ${shape.arch} counterpart`);
+      const layer = rule[0].exec(module)![1];
+      const dest = `blk.${layer}.${rule[1]}.weight`;
+      const aShape = st.tensors.get(a)!.shape; // (r, in)
+      const bShape = st.tensors.get(b)!.shape; // (out, r)
+      const r = aShape[0]!;
+      if (bShape[1] !== r) throw new IntakeError(`module '${module}': lora_A rank ${r} but lora_B ${bShape}`);
+      // PEFT scales by alpha_m/r_m (rslora: alpha_m/sqrt(r_m)); llama.cpp by alpha/r_m from the GGUF.
+      const alphaM = patternValue(cfg.alpha_pattern, module) ?? alpha;
+      const peftScale = cfg.use_rslora ? alphaM / Math.sqrt(r) : alphaM / r;
+      const fold = alpha === 0 ? peftScale : (peftScale * r) / alpha;
+      const map = rowMap(rule[1], bShape[0]!, shape);
+      writer.tensor(`${dest}.lora_a`, aShape, outtype, () => st.readF32(a));
+      writer.tensor(`${dest}.lora_b`, bShape, outtype, async () => {
+        let v = await st.readF32(b);
+        if (map) v = reorderRows(v, bShape[0]!, r, map);
+        if (fold !== 1) for (let i = 0; i < v.length; i++) v[i] = v[i]! * fold;
+        return v;
+      });
+    }
+    await writer.write(o.out, o.onTensor);
+    return { tensors: modules.size * 2, alpha };
+  } finally {
+    await st.close();
+  }
+}
