@@ -101,6 +101,27 @@ describe('convert-lora', () => {
     }
   });
 
+  it('Bloom: fused query_key_value rows are regrouped as llama.cpp regroups the base weight', async () => {
+    const base = path.join(tmp, 'bloom-base');
+    mkdirSync(base);
+    writeFileSync(path.join(base, 'config.json'), JSON.stringify({ architectures: ['BloomForCausalLM'], n_head: 2, hidden_size: 8 }));
+    const dir = path.join(tmp, 'bloom');
+    const module = 'transformer.h.0.self_attention.query_key_value';
+    const tensors = writePeft(dir, { r: 2, lora_alpha: 2 }, [{ module, inDim: 8, outDim: 24, r: 2 }]);
+    const out = path.join(tmp, 'bloom.gguf');
+    await convertPeftAdapter({ peftDir: dir, base, out });
+    const h = await readGgufHeader(out);
+    expect(h.metadata.get('general.architecture')).toBe('bloom');
+    const B = tensorData(out, h, 'blk.0.attn_qkv.weight.lora_b');
+    const peftB = tensors[`base_model.model.${module}.lora_B.weight`]!.data;
+    // PEFT rows are (head, q|k|v, head_dim); llama.cpp wants all q rows, then k, then v.
+    for (let c = 0; c < 3; c++) for (let head = 0; head < 2; head++) for (let d = 0; d < 4; d++) {
+      const newRow = c * 8 + head * 4 + d;
+      const oldRow = head * 12 + c * 4 + d;
+      expect([B[newRow * 2], B[newRow * 2 + 1]]).toEqual([peftB[oldRow * 2], peftB[oldRow * 2 + 1]]);
+    }
+  });
+
   it.each([
     ['DoRA', { use_dora: true }, {}, /use_dora is true/],
     ['modules_to_save', { modules_to_save: ['lm_head'] }, {}, /modules_to_save is set/],
