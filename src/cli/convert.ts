@@ -2,6 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
+import { convertHfModel } from '../intake/hf-model.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 import type { OutType } from '../intake/gguf-writer.ts';
 
@@ -33,4 +34,27 @@ export async function runConvertLora(peftDir: string, o: { base?: string; out: s
   });
   bar?.stop();
   console.error(`wrote ${o.out}: ${r.tensors} tensors, alpha ${r.alpha}, ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+}
+
+/** `convert-model`: a Hugging Face checkpoint directory to a GGUF model, streamed tensor by tensor. */
+export async function runConvertModel(dir: string, o: { out: string; outtype: string }): Promise<void> {
+  if (!['auto', 'f32', 'f16', 'bf16', 'q8_0'].includes(o.outtype)) throw new Error('--outtype must be auto, f32, f16, bf16 or q8_0');
+  const bar = process.stderr.isTTY
+    ? new cliProgress.SingleBar({ format: 'converting [{bar}] {percentage}% {value}/{total} MB', stream: process.stderr, clearOnComplete: true }, cliProgress.Presets.shades_classic)
+    : null;
+  const t0 = performance.now();
+  let started = false;
+  const r = await convertHfModel({
+    dir,
+    out: o.out,
+    outtype: o.outtype as OutType | 'auto',
+    onProgress: (done, total) => {
+      if (!started) bar?.start(Math.round(total / 1e6), 0);
+      started = true;
+      bar?.update(Math.round(done / 1e6));
+    },
+  });
+  bar?.stop();
+  const s = (performance.now() - t0) / 1000;
+  console.error(`wrote ${o.out}: ${r.tensors} tensors as ${r.outtype}, ${(r.bytes / 1e6).toFixed(1)} MB read in ${s.toFixed(2)} s (${(r.bytes / 1e6 / s).toFixed(0)} MB/s)`);
 }

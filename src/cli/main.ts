@@ -1,7 +1,7 @@
 // The command line: `generate` (one prompt, straight through the engine) and `serve`.
 import { Command, InvalidArgumentError } from 'commander';
 import { EngineError } from '../engine/index.ts';
-import { runConvertLora } from './convert.ts';
+import { runConvertLora, runConvertModel } from './convert.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
@@ -77,6 +77,14 @@ program
   .requiredOption('--out <file.gguf>', 'output file')
   .option('--outtype <t>', 'f32 | f16 | bf16', 'f32')
   .action(runConvertLora);
+
+program
+  .command('convert-model')
+  .description('convert a Hugging Face checkpoint (Llama, Mistral, Qwen2) to a GGUF model')
+  .argument('<hf-dir>', 'directory with config.json, safetensors weights and the tokenizer')
+  .requiredOption('--out <file.gguf>', 'output file')
+  .option('--outtype <t>', 'auto (keep the checkpoint precision) | f32 | f16 | bf16 | q8_0', 'auto')
+  .action(runConvertModel);
 
 serveOptions(program.command('predict').description('one prompt through the CML predict contract, printed bare'))
   .requiredOption('--prompt <text>', 'prompt text')

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ggufKind, readGgufHeader } from '../intake/gguf-header.ts';
+import { convertHfModel } from '../intake/hf-model.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 
 export class LocateError extends Error {}
@@ -55,14 +56,15 @@ function hfCacheSnapshots(id: string): string[] {
   return isDir(snaps) ? readdirSync(snaps).map((s) => path.join(snaps, s)) : [];
 }
 
-const notYet = (what: string, where: string) =>
-  new LocateError(
-    `${where} is a ${what}; converting it to GGUF in-process is not available yet. Convert it with ` +
-      "llama.cpp's converter (convert_hf_to_gguf.py / convert_lora_to_gguf.py) and point at the .gguf",
-  );
+/** A Hugging Face checkpoint becomes a GGUF in the cache once; later starts reuse it. */
+async function converted(dir: string, what: string, cache: string): Promise<Located> {
+  const key = inputKey([dir], { outtype: 'auto', converter: 1 });
+  const made = await cached(cache, `model-${key}.gguf`, (out) => convertHfModel({ dir, out }));
+  return { path: made.path, rule: `${what}, ${made.reused ? 'reused from' : 'converted into'} the cache` };
+}
 
 /** FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME → a GGUF model file. */
-export async function locateBaseModel(value: string, modelsDir: string): Promise<Located> {
+export async function locateBaseModel(value: string, modelsDir: string, cache = cacheDir()): Promise<Located> {
   const tried: string[] = [];
   const p = path.resolve(value);
   if (value.endsWith('.gguf')) {
@@ -71,7 +73,7 @@ export async function locateBaseModel(value: string, modelsDir: string): Promise
   } else if (isDir(p)) {
     const hit = await fromDir(p, 'model', 'a directory holding one GGUF', tried);
     if (hit) return hit;
-    if (isFile(path.join(p, 'config.json'))) throw notYet('Hugging Face checkpoint directory', p);
+    if (isFile(path.join(p, 'config.json'))) return converted(p, 'a Hugging Face checkpoint directory', cache);
   } else {
     tried.push(`${p} (no such file or directory)`);
   }
@@ -82,7 +84,7 @@ export async function locateBaseModel(value: string, modelsDir: string): Promise
     for (const s of snaps) {
       const inSnap = await fromDir(s, 'model', 'a Hugging Face cache snapshot holding a GGUF', tried);
       if (inSnap) return inSnap;
-      if (isFile(path.join(s, 'config.json'))) throw notYet('Hugging Face cache snapshot', s);
+      if (isFile(path.join(s, 'config.json'))) return converted(s, 'a Hugging Face cache snapshot', cache);
     }
     if (snaps.length === 0) tried.push(`the Hugging Face cache (no snapshot of ${value})`);
   }

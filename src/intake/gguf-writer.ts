@@ -3,10 +3,14 @@
 // killed conversion leaves no half file behind.
 import { open, rename, rm } from 'node:fs/promises';
 
-export const GGML_TYPE = { F32: 0, F16: 1, BF16: 30 } as const;
-export type OutType = 'f32' | 'f16' | 'bf16';
-const TYPE_OF: Record<OutType, number> = { f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16 };
-const WIDTH: Record<OutType, number> = { f32: 4, f16: 2, bf16: 2 };
+export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8, BF16: 30 } as const;
+export type OutType = 'f32' | 'f16' | 'bf16' | 'q8_0';
+const TYPE_OF: Record<OutType, number> = { f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16, q8_0: GGML_TYPE.Q8_0 };
+
+/** Bytes of a tensor of `count` values (Q8_0: blocks of 32 values as an f16 scale + 32 int8). */
+export function byteSize(count: number, t: OutType): number {
+  return t === 'q8_0' ? (count / 32) * 34 : count * (t === 'f32' ? 4 : 2);
+}
 
 const ALIGN = 32;
 enum V { U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9, U64 = 10 }
@@ -22,7 +26,8 @@ interface PendingTensor {
   name: string;
   shape: number[]; // row-major (numpy) order
   outType: OutType;
-  produce: () => Promise<Float32Array>;
+  /** Float32 values to encode, or bytes already in outType's encoding (a pass-through copy). */
+  produce: () => Promise<Float32Array | Uint8Array>;
 }
 
 class Bytes {
@@ -38,11 +43,36 @@ class Bytes {
 }
 
 export function encodeTensor(values: Float32Array, t: OutType): Buffer {
+  if (t === 'q8_0') return quantizeQ80(values);
   if (t === 'f32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
-  const out = Buffer.alloc(values.length * 2);
+  // Typed-array loops over the raw bits: per-value Buffer calls would cap conversion far below disk speed.
   const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
-  for (let i = 0; i < values.length; i++) {
-    out.writeUInt16LE(t === 'bf16' ? bf16Bits(bits[i]!) : f16Bits(values[i]!), i * 2);
+  const out = new Uint16Array(values.length);
+  if (t === 'bf16') for (let i = 0; i < bits.length; i++) out[i] = bf16Bits(bits[i]!);
+  else for (let i = 0; i < bits.length; i++) out[i] = f16Bits(bits[i]!);
+  return Buffer.from(out.buffer);
+}
+
+/** ggml's quantize_row_q8_0_ref: per block of 32, d = max|x| / 127, q = round(x / d). */
+function quantizeQ80(x: Float32Array): Buffer {
+  if (x.length % 32 !== 0) throw new Error('Q8_0 needs a multiple of 32 values per row');
+  const out = Buffer.alloc((x.length / 32) * 34);
+  const q = new Int8Array(out.buffer, out.byteOffset, out.length);
+  const scratch = new Float32Array(1);
+  const scratchBits = new Uint32Array(scratch.buffer);
+  for (let b = 0; b < x.length / 32; b++) {
+    let amax = 0;
+    for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[b * 32 + j]!));
+    const d = amax / 127;
+    const id = d ? 1 / d : 0;
+    scratch[0] = d;
+    const h = f16Bits(scratchBits[0]!);
+    out[b * 34] = h & 0xff;
+    out[b * 34 + 1] = h >> 8;
+    for (let j = 0; j < 32; j++) {
+      const v = x[b * 32 + j]! * id;
+      q[b * 34 + 2 + j] = v < 0 ? -Math.round(-v) : Math.round(v); // roundf: half away from zero
+    }
   }
   return out;
 }
@@ -53,11 +83,8 @@ function bf16Bits(u: number): number {
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-const f32buf = new Float32Array(1);
-const u32buf = new Uint32Array(f32buf.buffer);
-function f16Bits(v: number): number {
-  f32buf[0] = v;
-  const x = u32buf[0]!;
+/** IEEE half from the bits of a float32, rounding to nearest even. */
+function f16Bits(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
@@ -89,7 +116,7 @@ export class GgufWriter {
     return this;
   }
 
-  tensor(name: string, shape: number[], outType: OutType, produce: () => Promise<Float32Array>): this {
+  tensor(name: string, shape: number[], outType: OutType, produce: () => Promise<Float32Array | Uint8Array>): this {
     this.tensors.push({ name, shape, outType, produce });
     return this;
   }
@@ -123,7 +150,7 @@ export class GgufWriter {
       b.u32(TYPE_OF[t.outType]);
       b.u64(offset);
       offsets.push(offset);
-      offset += pad(t.shape.reduce((x, y) => x * y, 1) * WIDTH[t.outType]);
+      offset += pad(byteSize(t.shape.reduce((x, y) => x * y, 1), t.outType));
     }
     const head = b.concat();
     return { head: Buffer.concat([head, Buffer.alloc(pad(head.length) - head.length)]), offsets };
@@ -139,9 +166,11 @@ export class GgufWriter {
       let done = 0;
       for (const t of this.tensors) {
         const values = await t.produce();
-        const expect = t.shape.reduce((x, y) => x * y, 1);
-        if (values.length !== expect) throw new Error(`tensor ${t.name}: ${values.length} values for shape ${t.shape}`);
-        const data = encodeTensor(values, t.outType);
+        const count = t.shape.reduce((x, y) => x * y, 1);
+        const data = values instanceof Float32Array ? encodeTensor(values, t.outType) : values;
+        if (values instanceof Float32Array ? values.length !== count : data.length !== byteSize(count, t.outType)) {
+          throw new Error(`tensor ${t.name}: wrong amount of data for shape ${t.shape}`);
+        }
         await fh.write(data);
         await fh.write(Buffer.alloc(pad(data.length) - data.length));
         onTensor?.(++done, this.tensors.length);

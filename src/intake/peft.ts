@@ -6,9 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ggufKind, readGgufHeader } from './gguf-header.ts';
 import { GgufWriter, type OutType } from './gguf-writer.ts';
+import { IntakeError } from './errors.ts';
 import { SafetensorsFile } from './safetensors.ts';
 
-export class IntakeError extends Error {}
+export { IntakeError };
 
 /** What the conversion needs to know about the base model. */
 export interface BaseShape {

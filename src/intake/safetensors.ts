@@ -62,13 +62,21 @@ export class SafetensorsFile {
     }
   }
 
-  /** The tensor's values as float32 (F32, F16 and BF16 inputs). */
-  async readF32(name: string): Promise<Float32Array> {
+  /** The tensor's bytes as stored, in a buffer of their own (so typed views are aligned). */
+  async readRaw(name: string): Promise<Uint8Array> {
     const t = this.tensors.get(name);
     if (!t) throw new SafetensorsError(`${this.path}: no tensor ${name}`);
-    const raw = Buffer.alloc(t.end - t.start);
-    await this.fh.read(raw, 0, raw.length, t.start);
-    return toF32(raw, t.dtype, `${this.path}: ${name}`);
+    const bytes = t.end - t.start;
+    const raw = new Uint8Array(new ArrayBuffer(bytes));
+    const { bytesRead } = await this.fh.read(raw, 0, bytes, t.start);
+    if (bytesRead !== bytes) throw new SafetensorsError(`${this.path}: truncated while reading ${name}`);
+    return raw;
+  }
+
+  /** The tensor's values as float32 (F32, F16 and BF16 inputs). */
+  async readF32(name: string): Promise<Float32Array> {
+    const t = this.tensors.get(name)!;
+    return toF32(await this.readRaw(name), t?.dtype, `${this.path}: ${name}`);
   }
 
   close(): Promise<void> {
@@ -76,16 +84,24 @@ export class SafetensorsFile {
   }
 }
 
-export function toF32(raw: Buffer, dtype: Dtype, what: string): Float32Array {
+let halfTable: Float32Array | null = null;
+
+/** raw must start at offset 0 of its own ArrayBuffer (as readF32 allocates it). */
+export function toF32(raw: Uint8Array, dtype: Dtype, what: string): Float32Array {
   const n = raw.length / (BYTES[dtype] ?? 1);
+  if (dtype === 'F32') return new Float32Array(raw.buffer, raw.byteOffset, n);
   const out = new Float32Array(n);
-  if (dtype === 'F32') {
-    for (let i = 0; i < n; i++) out[i] = raw.readFloatLE(i * 4);
-  } else if (dtype === 'BF16') {
+  if (dtype === 'BF16') {
+    const src = new Uint16Array(raw.buffer, raw.byteOffset, n);
     const u = new Uint32Array(out.buffer);
-    for (let i = 0; i < n; i++) u[i] = raw.readUInt16LE(i * 2) << 16;
+    for (let i = 0; i < n; i++) u[i] = src[i]! << 16;
   } else if (dtype === 'F16') {
-    for (let i = 0; i < n; i++) out[i] = halfToFloat(raw.readUInt16LE(i * 2));
+    if (!halfTable) {
+      halfTable = new Float32Array(65536);
+      for (let h = 0; h < 65536; h++) halfTable[h] = halfToFloat(h);
+    }
+    const src = new Uint16Array(raw.buffer, raw.byteOffset, n);
+    for (let i = 0; i < n; i++) out[i] = halfTable[src[i]!]!;
   } else {
     throw new SafetensorsError(`${what}: dtype ${dtype} is not a floating-point type`);
   }

@@ -37,8 +37,11 @@ describe('base model location', () => {
       rule: 'MODELS_DIR/acme/tiny',
     });
   });
-  it('a Hugging Face checkpoint is a clear error until the intake converts it', async () => {
-    await expect(locateBaseModel(path.join(qa, 'base-hf'), empty)).rejects.toThrow(/Hugging Face checkpoint directory.*not available yet/);
+  it('a Hugging Face checkpoint is converted (test/intake); one that cannot be says why', async () => {
+    const dir = path.join(tmp, 'gpt2-hf');
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ architectures: ['GPT2LMHeadModel'] }));
+    await expect(locateBaseModel(dir, empty, path.join(tmp, 'cache'))).rejects.toThrow(/unsupported architecture 'GPT2LMHeadModel'/);
   });
   it('nothing found: the error lists every place tried', async () => {
     const err = (await locateBaseModel('NousResearch/Llama-2-7b-hf', empty).catch((e: Error) => e)) as Error;
