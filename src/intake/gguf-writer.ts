@@ -164,8 +164,17 @@ export class GgufWriter {
       const { head } = this.header();
       await fh.write(head);
       let done = 0;
-      for (const t of this.tensors) {
-        const values = await t.produce();
+      // The next tensor is read while this one is written: I/O and conversion overlap, and memory
+      // stays bounded by two tensors.
+      const start = (i: number) => {
+        const p = this.tensors[i]?.produce();
+        p?.catch(() => {}); // a failure surfaces where it is awaited, never as an unhandled rejection
+        return p;
+      };
+      let next = start(0);
+      for (const [i, t] of this.tensors.entries()) {
+        const values = await next!;
+        next = start(i + 1);
         const count = t.shape.reduce((x, y) => x * y, 1);
         const data = values instanceof Float32Array ? encodeTensor(values, t.outType) : values;
         if (values instanceof Float32Array ? values.length !== count : data.length !== byteSize(count, t.outType)) {
