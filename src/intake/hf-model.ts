@@ -37,14 +37,22 @@ function ggufName(hf: string): string | null {
   throw new IntakeError(`tensor '${hf}' has no llama.cpp counterpart`);
 }
 
-/** LlamaModel.permute: rows (n_head, 2, half) -> (n_head, half, 2), applied to q/k weights and biases. */
-function permuteRows<A extends Float32Array | Uint8Array>(v: A, rows: number, nHead: number): A {
-  const cols = v.length / rows;
+/**
+ * LlamaModel.permute (rows (n_head, 2, half) -> (n_head, half, 2)): the source row of output row i.
+ * The converter applies it to q/k weights, so their LoRA lora_b rows need it too.
+ */
+export function llamaPermutedRow(i: number, rows: number, nHead: number): number {
   const half = rows / nHead / 2;
+  const h = Math.floor(i / (2 * half)), j = Math.floor((i % (2 * half)) / 2), k = i % 2;
+  return h * 2 * half + k * half + j;
+}
+
+/** Reorders whole rows (values or raw bytes): output row i is input row source(i). */
+export function reorderRows<A extends Float32Array | Uint8Array>(v: A, rows: number, source: (i: number) => number): A {
+  const cols = v.length / rows;
   const out = new (v.constructor as new (n: number) => A)(v.length);
   for (let i = 0; i < rows; i++) {
-    const h = Math.floor(i / (2 * half)), j = Math.floor((i % (2 * half)) / 2), k = i % 2;
-    const src = h * 2 * half + k * half + j;
+    const src = source(i);
     out.set(v.subarray(src * cols, src * cols + cols), i * cols);
   }
   return out;
@@ -155,7 +163,7 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
       const passThrough = ({ F32: 'f32', F16: 'f16', BF16: 'bf16' } as Record<string, OutType>)[e.dtype] === type;
       writer.tensor(dest, e.shape, type, async () => {
         let v: Float32Array | Uint8Array = passThrough ? await st.readRaw(n) : await st.readF32(n);
-        if (permuteHeads) v = permuteRows(v, e.shape[0]!, permuteHeads);
+        if (permuteHeads) v = reorderRows(v, e.shape[0]!, (i) => llamaPermutedRow(i, e.shape[0]!, permuteHeads));
         bytesDone += e.end - e.start;
         o.onProgress?.(bytesDone, bytesTotal);
         return v;

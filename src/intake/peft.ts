@@ -7,6 +7,7 @@ import path from 'node:path';
 import { ggufKind, readGgufHeader } from './gguf-header.ts';
 import { GgufWriter, type OutType } from './gguf-writer.ts';
 import { IntakeError } from './errors.ts';
+import { llamaPermutedRow, reorderRows } from './hf-model.ts';
 import { SafetensorsFile } from './safetensors.ts';
 
 export { IntakeError };
@@ -112,24 +113,11 @@ function patternValue(patterns: Record<string, number> | undefined, module: stri
   return undefined;
 }
 
-/** Rows of lora_b (out x r) reordered as llama.cpp's converter reorders the base weight's rows. */
-function reorderRows(b: Float32Array, rows: number, r: number, map: (newRow: number) => number): Float32Array {
-  const out = new Float32Array(b.length);
-  for (let i = 0; i < rows; i++) out.set(b.subarray(map(i) * r, map(i) * r + r), i * r);
-  return out;
-}
-
 function rowMap(kind: string, rows: number, s: BaseShape): ((i: number) => number) | null {
   if (s.permuteQK && (kind === 'attn_q' || kind === 'attn_k')) {
     // LlamaModel.permute: reshape(n_head, 2, half, ...).swapaxes(1, 2)
-    const nHead = kind === 'attn_k' && s.nHeadKv !== s.nHead ? s.nHeadKv : s.nHead;
-    const half = rows / nHead / 2;
-    return (i) => {
-      const h = Math.floor(i / (2 * half));
-      const j = Math.floor((i % (2 * half)) / 2);
-      const k = i % 2;
-      return h * 2 * half + k * half + j;
-    };
+    const nHead = kind === 'attn_k' ? s.nHeadKv : s.nHead;
+    return (i) => llamaPermutedRow(i, rows, nHead);
   }
   if (s.arch === 'bloom' && kind === 'attn_qkv') {
     // BloomModel: (n_head, 3, head_dim) rows -> all q, then all k, then all v
@@ -203,7 +191,7 @@ export async function convertPeftAdapter(o: ConvertLoraOptions): Promise<{ tenso
       writer.tensor(`${dest}.lora_a`, aShape, outtype, () => st.readF32(a));
       writer.tensor(`${dest}.lora_b`, bShape, outtype, async () => {
         let v = await st.readF32(b);
-        if (map) v = reorderRows(v, bShape[0]!, r, map);
+        if (map) v = reorderRows(v, bShape[0]!, map);
         if (fold !== 1) for (let i = 0; i < v.length; i++) v[i] = v[i]! * fold;
         return v;
       });
