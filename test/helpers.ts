@@ -29,11 +29,14 @@ export function loadReference(name: 'tiny-qa' | 'tiny-qwen2'): Reference {
   return JSON.parse(readFileSync(path.join(modelDir(name), 'reference.json'), 'utf8')) as Reference;
 }
 
-/** CPU, one llama.cpp thread: what CI has. */
+/** The backend the engine tests run on: CPU (what CI has), or CML_TEST_BACKEND=cuda on a GPU machine. */
+export const testBackend = (process.env.CML_TEST_BACKEND ?? 'cpu') as 'cpu' | 'cuda' | 'auto';
+
+/** One llama.cpp thread: CI has 2 cores and runs two test files at a time. */
 export function loadEngine(name: 'tiny-qa' | 'tiny-qwen2', opts: Partial<EngineOptions> = {}): Promise<Engine> {
   return Engine.load({
     modelPath: path.join(modelDir(name), 'base-f32.gguf'),
-    backend: 'cpu',
+    backend: testBackend,
     threads: 1,
     contextSize: 256,
     ...opts,
