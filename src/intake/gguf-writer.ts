@@ -3,13 +3,17 @@
 // killed conversion leaves no half file behind.
 import { open, rename, rm } from 'node:fs/promises';
 
-export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8, BF16: 30 } as const;
-export type OutType = 'f32' | 'f16' | 'bf16' | 'q8_0';
-const TYPE_OF: Record<OutType, number> = { f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16, q8_0: GGML_TYPE.Q8_0 };
+export const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, BF16: 30 } as const;
+export type OutType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
+const TYPE_OF: Record<OutType, number> = {
+  f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16, q8_0: GGML_TYPE.Q8_0, q4_0: GGML_TYPE.Q4_0,
+};
 
-/** Bytes of a tensor of `count` values (Q8_0: blocks of 32 values as an f16 scale + 32 int8). */
+/** Bytes of a tensor of `count` values (Q8_0 / Q4_0: blocks of 32 values with an f16 scale). */
 export function byteSize(count: number, t: OutType): number {
-  return t === 'q8_0' ? (count / 32) * 34 : count * (t === 'f32' ? 4 : 2);
+  if (t === 'q8_0') return (count / 32) * 34;
+  if (t === 'q4_0') return (count / 32) * 18;
+  return count * (t === 'f32' ? 4 : 2);
 }
 
 const ALIGN = 32;
@@ -44,6 +48,7 @@ class Bytes {
 
 export function encodeTensor(values: Float32Array, t: OutType): Buffer {
   if (t === 'q8_0') return quantizeQ80(values);
+  if (t === 'q4_0') return quantizeQ40(values);
   if (t === 'f32') return Buffer.from(values.buffer, values.byteOffset, values.byteLength);
   // Typed-array loops over the raw bits: per-value Buffer calls would cap conversion far below disk speed.
   const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
@@ -72,6 +77,33 @@ function quantizeQ80(x: Float32Array): Buffer {
     for (let j = 0; j < 32; j++) {
       const v = x[b * 32 + j]! * id;
       q[b * 34 + 2 + j] = v < 0 ? -Math.round(-v) : Math.round(v); // roundf: half away from zero
+    }
+  }
+  return out;
+}
+
+/** ggml's quantize_row_q4_0_ref: d = (signed max-magnitude value) / -8, nibbles = min(15, x/d + 8.5). */
+function quantizeQ40(x: Float32Array): Buffer {
+  if (x.length % 32 !== 0) throw new Error('Q4_0 needs a multiple of 32 values per row');
+  const out = Buffer.alloc((x.length / 32) * 18);
+  const scratch = new Float32Array(1);
+  const scratchBits = new Uint32Array(scratch.buffer);
+  for (let b = 0; b < x.length / 32; b++) {
+    let amax = 0, max = 0;
+    for (let j = 0; j < 32; j++) {
+      const v = x[b * 32 + j]!;
+      if (Math.abs(v) > amax) { amax = Math.abs(v); max = v; }
+    }
+    const d = max / -8;
+    const id = d ? 1 / d : 0;
+    scratch[0] = d;
+    const h = f16Bits(scratchBits[0]!);
+    out[b * 18] = h & 0xff;
+    out[b * 18 + 1] = h >> 8;
+    for (let j = 0; j < 16; j++) {
+      const lo = Math.min(15, Math.trunc(x[b * 32 + j]! * id + 8.5));
+      const hi = Math.min(15, Math.trunc(x[b * 32 + 16 + j]! * id + 8.5));
+      out[b * 18 + 2 + j] = lo | (hi << 4);
     }
   }
   return out;

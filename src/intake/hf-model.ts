@@ -145,7 +145,7 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
       kv.push([`${a}.attention.key_length`, { type: 'u32', value: headDim }], [`${a}.attention.value_length`, { type: 'u32', value: headDim }]);
       kv.push([`${a}.vocab_size`, { type: 'u32', value: num('vocab_size') }], [`${a}.rope.dimension_count`, { type: 'u32', value: headDim }]);
     }
-    kv.push(['general.file_type', { type: 'u32', value: { f32: 0, f16: 1, q8_0: 7, bf16: 32 }[outtype] }]);
+    kv.push(['general.file_type', { type: 'u32', value: { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 }[outtype] }]);
     kv.push(['general.quantization_version', { type: 'u32', value: 2 }]);
     const writer = new GgufWriter();
     for (const [k, v] of [...kv, ...vocab]) writer.kv(k, v);

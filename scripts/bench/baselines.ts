@@ -1,0 +1,113 @@
+// The baselines, on the same model and settings in the same run: node-llama-cpp's own API,
+// llama.cpp's llama-bench and llama-batched-bench (built from the same source tree as our CUDA
+// addon), and the memory-bandwidth bound.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { median, steadyRate } from './stats.ts';
+
+export type Skipped = { skipped: string };
+
+export interface NlcResult {
+  gpu: string;
+  oneStreamTokS: number;
+  eightStreamsTokS: number;
+}
+
+/** node-llama-cpp 3.21.1 as its users drive it: LlamaContextSequence.evaluate, one and eight sequences. */
+export async function measureNodeLlamaCpp(o: { model: string; adapter?: string; gpu: boolean; promptTokens: number; genTokens: number; runs: number; threads?: number }): Promise<NlcResult | Skipped> {
+  let nlc: typeof import('node-llama-cpp');
+  try {
+    nlc = await import('node-llama-cpp');
+  } catch (e) {
+    return { skipped: `node-llama-cpp did not load: ${(e as Error).message}` };
+  }
+  let llama;
+  try {
+    llama = await nlc.getLlama({ gpu: o.gpu ? 'cuda' : false, build: 'never', logLevel: nlc.LlamaLogLevel.error });
+  } catch (e) {
+    return { skipped: `node-llama-cpp has no ${o.gpu ? 'CUDA' : 'CPU'} binary here: ${(e as Error).message.split('\n')[0]}` };
+  }
+  const model = await llama.loadModel({ modelPath: o.model, ...(o.gpu ? { gpuLayers: 'max' as const } : { gpuLayers: 0 }) });
+  try {
+    const ctx = await model.createContext({
+      sequences: 8,
+      contextSize: 8 * (o.promptTokens + o.genTokens + 16),
+      flashAttention: true,
+      ...(o.threads ? { threads: o.threads } : {}),
+      ...(o.adapter ? { lora: { adapters: [{ filePath: o.adapter, scale: 1 }] } } : {}),
+    });
+    const prompt = model.tokenize('The quick brown fox jumps over the lazy dog. '.repeat(o.promptTokens), false).slice(0, o.promptTokens);
+    const stream = async (seq: ReturnType<typeof ctx.getSequence>) => {
+      const times: number[] = [];
+      for await (const _ of seq.evaluate(prompt, { temperature: 0, yieldEogToken: true })) {
+        times.push(performance.now());
+        if (times.length >= o.genTokens) break;
+      }
+      await seq.clearHistory();
+      return times;
+    };
+    const seqs = Array.from({ length: 8 }, () => ctx.getSequence());
+    const one: number[] = [];
+    const eight: number[] = [];
+    await stream(seqs[0]!); // warm-up
+    for (let i = 0; i < o.runs; i++) {
+      const t = await stream(seqs[0]!);
+      one.push((t.length - 1) / ((t.at(-1)! - t[0]!) / 1000));
+      eight.push(steadyRate(await Promise.all(seqs.map(stream))));
+    }
+    await ctx.dispose();
+    return { gpu: String(llama.gpu), oneStreamTokS: median(one), eightStreamsTokS: median(eight) };
+  } finally {
+    await model.dispose();
+  }
+}
+
+function findTool(dir: string, name: string): string | null {
+  if (!existsSync(dir)) return null;
+  for (const e of readdirSync(dir)) {
+    const p = path.join(dir, e);
+    if (e === name && statSync(p).isFile()) return p;
+    if (statSync(p).isDirectory() && !e.startsWith('CMakeFiles')) {
+      const hit = findTool(p, name);
+      if (hit) return hit;
+    }
+  }
+  return null;
+}
+
+/** llama-bench and llama-batched-bench from the CUDA build tree (npm run build:cuda), built on demand. */
+export function llamaTools(buildDir: string, progress: (m: string) => void): { bench: string; batched: string } | Skipped {
+  let bench = findTool(buildDir, 'llama-bench');
+  let batched = findTool(buildDir, 'llama-batched-bench');
+  if (bench && batched) return { bench, batched };
+  if (!existsSync(path.join(buildDir, 'CMakeCache.txt'))) return { skipped: `no build tree at ${buildDir}: run npm run build:cuda first` };
+  progress('building llama-bench and llama-batched-bench (same tree as the CUDA addon)');
+  const r = spawnSync('cmake', ['--build', buildDir, '--target', 'llama-bench', 'llama-batched-bench', '-j'], { stdio: 'ignore' });
+  if (r.status !== 0) return { skipped: `building the llama.cpp tools failed (cmake exit ${r.status})` };
+  bench = findTool(buildDir, 'llama-bench');
+  batched = findTool(buildDir, 'llama-batched-bench');
+  return bench && batched ? { bench, batched } : { skipped: 'the llama.cpp tools were not found after building' };
+}
+
+export function llamaBench(bin: string, o: { model: string; promptTokens: number; genTokens: number; gpu: boolean; threads?: number }): { tgTokS: number; ppTokS: number } {
+  const args = ['-m', o.model, '-p', String(o.promptTokens), '-n', String(o.genTokens), '-fa', '1', '-r', '3', '-o', 'json', '-ngl', o.gpu ? '99' : '0'];
+  if (o.threads) args.push('-t', String(o.threads));
+  const rows = JSON.parse(execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as { n_prompt: number; n_gen: number; avg_ts: number }[];
+  return { ppTokS: rows.find((r) => r.n_prompt > 0)?.avg_ts ?? Number.NaN, tgTokS: rows.find((r) => r.n_gen > 0)?.avg_ts ?? Number.NaN };
+}
+
+export function batchedBench(bin: string, o: { model: string; promptTokens: number; genTokens: number; streams: number[]; gpu: boolean; threads?: number }): { streams: number; tgTokS: number }[] {
+  const ctx = Math.max(...o.streams) * (o.promptTokens + o.genTokens) + 64;
+  const args = ['-m', o.model, '-c', String(ctx), '-b', '2048', '-ub', '512', '-npp', String(o.promptTokens), '-ntg', String(o.genTokens),
+    '-npl', o.streams.join(','), '-ngl', o.gpu ? '99' : '0', '-fa', 'on', '--output-format', 'jsonl'];
+  if (o.threads) args.push('-t', String(o.threads));
+  const out = execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { pl: number; speed_tg: number })
+    .map((r) => ({ streams: r.pl, tgTokS: r.speed_tg }));
+}
+
+/** Tokens/s if every weight byte is read once per token (token_embd reads one row: excluded). */
+export function bandwidthBound(modelBytes: number, embdBytes: number, gbPerSecond: number): number {
+  return (gbPerSecond * 1e9) / (modelBytes - embdBytes);
+}

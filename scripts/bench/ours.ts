@@ -1,0 +1,211 @@
+// Our server measured two ways in one process: through the engine, and through POST /predict
+// streaming over a loopback socket (to see what HTTP costs).
+import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
+import { Predictor } from '../../src/cml/predict.ts';
+import { Engine, type BackendChoice, type GenerateParams } from '../../src/engine/index.ts';
+import { createApp } from '../../src/server/app.ts';
+import { Metrics } from '../../src/server/metrics.ts';
+import { gaps, median, percentile, steadyRate } from './stats.ts';
+
+export interface OursOptions {
+  model: string;
+  adapters: string[]; // up to two: 'a' and 'b'
+  backend: BackendChoice;
+  threads?: number;
+  promptTokens: number;
+  genTokens: number;
+  streams: number[];
+  runs: number;
+  http: boolean;
+  progress: (what: string) => void;
+}
+
+export interface SingleStream {
+  prefillTokS: number;
+  ttftMs: number;
+  decodeTokS: number;
+  itlP50Ms: number;
+  itlP99Ms: number;
+}
+
+export interface SweepPoint {
+  streams: number;
+  aggregateTokS: number;
+  ttftP50Ms: number;
+  ttftP99Ms: number;
+}
+
+export interface OursResult {
+  backend: string;
+  reason: string;
+  devices: string[];
+  loadMs: number;
+  gpuMemoryMb: number | null;
+  engine: SingleStream;
+  http: SingleStream | null;
+  sweep: SweepPoint[];
+  lora: { oneStream: SingleStream | null; eight: { base: number; lora: number; mixed: number | null } | null };
+}
+
+function gpuUsedMb(engine: { backend: { addon: { devices(): { type: string; memoryFree: number; memoryTotal: number }[] } } }): number {
+  return engine.backend.addon.devices().filter((d) => d.type === 'gpu').reduce((s, d) => s + (d.memoryTotal - d.memoryFree), 0) / 2 ** 20;
+}
+
+export async function measureOurs(o: OursOptions): Promise<OursResult> {
+  const maxStreams = Math.max(...o.streams, 8);
+  const t0 = performance.now();
+  const engine = await Engine.load({
+    modelPath: o.model,
+    backend: o.backend,
+    slots: maxStreams,
+    maxQueue: maxStreams,
+    contextSize: o.promptTokens + o.genTokens + 16,
+    flashAttention: 'auto',
+    ...(o.threads ? { threads: o.threads } : {}),
+  });
+  const loadMs = performance.now() - t0;
+  try {
+    const names = ['a', 'b'].slice(0, o.adapters.length);
+    for (const [i, p] of o.adapters.entries()) await engine.loadAdapter(names[i]!, p);
+    // In use on the GPU after the model and adapters are loaded (every process on the card).
+    const gpuMemoryMb = engine.backend.hasGpu ? gpuUsedMb(engine) : null;
+
+    // A prompt of exactly promptTokens ids (BOS first), from ordinary text.
+    const text = 'The quick brown fox jumps over the lazy dog while the patient engineer measures every token. ';
+    const ids = engine.tokenize(text.repeat(Math.ceil(o.promptTokens / 4)));
+    const prompt = ids.slice(0, o.promptTokens);
+    const params = (adapters: GenerateParams['adapters'] = []): GenerateParams => ({ greedy: true, maxTokens: o.genTokens, ignoreEos: true, adapters });
+
+    const timed = async (adapters: GenerateParams['adapters']) => {
+      const start = performance.now();
+      const g = engine.generate(prompt, params(adapters));
+      const times: number[] = [];
+      for await (const c of g) if (c.token !== null) times.push(performance.now());
+      const r = await g.result;
+      return { start, times, r };
+    };
+
+    const single = async (adapters: GenerateParams['adapters']): Promise<SingleStream> => {
+      await timed(adapters); // warm-up
+      const runs = [];
+      for (let i = 0; i < o.runs; i++) runs.push(await timed(adapters));
+      const itl = runs.flatMap((x) => gaps(x.times));
+      return {
+        prefillTokS: median(runs.map((x) => (o.promptTokens / x.r.timings.prefillMs) * 1000)),
+        ttftMs: median(runs.map((x) => x.r.timings.ttftMs)),
+        decodeTokS: median(runs.map((x) => x.r.timings.decodeTokensPerSecond)),
+        itlP50Ms: percentile(itl, 50),
+        itlP99Ms: percentile(itl, 99),
+      };
+    };
+
+    const concurrent = async (n: number, adapterOf: (i: number) => GenerateParams['adapters']) => {
+      const runs = await Promise.all(Array.from({ length: n }, (_, i) => timed(adapterOf(i))));
+      return { rate: steadyRate(runs.map((x) => x.times)), ttft: runs.map((x) => x.r.timings.ttftMs) };
+    };
+
+    o.progress('ours: one stream through the engine');
+    const engineSingle = await single([]);
+
+    const sweep: SweepPoint[] = [];
+    for (const n of o.streams) {
+      o.progress(`ours: ${n} concurrent streams`);
+      await concurrent(n, () => []); // warm-up
+      const best = [];
+      for (let i = 0; i < o.runs; i++) best.push(await concurrent(n, () => []));
+      const ttft = best.flatMap((b) => b.ttft);
+      sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99) });
+    }
+
+    let lora: OursResult['lora'] = { oneStream: null, eight: null };
+    if (names.length > 0) {
+      o.progress('ours: LoRA on one stream and on eight');
+      const one = await single([{ name: 'a', scale: 1 }]);
+      const eight = async (f: (i: number) => GenerateParams['adapters']) => {
+        await concurrent(8, f);
+        return median(await Promise.all([0, 1].map(() => concurrent(8, f).then((c) => c.rate))));
+      };
+      lora = {
+        oneStream: one,
+        eight: {
+          base: await eight(() => []),
+          lora: await eight(() => [{ name: 'a', scale: 1 }]),
+          mixed: names.length > 1 ? await eight((i) => [{ name: i % 2 ? 'b' : 'a', scale: 1 }]) : null,
+        },
+      };
+    }
+
+    let http: SingleStream | null = null;
+    if (o.http) {
+      o.progress('ours: one stream through POST /predict (SSE)');
+      http = await measureHttp(engine, prompt.length, o);
+    }
+    return {
+      backend: engine.backend.name,
+      reason: engine.backend.reason,
+      devices: engine.backend.devices.map((d) => `${d.name}: ${d.description}`),
+      loadMs,
+      gpuMemoryMb,
+      engine: engineSingle,
+      http,
+      sweep,
+      lora,
+    };
+  } finally {
+    await engine.close();
+  }
+}
+
+/** The same single-stream run over HTTP, timed by the client from the SSE token events. */
+async function measureHttp(engine: Engine, promptLen: number, o: OursOptions): Promise<SingleStream> {
+  const state = { status: 'ready' as const, predictor: new Predictor(engine, {}, null), modelName: 'bench', adapterName: null };
+  const app = createApp({ state, metrics: new Metrics(() => engine.stats()), apiKey: null, log: pino({ level: 'silent' }) });
+  const server = app.listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/predict`;
+  // The text prompt that tokenizes to about promptLen tokens: the server takes text, as clients do.
+  const text = engine.detokenize(engine.tokenize('The quick brown fox jumps over the lazy dog. '.repeat(promptLen), false).slice(0, promptLen - 1));
+  const run = async () => {
+    const start = performance.now();
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ request: { prompt: text, do_sample: false, repetition_penalty: 1, max_new_tokens: o.genTokens, min_new_tokens: o.genTokens, stream: true } }),
+    });
+    const reader = res.body!.getReader();
+    const dec = new TextDecoder();
+    const times: number[] = [];
+    let buf = '';
+    let done: { usage: { prompt_tokens: number; completion_tokens: number }; timings: { prefillMs: number } } | null = null;
+    for (;;) {
+      const { value, done: end } = await reader.read();
+      if (end) break;
+      buf += dec.decode(value, { stream: true });
+      const frames = buf.split('\n\n');
+      buf = frames.pop()!;
+      for (const f of frames) {
+        if (f.startsWith('data: {"token"')) times.push(performance.now());
+        else if (f.startsWith('data: {"done"')) done = JSON.parse(f.slice(6));
+      }
+    }
+    return { start, times, done: done! };
+  };
+  try {
+    await run();
+    const runs = [];
+    for (let i = 0; i < o.runs; i++) runs.push(await run());
+    const itl = runs.flatMap((x) => gaps(x.times));
+    return {
+      prefillTokS: median(runs.map((x) => (x.done.usage.prompt_tokens / x.done.timings.prefillMs) * 1000)),
+      ttftMs: median(runs.map((x) => x.times[0]! - x.start)),
+      // Tokens whose text is held back (a partial UTF-8 character) send no event; count them all.
+      decodeTokS: median(runs.map((x) => (x.done.usage.completion_tokens - 1) / ((x.times.at(-1)! - x.times[0]!) / 1000))),
+      itlP50Ms: percentile(itl, 50),
+      itlP99Ms: percentile(itl, 99),
+    };
+  } finally {
+    server.close();
+    server.closeAllConnections();
+  }
+}

@@ -1,0 +1,30 @@
+// `npm run bench -- --quick` (the CPU smoke run) so the benchmark script cannot rot.
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { root } from '../helpers.ts';
+
+const run = promisify(execFile);
+
+describe('benchmark --quick', () => {
+  it('measures ours and node-llama-cpp on a synthetic model and writes the report', async () => {
+    const out = mkdtempSync(path.join(os.tmpdir(), 'cml-bench-'));
+    const { stdout } = await run(process.execPath, [path.join(root, 'node_modules/tsx/dist/cli.mjs'), 'scripts/bench/main.ts', '--quick', '--out', out], {
+      cwd: root,
+      timeout: 180_000,
+    });
+    expect(stdout).toMatch(/one stream, engine \(tok\/s\)/);
+    const r = JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8'));
+    expect(r.ours.engine.decodeTokS).toBeGreaterThan(0);
+    expect(r.ours.http.decodeTokS).toBeGreaterThan(0);
+    expect(r.ours.sweep.map((s: { streams: number }) => s.streams)).toEqual([1, 2, 4]);
+    expect(r.ours.sweep.every((s: { aggregateTokS: number }) => s.aggregateTokS > 0)).toBe(true);
+    expect(r.ours.lora.eight.mixed).toBeGreaterThan(0);
+    expect(r.nodeLlamaCpp.oneStreamTokS ?? r.nodeLlamaCpp.skipped).toBeTruthy();
+    for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg']) expect(existsSync(path.join(out, f)), f).toBe(true);
+    expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/## Concurrent streams/);
+  });
+});
