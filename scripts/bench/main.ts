@@ -1,7 +1,7 @@
 // npm run bench -- [--shape 1b|8b|60m] [--type f16|q8_0|q4_0] [--model f.gguf --adapter f.gguf]
 //   [--backend auto|cuda|cpu] [--streams 1,4,8,16,32,64] [--prompt-tokens 128] [--tokens 128]
 //   [--lora-rank 16] [--lora-targets attn_q,attn_v,...] [--runs 3] [--bandwidth GB/s]
-//   [--baselines nlc,llama-bench,batched-bench] [--no-http] [--threads N] [--out dir] [--quick]
+//   [--baselines nlc,llama-bench,batched-bench] [--no-http] [--threads N] [--out dir] [--models-dir dir] [--quick]
 // One run, one machine: ours (engine and POST /predict) beside node-llama-cpp and llama.cpp's own
 // benchmarks on the same model; writes results.json, report.md and SVG charts; prints a table last.
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
@@ -32,6 +32,7 @@ const { values: a } = parseArgs({
     'no-http': { type: 'boolean', default: false },
     threads: { type: 'string' },
     out: { type: 'string' },
+    'models-dir': { type: 'string' },
     quick: { type: 'boolean', default: false },
   },
 });
@@ -64,8 +65,8 @@ mkdirSync(out, { recursive: true });
 let step = 0;
 const progress = (m: string) => console.error(`[bench ${++step}] ${m}`);
 
-// Models: given, or synthetic ones written into the results folder's cache.
-const synthDir = path.join(out, 'models');
+// Models: given, or synthetic ones written beside the results (or into --models-dir).
+const synthDir = path.resolve(a['models-dir'] ?? path.join(out, 'models'));
 mkdirSync(synthDir, { recursive: true });
 let model = a.model;
 let adapters = a.adapter ?? [];
