@@ -19,12 +19,16 @@ Sampler::Sampler(const SamplingParams& p, int32_t n_vocab, int32_t penalty_windo
                                               p.frequency_penalty, p.presence_penalty);
     llama_sampler_chain_add(chain_, penalties_);
   }
+  n_vocab_ = n_vocab;
   if (p.greedy || p.temperature <= 0.0f) {
+    argmax_ = !penalize && p.logit_bias.empty();
     llama_sampler_chain_add(chain_, llama_sampler_init_greedy());
     return;
   }
-  llama_sampler_chain_add(chain_, llama_sampler_init_temp(p.temperature));
+  // transformers applies temperature, then top-k, then top-p. Top-k picks the same tokens at any
+  // temperature, so it goes first here: the rest of the chain then works on k tokens, not the vocabulary.
   if (p.top_k > 0) llama_sampler_chain_add(chain_, llama_sampler_init_top_k(p.top_k));
+  llama_sampler_chain_add(chain_, llama_sampler_init_temp(p.temperature));
   if (p.top_p < 1.0f) llama_sampler_chain_add(chain_, llama_sampler_init_top_p(p.top_p, 1));
   if (p.min_p > 0.0f) llama_sampler_chain_add(chain_, llama_sampler_init_min_p(p.min_p, 1));
   llama_sampler_chain_add(chain_, llama_sampler_init_dist(p.seed));
@@ -37,7 +41,15 @@ void Sampler::accept_prompt(const std::vector<llama_token>& prompt) {
   for (llama_token t : prompt) llama_sampler_accept(penalties_, t);
 }
 
-llama_token Sampler::sample(llama_context* ctx, int32_t idx) { return llama_sampler_sample(chain_, ctx, idx); }
+llama_token Sampler::sample(llama_context* ctx, int32_t idx) {
+  if (!argmax_) return llama_sampler_sample(chain_, ctx, idx);
+  const float* logits = llama_get_logits_ith(ctx, idx);
+  llama_token best = 0;  // the first maximum, as llama_sampler_init_greedy picks
+  for (llama_token t = 1; t < n_vocab_; ++t) {
+    if (logits[t] > logits[best]) best = t;
+  }
+  return best;
+}
 
 LogprobRow logprob_row(const float* logits, int32_t n_vocab, int32_t n) {
   float max_logit = -INFINITY;

@@ -46,6 +46,9 @@ class Sampler {
  private:
   llama_sampler* chain_ = nullptr;
   llama_sampler* penalties_ = nullptr;  // owned by chain_, fed the prompt directly
+  // Plain greedy (no penalties, no bias) is an argmax over the row: no candidate array per token.
+  bool argmax_ = false;
+  int32_t n_vocab_ = 0;
 };
 
 struct LogprobRow {

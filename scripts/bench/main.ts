@@ -45,7 +45,9 @@ const int = (name: string, v: string) => (Number.isInteger(Number(v)) && Number(
 
 if (a.quick) {
   // CPU-sized smoke run (CI): a tiny synthetic model, few tokens, the cheap baselines only.
-  Object.assign(a, { shape: 'tiny', type: 'q8_0', streams: '1,2,4', 'prompt-tokens': '16', tokens: '16', runs: '1', 'lora-rank': '4', baselines: 'nlc', backend: 'cpu', threads: a.threads ?? '1' });
+  // Options given on the command line still win.
+  const quick = { shape: 'tiny', type: 'q8_0', streams: '1,2,4', 'prompt-tokens': '16', tokens: '16', runs: '1', 'lora-rank': '4', baselines: 'nlc', backend: 'cpu', threads: '1' };
+  for (const [k, v] of Object.entries(quick)) if (!process.argv.some((x) => x === `--${k}` || x.startsWith(`--${k}=`))) Object.assign(a, { [k]: v });
 }
 SHAPES.tiny = { hidden: 128, layers: 2, ffn: 256, heads: 4, kvHeads: 2 };
 const shape = SHAPES[a.shape!] ?? fail(`--shape must be one of ${Object.keys(SHAPES).join(', ')}`);
