@@ -76,6 +76,15 @@ describe('concurrent requests', () => {
     expect(engine.adapters()).toMatchObject([{ name: 'qa', scale: 1, alpha: 16 }]);
   });
 
+  it('seeded sampling is reproducible, alone or batched with others', async () => {
+    const sampled = { temperature: 0.9, topK: 40, topP: 0.95, repetitionPenalty: 1.1, maxTokens: 30, ignoreEos: true };
+    const alone = (await engine.generate(prompts[0]!, { ...sampled, seed: 7 }).result).tokens;
+    const batch = await Promise.all([7, 8, 7].map((seed) => engine.generate(prompts[0]!, { ...sampled, seed }).result));
+    expect(batch[0]!.tokens).toEqual(alone);
+    expect(batch[2]!.tokens).toEqual(alone);
+    expect(batch[1]!.tokens).not.toEqual(alone);
+  });
+
   it('the text streamed equals the final text', async () => {
     const g = engine.generate(requests[4]!.prompt, requests[4]!.params);
     const chunks = await chunksOf(g);
