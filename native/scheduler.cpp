@@ -126,27 +126,37 @@ void Scheduler::run() {
 }
 
 void Scheduler::admit(std::vector<Event>& out) {
-  std::lock_guard<std::mutex> lk(mu_);
-  // Cancelled requests leave the queue wherever they stand.
-  for (auto it = pending_.begin(); it != pending_.end();) {
-    if ((*it)->cancelled) {
-      Event e;
-      e.id = (*it)->id;
-      e.kind = EventKind::Done;
-      e.stop_reason = "cancelled";
-      e.prompt_tokens = static_cast<int32_t>((*it)->prompt.size());
-      out.push_back(std::move(e));
-      live_.erase((*it)->id);
-      it = pending_.erase(it);
-    } else {
-      ++it;
+  std::vector<std::shared_ptr<Request>> admitted;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    // Cancelled requests leave the queue wherever they stand.
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if ((*it)->cancelled) {
+        Event e;
+        e.id = (*it)->id;
+        e.kind = EventKind::Done;
+        e.stop_reason = "cancelled";
+        e.prompt_tokens = static_cast<int32_t>((*it)->prompt.size());
+        out.push_back(std::move(e));
+        live_.erase((*it)->id);
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
     }
+    const int32_t free_slots = cfg_.n_slots - active_;
+    while (!pending_.empty() && static_cast<int32_t>(admitted.size()) < free_slots) {
+      admitted.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+    }
+    busy_.fetch_add(static_cast<int32_t>(admitted.size()));  // with the pop, so submit() never sees room twice
   }
+  // Samplers are built outside the lock: feeding a long prompt to the penalties takes a while.
+  auto next = admitted.begin();
   for (auto& s : slots_) {
-    if (pending_.empty()) break;
+    if (next == admitted.end()) break;
     if (s.req) continue;
-    s.req = std::move(pending_.front());
-    pending_.pop_front();
+    s.req = std::move(*next++);
     s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_, n_ctx_seq_);
     s.sampler->accept_prompt(s.req->prompt);
     s.text = std::make_unique<TextStream>(s.req->stops);
@@ -157,7 +167,6 @@ void Scheduler::admit(std::vector<Event>& out) {
     s.last_step = 0;
     s.t_prefill_start = s.t_prefill_end = s.t_first = s.t_last = 0;
     ++active_;
-    busy_.fetch_add(1);
   }
 }
 
