@@ -58,22 +58,28 @@ export function encodeTensor(values: Float32Array, t: OutType): Buffer {
   return Buffer.from(out.buffer);
 }
 
+const scratch = new Float32Array(1);
+const scratchBits = new Uint32Array(scratch.buffer);
+
+/** A block's f16 scale, little-endian. */
+function putF16(out: Buffer, at: number, v: number): void {
+  scratch[0] = v;
+  const h = f16Bits(scratchBits[0]!);
+  out[at] = h & 0xff;
+  out[at + 1] = h >> 8;
+}
+
 /** ggml's quantize_row_q8_0_ref: per block of 32, d = max|x| / 127, q = round(x / d). */
 function quantizeQ80(x: Float32Array): Buffer {
   if (x.length % 32 !== 0) throw new Error('Q8_0 needs a multiple of 32 values per row');
   const out = Buffer.alloc((x.length / 32) * 34);
   const q = new Int8Array(out.buffer, out.byteOffset, out.length);
-  const scratch = new Float32Array(1);
-  const scratchBits = new Uint32Array(scratch.buffer);
   for (let b = 0; b < x.length / 32; b++) {
     let amax = 0;
     for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[b * 32 + j]!));
     const d = amax / 127;
     const id = d ? 1 / d : 0;
-    scratch[0] = d;
-    const h = f16Bits(scratchBits[0]!);
-    out[b * 34] = h & 0xff;
-    out[b * 34 + 1] = h >> 8;
+    putF16(out, b * 34, d);
     for (let j = 0; j < 32; j++) {
       const v = x[b * 32 + j]! * id;
       q[b * 34 + 2 + j] = v < 0 ? -Math.round(-v) : Math.round(v); // roundf: half away from zero
@@ -86,8 +92,6 @@ function quantizeQ80(x: Float32Array): Buffer {
 function quantizeQ40(x: Float32Array): Buffer {
   if (x.length % 32 !== 0) throw new Error('Q4_0 needs a multiple of 32 values per row');
   const out = Buffer.alloc((x.length / 32) * 18);
-  const scratch = new Float32Array(1);
-  const scratchBits = new Uint32Array(scratch.buffer);
   for (let b = 0; b < x.length / 32; b++) {
     let amax = 0, max = 0;
     for (let j = 0; j < 32; j++) {
@@ -96,10 +100,7 @@ function quantizeQ40(x: Float32Array): Buffer {
     }
     const d = max / -8;
     const id = d ? 1 / d : 0;
-    scratch[0] = d;
-    const h = f16Bits(scratchBits[0]!);
-    out[b * 18] = h & 0xff;
-    out[b * 18 + 1] = h >> 8;
+    putF16(out, b * 18, d);
     for (let j = 0; j < 16; j++) {
       const lo = Math.min(15, Math.trunc(x[b * 32 + j]! * id + 8.5));
       const hi = Math.min(15, Math.trunc(x[b * 32 + 16 + j]! * id + 8.5));
