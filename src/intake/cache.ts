@@ -1,7 +1,7 @@
 // Converted files live in a cache keyed by a hash of what they were made from, so a restart reuses
 // them and any change to the inputs makes a new one. Writes are atomic (the writer renames).
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -23,9 +23,27 @@ export function inputKey(files: string[], options: Record<string, unknown>): str
   return h.digest('hex').slice(0, 16);
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Temp files of conversions whose process is gone (killed mid-way) are removed. */
+function removeStale(dir: string): void {
+  for (const f of readdirSync(dir)) {
+    const m = /\.tmp-(\d+)$/.exec(f);
+    if (m && !alive(Number(m[1]))) rmSync(path.join(dir, f), { force: true });
+  }
+}
+
 /** Returns the cached file for `key`, making it with `make(path)` when it is not there yet. */
 export async function cached(dir: string, name: string, make: (out: string) => Promise<unknown>): Promise<{ path: string; reused: boolean }> {
   mkdirSync(dir, { recursive: true });
+  removeStale(dir);
   const out = path.join(dir, name);
   if (existsSync(out)) return { path: out, reused: true };
   await make(out);

@@ -1,5 +1,5 @@
 // PEFT -> GGUF LoRA: equal to llama.cpp's converter where it is right, better where it is not.
-import { readFileSync, truncateSync, copyFileSync, mkdtempSync, mkdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, truncateSync, copyFileSync, mkdtempSync, mkdirSync, utimesSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -166,7 +166,11 @@ describe('serving a PEFT directory', () => {
     mkdirSync(peft);
     for (const f of ['adapter_config.json', 'adapter_model.safetensors']) copyFileSync(path.join(qa, 'adapter-peft', f), path.join(peft, f));
     const base = path.join(qa, 'base-f32.gguf');
+    mkdirSync(cache, { recursive: true });
+    const stale = path.join(cache, 'adapter-0123.gguf.tmp-999999999'); // left by a killed conversion
+    writeFileSync(stale, 'half');
     const first = await locateAdapter(peft, base, cache);
+    expect(existsSync(stale)).toBe(false);
     expect(first.rule).toMatch(/converted into the cache/);
     const again = await locateAdapter(peft, base, cache);
     expect(again).toEqual({ path: first.path, rule: expect.stringMatching(/reused from the cache/) });
