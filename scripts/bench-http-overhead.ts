@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfig } from '../src/cml/config.ts';
 import { startServer } from '../src/server/server.ts';
+import { streamDecodeRate, streamPredict } from './bench/sse-client.ts';
 
 const { values } = parseArgs({
   options: {
@@ -41,28 +42,8 @@ async function engineRun(): Promise<number> {
 
 async function httpRun(): Promise<number> {
   // Over HTTP: the same interval, measured by the client from the first to the last SSE token event.
-  const res = await fetch(`http://127.0.0.1:${server.port}/predict`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ request: { prompt, do_sample: false, repetition_penalty: 1, max_new_tokens: tokens, min_new_tokens: tokens, stream: true } }),
-  });
-  const reader = res.body!.getReader();
-  const decoder = new TextDecoder();
-  let first = 0, last = 0, seen = 0, buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += decoder.decode(value, { stream: true });
-    const frames = buf.split('\n\n');
-    buf = frames.pop()!;
-    for (const f of frames) {
-      if (!f.includes('"token"')) continue;
-      const now = performance.now();
-      if (seen++ === 0) first = now;
-      last = now;
-    }
-  }
-  return (seen - 1) / ((last - first) / 1000);
+  const url = `http://127.0.0.1:${server.port}/predict`;
+  return streamDecodeRate(await streamPredict(url, { prompt, do_sample: false, repetition_penalty: 1, max_new_tokens: tokens, min_new_tokens: tokens }));
 }
 
 // Interleaved, after one warm-up of each, so both see the same machine state.

@@ -6,6 +6,7 @@ import { Predictor } from '../../src/cml/predict.ts';
 import { Engine, type BackendChoice, type GenerateParams } from '../../src/engine/index.ts';
 import { createApp } from '../../src/server/app.ts';
 import { Metrics } from '../../src/server/metrics.ts';
+import { streamDecodeRate, streamPredict } from './sse-client.ts';
 import { gaps, median, percentile, steadyRate } from './stats.ts';
 
 export interface OursOptions {
@@ -166,31 +167,8 @@ async function measureHttp(engine: Engine, promptLen: number, o: OursOptions): P
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/predict`;
   // The text prompt that tokenizes to about promptLen tokens: the server takes text, as clients do.
   const text = engine.detokenize(engine.tokenize('The quick brown fox jumps over the lazy dog. '.repeat(promptLen), false).slice(0, promptLen - 1));
-  const run = async () => {
-    const start = performance.now();
-    const res = await fetch(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ request: { prompt: text, do_sample: false, repetition_penalty: 1, max_new_tokens: o.genTokens, min_new_tokens: o.genTokens, stream: true } }),
-    });
-    const reader = res.body!.getReader();
-    const dec = new TextDecoder();
-    const times: number[] = [];
-    let buf = '';
-    let done: { usage: { prompt_tokens: number; completion_tokens: number }; timings: { prefillMs: number } } | null = null;
-    for (;;) {
-      const { value, done: end } = await reader.read();
-      if (end) break;
-      buf += dec.decode(value, { stream: true });
-      const frames = buf.split('\n\n');
-      buf = frames.pop()!;
-      for (const f of frames) {
-        if (f.startsWith('data: {"token"')) times.push(performance.now());
-        else if (f.startsWith('data: {"done"')) done = JSON.parse(f.slice(6));
-      }
-    }
-    return { start, times, done: done! };
-  };
+  const run = () =>
+    streamPredict(url, { prompt: text, do_sample: false, repetition_penalty: 1, max_new_tokens: o.genTokens, min_new_tokens: o.genTokens });
   try {
     await run();
     const runs = [];
@@ -199,8 +177,7 @@ async function measureHttp(engine: Engine, promptLen: number, o: OursOptions): P
     return {
       prefillTokS: median(runs.map((x) => (x.done.usage.prompt_tokens / x.done.timings.prefillMs) * 1000)),
       ttftMs: median(runs.map((x) => x.times[0]! - x.start)),
-      // Tokens whose text is held back (a partial UTF-8 character) send no event; count them all.
-      decodeTokS: median(runs.map((x) => (x.done.usage.completion_tokens - 1) / ((x.times.at(-1)! - x.times[0]!) / 1000))),
+      decodeTokS: median(runs.map(streamDecodeRate)),
       itlP50Ms: percentile(itl, 50),
       itlP99Ms: percentile(itl, 99),
     };
