@@ -13,6 +13,7 @@
         "native/js_params.cpp",
         "native/scheduler.cpp",
         "native/sampling.cpp",
+        "native/worker_pool.cpp",
         "native/adapters.cpp",
         "native/text_stream.cpp",
         "native/llama_log.cpp"

@@ -229,6 +229,7 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("slots", opts_.sched.n_slots);
   o.Set("maxQueue", opts_.sched.max_queue);
   o.Set("threads", opts_.threads);
+  o.Set("samplingThreads", opts_.sched.n_threads);
   o.Set("gpuLayers", opts_.gpu_layers);
   return o;
 }

@@ -51,6 +51,7 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   e.gpu_layers = integer(env, o, "gpuLayers", 0, -1, kMax);
   e.threads = integer(env, o, "threads", 1, 1, 1024);
   e.threads_batch = integer(env, o, "threadsBatch", e.threads, 1, 1024);
+  e.sched.n_threads = integer(env, o, "samplingThreads", e.threads, 1, 1024);
   e.context_size = integer(env, o, "contextSize", 2048, 16, 1 << 20);
   e.sched.n_slots = integer(env, o, "slots", 4, 1, 256);
   e.sched.n_batch = integer(env, o, "batchSize", 512, 16, 1 << 16);

@@ -1,5 +1,5 @@
-// Per-request sampling: a llama_sampler chain in Hugging Face's order (repetition penalty, then
-// temperature, top-k, top-p, min-p, then the draw), plus optional top-n log-probabilities.
+// Per-request sampling in Hugging Face's order (logit bias, repetition penalty, then top-k,
+// temperature, top-p, min-p, then the draw), plus optional top-n log-probabilities.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -21,8 +21,8 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;
   uint32_t seed = LLAMA_DEFAULT_SEED;
   int32_t logprobs = 0;  // top-n log-probabilities per generated token, 0 = none
-  bool ignore_eos = false;
-  std::vector<llama_logit_bias> logit_bias;  // added to the raw logits before anything else  // mask end-of-generation tokens: fixed-length runs (benchmarks)
+  bool ignore_eos = false;  // mask end-of-generation tokens: fixed-length runs (benchmarks)
+  std::vector<llama_logit_bias> logit_bias;  // added to the raw logits before anything else
 };
 
 struct TokenLogprob {
@@ -30,26 +30,45 @@ struct TokenLogprob {
   float logprob;
 };
 
+// Sampling works on one logits row that the caller owns, so the samplers of one decode step can run
+// on several threads at once. Penalties and logit bias touch only the tokens they name (a sparse
+// pass over a copy of the row), and top-k is one selection pass over the vocabulary: llama.cpp's
+// chain would build and scan a candidate per vocabulary entry for each of them, which at 32 slots
+// and a 32k-128k vocabulary costs more CPU per step than the GPU spends decoding.
 class Sampler {
  public:
-  // penalty_window: how many past tokens the penalties see (the slot's context size).
-  Sampler(const SamplingParams& p, int32_t n_vocab, int32_t penalty_window);
+  Sampler(const SamplingParams& p, int32_t n_vocab);
   ~Sampler();
   Sampler(const Sampler&) = delete;
   Sampler& operator=(const Sampler&) = delete;
 
   // Prompt tokens count for the repetition penalty, as in transformers.
   void accept_prompt(const std::vector<llama_token>& prompt);
-  // Samples from output row idx of the last decode and records the token for the penalties.
-  llama_token sample(llama_context* ctx, int32_t idx);
+  // Picks the next token from a raw logits row (left unchanged) and records it for the penalties.
+  llama_token sample(const float* logits);
 
  private:
-  llama_sampler* chain_ = nullptr;
-  llama_sampler* penalties_ = nullptr;  // owned by chain_, fed the prompt directly
-  // Plain greedy (no penalties, no bias) is an argmax over the row: no candidate array per token.
-  bool argmax_ = false;
-  int32_t n_vocab_ = 0;
+  const float* adjusted(const float* logits);
+  llama_token pick_top_k(const float* row);
+  void accept(llama_token t);
+
+  int32_t n_vocab_;
+  int32_t top_k_ = 0;  // 0: the whole vocabulary goes to the tail
+  bool greedy_ = false;
+  bool penalize_ = false;
+  float repeat_ = 1.0f, freq_ = 0.0f, present_ = 0.0f;
+  std::vector<llama_logit_bias> bias_;
+  // Penalty state: a count per vocabulary entry and the list of entries seen. Every token a slot
+  // sees fits its context, which is also the penalty window, so nothing ever leaves the window.
+  std::vector<int32_t> count_;
+  std::vector<llama_token> seen_;
+  std::vector<float> work_;  // the row with bias and penalties applied
+  std::vector<llama_token_data> cand_;
+  llama_sampler* tail_ = nullptr;  // temperature, top-p, min-p, draw: on the k candidates
 };
+
+// Index of the largest value, the first one on ties (as llama_sampler_init_greedy picks).
+int32_t argmax(const float* x, int32_t n);
 
 struct LogprobRow {
   float log_z = 0.0f;              // log of the softmax denominator

@@ -40,6 +40,8 @@ Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* ad
   batch_ = llama_batch_init(std::max(cfg_.n_batch, cfg_.n_slots), 0, 1);
   slots_.resize(cfg_.n_slots);
   for (int32_t i = 0; i < cfg_.n_slots; ++i) slots_[i].seq = i;
+  const int32_t helpers = std::min(cfg_.n_threads, cfg_.n_slots);
+  if (helpers > 1) pool_ = std::make_unique<WorkerPool>(helpers);
   thread_ = std::thread([this] { run(); });
 }
 
@@ -157,7 +159,7 @@ void Scheduler::admit(std::vector<Event>& out) {
     if (next == admitted.end()) break;
     if (s.req) continue;
     s.req = std::move(*next++);
-    s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_, n_ctx_seq_);
+    s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_);
     s.sampler->accept_prompt(s.req->prompt);
     s.text = std::make_unique<TextStream>(s.req->stops);
     s.n_prefilled = 0;
@@ -232,31 +234,49 @@ void Scheduler::step(std::vector<Event>& out) {
     for (Slot* s : in_batch) fail(*s, "DECODE_FAILED", why, out);
     return;
   }
+  std::vector<Slot*> ready;
   for (Slot* s : in_batch) {
     s->last_step = step_no_;
-    if (s->out_idx >= 0) sample_slot(*s, out);
+    if (s->out_idx < 0) continue;
+    s->row = llama_get_logits_ith(ctx_, s->out_idx);  // here: it synchronizes the context
+    ready.push_back(s);
   }
+  // Slots sample side by side once the step's rows are big enough to pay for waking the pool:
+  // from 5 slots with a 32k vocabulary, from 2 with a 128k one.
+  constexpr int64_t kParallelFromValues = 1 << 17;
+  const int32_t n = static_cast<int32_t>(ready.size());
+  if (pool_ && n > 1 && static_cast<int64_t>(n) * n_vocab_ >= kParallelFromValues) {
+    pool_->run(n, [&](int32_t i) { pick(*ready[i]); });
+  } else {
+    for (Slot* s : ready) pick(*s);
+  }
+  for (Slot* s : ready) emit(*s, out);
 }
 
-void Scheduler::sample_slot(Slot& s, std::vector<Event>& out) {
+// Touches only the slot's own row and sampler: safe on any thread, next to other slots.
+void Scheduler::pick(Slot& s) {
+  // Log-probabilities describe the model, so they are taken before any masking; the picked token
+  // is never a masked one, so its logit is still the raw value afterwards.
+  if (s.req->sampling.logprobs > 0) s.logprobs = logprob_row(s.row, n_vocab_, s.req->sampling.logprobs);
+  if (s.n_generated < s.req->min_new_tokens) {
+    for (llama_token t : eog_) s.row[t] = -INFINITY;
+  }
+  s.picked = s.sampler->sample(s.row);
+}
+
+void Scheduler::emit(Slot& s, std::vector<Event>& out) {
   const int64_t now = now_us();
   if (s.t_prefill_end == 0) s.t_prefill_end = now;
+  const llama_token t = s.picked;
   Event e;
   e.id = s.req->id;
-  float* logits = llama_get_logits_ith(ctx_, s.out_idx);
-  // Log-probabilities describe the model, so they are taken before any masking; the sampled token
-  // is never a masked one, so its logit is still the raw value afterwards.
   if (s.req->sampling.logprobs > 0) {
-    e.logprobs = logprob_row(logits, n_vocab_, s.req->sampling.logprobs);
+    e.logprobs = std::move(s.logprobs);
+    e.logprobs.chosen = s.row[t] - e.logprobs.log_z;
     e.has_logprobs = true;
   }
-  if (s.n_generated < s.req->min_new_tokens) {
-    for (llama_token t : eog_) logits[t] = -INFINITY;
-  }
-  const llama_token t = s.sampler->sample(ctx_, s.out_idx);
-  if (e.has_logprobs) e.logprobs.chosen = logits[t] - e.logprobs.log_z;
-  if (s.t_first == 0) s.t_first = now_us();
-  s.t_last = now_us();
+  if (s.t_first == 0) s.t_first = now;
+  s.t_last = now;
   if (llama_vocab_is_eog(vocab_, t)) {
     finish(s, "eos", out);
     return;

@@ -14,6 +14,7 @@
 #include "llama.h"
 #include "request.h"
 #include "text_stream.h"
+#include "worker_pool.h"
 
 namespace cml {
 
@@ -21,6 +22,7 @@ struct SchedulerConfig {
   int32_t n_slots = 4;
   int32_t n_batch = 512;
   int32_t max_queue = 64;  // requests waiting beyond the free slots
+  int32_t n_threads = 1;   // threads that sample the slots of one step side by side
 };
 
 class Scheduler {
@@ -50,6 +52,9 @@ class Scheduler {
     llama_token next = -1;  // sampled last step, fed this step
     int32_t n_generated = 0;
     int32_t out_idx = -1;   // row of this slot's logits in the current batch
+    float* row = nullptr;   // those logits, once the decode is done
+    llama_token picked = -1;
+    LogprobRow logprobs;
     uint64_t last_step = 0;
     int64_t t_prefill_start = 0, t_prefill_end = 0, t_first = 0, t_last = 0;
     bool prefilling() const { return n_prefilled < req->prompt.size(); }
@@ -58,7 +63,8 @@ class Scheduler {
   void run();
   void admit(std::vector<Event>& out);
   void step(std::vector<Event>& out);
-  void sample_slot(Slot& s, std::vector<Event>& out);
+  void pick(Slot& s);
+  void emit(Slot& s, std::vector<Event>& out);
   void finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop = {});
   void fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out);
   void release(Slot& s);
@@ -75,6 +81,7 @@ class Scheduler {
   std::vector<llama_token> eog_;  // end-of-generation tokens, masked while a slot is under its minimum
   llama_batch batch_;
   std::vector<Slot> slots_;
+  std::unique_ptr<WorkerPool> pool_;  // null with one thread
   uint64_t step_no_ = 0;
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};

@@ -141,6 +141,8 @@ ratio('8 streams: ours / node-llama-cpp', at(8), nlc?.eightStreamsTokS);
 for (const b of bb) ratio(`${b.streams} streams: ours / llama-batched-bench`, at(b.streams), b.tgTokS);
 ratio('HTTP over engine (decode time)', ours.engine.decodeTokS, ours.http?.decodeTokS);
 if (ours.lora.oneStream) ratio('LoRA on, one stream (lora / base)', ours.lora.oneStream.decodeTokS, ours.engine.decodeTokS);
+ratio('studio sampling / greedy, one stream', ours.studio.oneStreamTokS, ours.engine.decodeTokS);
+ratio(`studio sampling / greedy, ${ours.studio.streams} streams`, ours.studio.aggregateTokS, at(ours.studio.streams));
 if (ours.lora.eight?.mixed) ratio('two adapters mixed, 8 streams (mixed / base)', ours.lora.eight.mixed, ours.lora.eight.base);
 if (results.bandwidthBoundTokS) ratio('one stream: ours / bandwidth bound', ours.engine.decodeTokS, results.bandwidthBoundTokS as number);
 results.ratios = ratios;
@@ -180,6 +182,8 @@ const md = [
   '',
   '## Concurrent streams (aggregate decode tok/s, steady state)',
   table(['streams', 'ours', 'llama-batched-bench', 'TTFT p50 ms', 'TTFT p99 ms'], ours.sweep.map((s) => [s.streams, s.aggregateTokS, bb.find((b) => b.streams === s.streams)?.tgTokS ?? '—', s.ttftP50Ms, s.ttftP99Ms])),
+  '',
+  `Studio default sampling (temperature 0.8, top-k 50, repetition penalty 1.1) instead of greedy: one stream ${Math.round(ours.studio.oneStreamTokS)} tok/s, ${ours.studio.streams} streams ${Math.round(ours.studio.aggregateTokS)} tok/s.`,
   '',
   '## Baselines',
   table(['system', 'result'], [

@@ -47,7 +47,12 @@ export interface OursResult {
   http: SingleStream | null;
   sweep: SweepPoint[];
   lora: { oneStream: SingleStream | null; eight: { base: number; lora: number; mixed: number | null } | null };
+  /** Fine Tuning Studio's default sampling (temperature, top-k 50, repetition penalty) instead of greedy. */
+  studio: { oneStreamTokS: number; streams: number; aggregateTokS: number };
 }
+
+/** DEFAULT_GENERATIONAL_CONFIG of the studio, as engine parameters: what a CML endpoint runs by default. */
+const STUDIO_SAMPLING: GenerateParams = { temperature: 0.8, topK: 50, topP: 1, repetitionPenalty: 1.1, seed: 7 };
 
 function gpuUsedMb(engine: { backend: { addon: { devices(): { type: string; memoryFree: number; memoryTotal: number }[] } } }): number {
   return engine.backend.addon.devices().filter((d) => d.type === 'gpu').reduce((s, d) => s + (d.memoryTotal - d.memoryFree), 0) / 2 ** 20;
@@ -76,7 +81,8 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
     const text = 'The quick brown fox jumps over the lazy dog while the patient engineer measures every token. ';
     const ids = engine.tokenize(text.repeat(Math.ceil(o.promptTokens / 4)));
     const prompt = ids.slice(0, o.promptTokens);
-    const params = (adapters: GenerateParams['adapters'] = []): GenerateParams => ({ greedy: true, maxTokens: o.genTokens, ignoreEos: true, adapters });
+    let sampling: GenerateParams = { greedy: true };
+    const params = (adapters: GenerateParams['adapters'] = []): GenerateParams => ({ ...sampling, maxTokens: o.genTokens, ignoreEos: true, adapters });
 
     const timed = async (adapters: GenerateParams['adapters']) => {
       const start = performance.now();
@@ -137,6 +143,14 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       };
     }
 
+    o.progress('ours: the studio\'s default sampling, one stream and the most streams');
+    sampling = STUDIO_SAMPLING;
+    const most = Math.max(...o.streams);
+    const studioOne = await single([]);
+    await concurrent(most, () => []);
+    const studio = { oneStreamTokS: studioOne.decodeTokS, streams: most, aggregateTokS: (await concurrent(most, () => [])).rate };
+    sampling = { greedy: true };
+
     let http: SingleStream | null = null;
     if (o.http) {
       o.progress('ours: one stream through POST /predict (SSE)');
@@ -152,6 +166,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       http,
       sweep,
       lora,
+      studio,
     };
   } finally {
     await engine.close();

@@ -12,6 +12,8 @@ export interface EngineOptions {
   gpuLayers?: number;
   /** CPU threads; defaults to the cores available, at most 8. */
   threads?: number;
+  /** Threads that sample concurrent streams side by side after each decode; defaults to threads. */
+  samplingThreads?: number;
   /** Tokens of context per slot (prompt + generated). */
   contextSize?: number;
   /** Concurrent sequences decoded together. */
@@ -57,6 +59,7 @@ export class Engine {
         modelPath: opts.modelPath,
         gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
         threads: opts.threads ?? defaultThreads(),
+        ...(opts.samplingThreads !== undefined ? { samplingThreads: opts.samplingThreads } : {}),
         contextSize: opts.contextSize ?? 2048,
         slots: opts.slots ?? 4,
         maxQueue: opts.maxQueue ?? 64,

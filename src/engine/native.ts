@@ -7,6 +7,8 @@ export interface NativeEngineOptions {
   gpuLayers?: number; // -1 = all
   threads?: number;
   threadsBatch?: number;
+  /** Threads that sample the slots of one decode step side by side (default: threads). */
+  samplingThreads?: number;
   contextSize?: number; // tokens per slot
   slots?: number;
   batchSize?: number;
@@ -76,6 +78,7 @@ export interface NativeModelInfo {
   slots: number;
   maxQueue: number;
   threads: number;
+  samplingThreads: number;
   gpuLayers: number;
 }
 
