@@ -14,6 +14,8 @@
         "native/scheduler.cpp",
         "native/sampling.cpp",
         "native/worker_pool.cpp",
+        "native/merge.cpp",
+        "native/merge_worker.cpp",
         "native/adapters.cpp",
         "native/text_stream.cpp",
         "native/llama_log.cpp"

@@ -6,6 +6,10 @@
 #include "llama.h"
 #include "llama_log.h"
 
+namespace cml {
+Napi::Value MergeLora(const Napi::CallbackInfo& info);  // merge_worker.cpp
+}
+
 namespace {
 
 const char* device_type(enum ggml_backend_dev_type t) {
@@ -57,6 +61,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("devices", Napi::Function::New(env, Devices));
   exports.Set("loadBackends", Napi::Function::New(env, LoadBackends));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
+  exports.Set("mergeLora", Napi::Function::New(env, cml::MergeLora));
 #ifndef CML_DYNAMIC_BACKENDS
 #define CML_DYNAMIC_BACKENDS 1
 #endif

@@ -2,10 +2,10 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Engine, type EngineOptions, type Generation } from '../src/engine/index.ts';
+import { Engine, type EngineOptions, type GenerateParams, type Generation } from '../src/engine/index.ts';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-export const modelDir = (name: 'tiny-qa' | 'tiny-qwen2') => path.join(root, 'models', name);
+export const modelDir = (name: Fixture) => path.join(root, 'models', name);
 
 export interface ReferenceCase {
   set: 'train' | 'heldout';
@@ -53,4 +53,27 @@ export function logSoftmax(logits: number[]): number[] {
   const max = Math.max(...logits);
   const z = max + Math.log(logits.reduce((s, x) => s + Math.exp(x - max), 0));
   return logits.map((x) => x - z);
+}
+
+export type Fixture = 'tiny-qa' | 'tiny-qwen2';
+
+export function adaptersFor(c: ReferenceCase, unit: number): GenerateParams['adapters'] {
+  if (c.mode === 'base') return [];
+  return [{ name: 'lora', scale: (c.mode === 'adapter' ? 1 : 0.5) * unit }];
+}
+
+/** One reference case, greedy, with the top-20 log-probabilities of its first step. */
+export async function runCase(engine: Engine, c: ReferenceCase, eos: number, unit: number) {
+  const g = engine.generate(c.prompt, {
+    greedy: true,
+    maxTokens: c.greedy_ids.length,
+    adapters: adaptersFor(c, unit),
+    logprobs: 20,
+  });
+  let first: { token: number; logprob: number }[] | undefined;
+  for await (const chunk of g) first ??= chunk.top;
+  const r = await g.result;
+  first ??= r.logprobs?.[0]?.top; // the first token may have been EOS
+  const ids = r.stopReason === 'eos' ? [...r.tokens, eos] : r.tokens;
+  return { ids, first, result: r };
 }

@@ -1,7 +1,7 @@
 // npm run bench -- [--shape 1b|8b|60m] [--type f16|q8_0|q4_0] [--model f.gguf --adapter f.gguf]
 //   [--backend auto|cuda|cpu] [--streams 1,4,8,16,32,64] [--prompt-tokens 128] [--tokens 128]
 //   [--lora-rank 16] [--lora-targets attn_q,attn_v,...] [--runs 3] [--bandwidth GB/s]
-//   [--baselines nlc,llama-bench,batched-bench] [--no-http] [--threads N] [--out dir] [--models-dir dir] [--quick]
+//   [--baselines nlc,llama-bench,batched-bench] [--no-http] [--no-merged] [--threads N] [--out dir] [--models-dir dir] [--quick]
 // One run, one machine: ours (engine and POST /predict) beside node-llama-cpp and llama.cpp's own
 // benchmarks on the same model; writes results.json, report.md and SVG charts; prints a table last.
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
@@ -30,6 +30,7 @@ const { values: a } = parseArgs({
     bandwidth: { type: 'string' },
     baselines: { type: 'string', default: 'nlc,llama-bench,batched-bench' },
     'no-http': { type: 'boolean', default: false },
+    'no-merged': { type: 'boolean', default: false },
     threads: { type: 'string' },
     out: { type: 'string' },
     'models-dir': { type: 'string' },
@@ -85,7 +86,7 @@ if (!model) {
 }
 
 const { value: ours, peakRssMb } = await withPeakRss(() =>
-  measureOurs({ model: model!, adapters, backend: a.backend as 'auto', ...(threads ? { threads } : {}), promptTokens, genTokens, streams, runs, http: !a['no-http'], progress }),
+  measureOurs({ model: model!, adapters, backend: a.backend as 'auto', ...(threads ? { threads } : {}), promptTokens, genTokens, streams, runs, http: !a['no-http'], merged: !a['no-merged'], progress }),
 );
 const gpu = ours.backend === 'cuda';
 
@@ -141,6 +142,10 @@ ratio('8 streams: ours / node-llama-cpp', at(8), nlc?.eightStreamsTokS);
 for (const b of bb) ratio(`${b.streams} streams: ours / llama-batched-bench`, at(b.streams), b.tgTokS);
 ratio('HTTP over engine (decode time)', ours.engine.decodeTokS, ours.http?.decodeTokS);
 if (ours.lora.oneStream) ratio('LoRA on, one stream (lora / base)', ours.lora.oneStream.decodeTokS, ours.engine.decodeTokS);
+if (ours.lora.merged) {
+  ratio('LoRA merged, one stream (merged / base)', ours.lora.merged.oneStream.decodeTokS, ours.engine.decodeTokS);
+  ratio('base requests on the merged model, one stream (/ base)', ours.lora.merged.baseOnMerged.decodeTokS, ours.engine.decodeTokS);
+}
 ratio('studio sampling / greedy, one stream', ours.studio.oneStreamTokS, ours.engine.decodeTokS);
 ratio(`studio sampling / greedy, ${ours.studio.streams} streams`, ours.studio.aggregateTokS, at(ours.studio.streams));
 if (ours.lora.eight?.mixed) ratio('two adapters mixed, 8 streams (mixed / base)', ours.lora.eight.mixed, ours.lora.eight.base);
@@ -161,6 +166,7 @@ if (ours.lora.eight) {
   writeFileSync(path.join(out, 'lora.svg'), barChart('LoRA cost (decode tokens/s)', 'tokens/s', [
     { label: '1 stream base', value: ours.engine.decodeTokS },
     { label: '1 stream LoRA', value: ours.lora.oneStream!.decodeTokS },
+    ...(ours.lora.merged ? [{ label: '1 stream LoRA merged', value: ours.lora.merged.oneStream.decodeTokS }] : []),
     { label: '8 base', value: ours.lora.eight.base },
     { label: '8 LoRA', value: ours.lora.eight.lora },
     ...(ours.lora.eight.mixed ? [{ label: '8 two adapters', value: ours.lora.eight.mixed }] : []),
@@ -171,6 +177,12 @@ const single: [string, SingleStream][] = [
   ['ours, engine', ours.engine],
   ...(ours.http ? [['ours, POST /predict SSE', ours.http] as [string, SingleStream]] : []),
   ...(ours.lora.oneStream ? [['ours, engine + LoRA', ours.lora.oneStream] as [string, SingleStream]] : []),
+  ...(ours.lora.merged
+    ? ([
+        ['ours, engine + LoRA merged', ours.lora.merged.oneStream],
+        ['ours, base requests on the merged model', ours.lora.merged.baseOnMerged],
+      ] as [string, SingleStream][])
+    : []),
 ];
 const md = [
   `# Benchmark, ${results.date}`,

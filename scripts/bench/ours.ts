@@ -1,9 +1,12 @@
 // Our server measured two ways in one process: through the engine, and through POST /predict
 // streaming over a loopback socket (to see what HTTP costs).
+import { rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { pino } from 'pino';
 import { Predictor } from '../../src/cml/predict.ts';
-import { Engine, type BackendChoice, type GenerateParams } from '../../src/engine/index.ts';
+import { Engine, mergeAdapter, type BackendChoice, type EngineOptions, type GenerateParams } from '../../src/engine/index.ts';
 import { createApp } from '../../src/server/app.ts';
 import { Metrics } from '../../src/server/metrics.ts';
 import { streamDecodeRate, streamPredict } from './sse-client.ts';
@@ -19,6 +22,8 @@ export interface OursOptions {
   streams: number[];
   runs: number;
   http: boolean;
+  /** Also measure adapter 'a' merged into the weights. */
+  merged: boolean;
   progress: (what: string) => void;
 }
 
@@ -46,7 +51,12 @@ export interface OursResult {
   engine: SingleStream;
   http: SingleStream | null;
   sweep: SweepPoint[];
-  lora: { oneStream: SingleStream | null; eight: { base: number; lora: number; mixed: number | null } | null };
+  lora: {
+    oneStream: SingleStream | null;
+    eight: { base: number; lora: number; mixed: number | null } | null;
+    /** Adapter 'a' merged into the weights (how `serve` runs it): its requests, and base requests on that model. */
+    merged: { mergeMs: number; oneStream: SingleStream; baseOnMerged: SingleStream } | null;
+  };
   /** Fine Tuning Studio's default sampling (temperature, top-k 50, repetition penalty) instead of greedy. */
   studio: { oneStreamTokS: number; streams: number; aggregateTokS: number };
 }
@@ -60,16 +70,19 @@ function gpuUsedMb(engine: { backend: { addon: { devices(): { type: string; memo
 
 export async function measureOurs(o: OursOptions): Promise<OursResult> {
   const maxStreams = Math.max(...o.streams, 8);
+  const load = (extra: Partial<EngineOptions> = {}) =>
+    Engine.load({
+      modelPath: o.model,
+      backend: o.backend,
+      slots: maxStreams,
+      maxQueue: maxStreams,
+      contextSize: o.promptTokens + o.genTokens + 16,
+      flashAttention: 'auto',
+      ...(o.threads ? { threads: o.threads } : {}),
+      ...extra,
+    });
   const t0 = performance.now();
-  const engine = await Engine.load({
-    modelPath: o.model,
-    backend: o.backend,
-    slots: maxStreams,
-    maxQueue: maxStreams,
-    contextSize: o.promptTokens + o.genTokens + 16,
-    flashAttention: 'auto',
-    ...(o.threads ? { threads: o.threads } : {}),
-  });
+  let engine = await load();
   const loadMs = performance.now() - t0;
   try {
     const names = ['a', 'b'].slice(0, o.adapters.length);
@@ -125,7 +138,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99) });
     }
 
-    let lora: OursResult['lora'] = { oneStream: null, eight: null };
+    let lora: OursResult['lora'] = { oneStream: null, eight: null, merged: null };
     if (names.length > 0) {
       o.progress('ours: LoRA on one stream and on eight');
       const one = await single([{ name: 'a', scale: 1 }]);
@@ -140,6 +153,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
           lora: await eight(() => [{ name: 'a', scale: 1 }]),
           mixed: names.length > 1 ? await eight((i) => [{ name: i % 2 ? 'b' : 'a', scale: 1 }]) : null,
         },
+        merged: null,
       };
     }
 
@@ -156,6 +170,21 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       o.progress('ours: one stream through POST /predict (SSE)');
       http = await measureHttp(engine, prompt.length, o);
     }
+    if (names.length > 0 && o.merged) {
+      o.progress('ours: adapter a merged into the weights (one stream: adapter, then base)');
+      const out = path.join(os.tmpdir(), `cml-bench-merged-${process.pid}.gguf`);
+      const m0 = performance.now();
+      await mergeAdapter({ modelPath: o.model, adapterPath: o.adapters[0]!, out, backend: o.backend, threads: os.availableParallelism() });
+      const mergeMs = performance.now() - m0;
+      await engine.close();
+      try {
+        engine = await load({ modelPath: out, mergedAdapter: { name: 'a', path: o.adapters[0]!, scale: 1 } });
+        lora.merged = { mergeMs, oneStream: await single([{ name: 'a', scale: 1 }]), baseOnMerged: await single([]) };
+      } finally {
+        rmSync(out, { force: true });
+      }
+    }
+
     return {
       backend: engine.backend.name,
       reason: engine.backend.reason,

@@ -61,7 +61,8 @@ const serveOptions = (cmd: Command) =>
     .option('--max-queue <n>', 'requests waiting beyond the slots (env MAX_QUEUE, default 64)', intArg('--max-queue', 0))
     .option('--context <n>', 'context tokens per slot (env CONTEXT_SIZE, default 2048)', intArg('--context', 16))
     .option('--threads <n>', 'CPU threads (env THREADS)', intArg('--threads', 1))
-    .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)');
+    .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)')
+    .option('--no-merge', 'apply the adapter per token instead of merging it into the weights (env MERGE_ADAPTER=off)');
 
 serveOptions(program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'))
   .option('--port <n>', 'port (env PORT, default 8080)', intArg('--port', 0))

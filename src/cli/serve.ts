@@ -19,6 +19,8 @@ export interface ServeFlags {
   threads?: number;
   backend?: string;
   genConfig?: string;
+  /** commander's --no-merge: false when given. */
+  merge?: boolean;
 }
 
 function overrides(f: ServeFlags): Overrides {
@@ -36,6 +38,7 @@ function overrides(f: ServeFlags): Overrides {
   if (f.threads !== undefined) o.threads = f.threads;
   if (f.backend !== undefined) o.backend = f.backend as Overrides['backend'];
   if (f.genConfig !== undefined) o.genConfigString = f.genConfig;
+  if (f.merge === false) o.mergeAdapter = false;
   return o;
 }
 
@@ -75,7 +78,7 @@ export async function runServe(flags: ServeFlags): Promise<void> {
 export async function runPredict(flags: ServeFlags & { prompt: string; request?: string }): Promise<void> {
   const cfg = loadConfig(process.env, overrides(flags));
   const request = flags.request ? (JSON.parse(flags.request) as Record<string, unknown>) : {};
-  const predictor = await openPredictor(cfg);
+  const predictor = await openPredictor(cfg, { warn: (f, m) => console.error(`warning: ${m}: ${String(f.error)}`) });
   try {
     for (const w of cfg.warnings) console.error(`warning: ${w}`);
     process.stdout.write(`${await predictor.predict({ ...request, prompt: flags.prompt })}\n`);

@@ -28,6 +28,8 @@ export interface ServeConfig {
   contextSize: number;
   threads?: number;
   backend: BackendChoice;
+  /** Merge the adapter into the weights (cached in CACHE_DIR) so its requests cost what the base costs. */
+  mergeAdapter: boolean;
 }
 
 export type Overrides = Partial<Omit<ServeConfig, 'genConfig' | 'warnings'>> & { genConfigString?: string };
@@ -53,6 +55,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
   const backend = (o.backend ?? pick('BACKEND') ?? 'auto') as BackendChoice;
   if (!['cpu', 'cuda', 'auto'].includes(backend)) throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
   const threads = o.threads ?? (pick('THREADS') ? intFrom('THREADS', pick('THREADS'), 1, 1) : undefined);
+  const mergeEnv = (pick('MERGE_ADAPTER') ?? 'on').toLowerCase();
+  if (!['on', 'off', 'true', 'false', '1', '0'].includes(mergeEnv)) throw new ConfigError(`MERGE_ADAPTER must be on or off, got '${mergeEnv}'`);
   return {
     baseModel: base ?? EMBEDDED.baseModel,
     adapter: o.adapter !== undefined ? o.adapter : embedded ? EMBEDDED.adapter : (adapterEnv ?? null),
@@ -67,5 +71,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     contextSize: o.contextSize ?? intFrom('CONTEXT_SIZE', pick('CONTEXT_SIZE'), 2048, 16),
     ...(threads !== undefined ? { threads } : {}),
     backend,
+    mergeAdapter: o.mergeAdapter ?? ['on', 'true', '1'].includes(mergeEnv),
   };
 }

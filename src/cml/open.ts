@@ -1,6 +1,8 @@
 // From configuration to a ready Predictor: locate the files, load the model and the adapter.
 // Shared by `serve` and the one-shot `predict` command.
-import { Engine } from '../engine/index.ts';
+import os from 'node:os';
+import { Engine, mergeAdapter } from '../engine/index.ts';
+import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import type { ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
 import { DEFAULT_ADAPTER, Predictor } from './predict.ts';
@@ -8,6 +10,8 @@ import { DEFAULT_ADAPTER, Predictor } from './predict.ts';
 export interface OpenEvents {
   /** Which rule found each file, and anything else worth a log line. */
   info?: (fields: Record<string, unknown>, message: string) => void;
+  /** Something did not go as configured but serving goes on (an adapter that could not be merged). */
+  warn?: (fields: Record<string, unknown>, message: string) => void;
   onProgress?: (fraction: number) => void;
 }
 
@@ -18,8 +22,10 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
   if (adapter) ev.info?.({ path: adapter.path, rule: adapter.rule, from: cfg.adapter }, 'adapter located');
   else ev.info?.({}, 'no adapter configured: serving the base model');
 
+  const merged = adapter && cfg.mergeAdapter ? await mergedModel(base.path, adapter.path, cfg, ev) : null;
   const engine = await Engine.load({
-    modelPath: base.path,
+    modelPath: merged ?? base.path,
+    ...(merged && adapter ? { mergedAdapter: { name: DEFAULT_ADAPTER, path: adapter.path, scale: 1 } } : {}),
     backend: cfg.backend,
     slots: cfg.slots,
     maxQueue: cfg.maxQueue,
@@ -30,10 +36,31 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
   ev.info?.({ backend: engine.backend.name, reason: engine.backend.reason, devices: engine.backend.devices.map((d) => d.description) }, 'backend');
   ev.info?.({ ...engine.model }, 'model loaded');
   try {
-    if (adapter) await engine.loadAdapter(DEFAULT_ADAPTER, adapter.path);
+    if (adapter && !merged) await engine.loadAdapter(DEFAULT_ADAPTER, adapter.path);
   } catch (e) {
     await engine.close();
     throw e;
   }
   return new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null);
+}
+
+/**
+ * The base with the adapter merged at scale 1, from the cache or made now; null (and a warning)
+ * when it cannot be merged, and the adapter is then served unmerged.
+ */
+async function mergedModel(basePath: string, adapterPath: string, cfg: ServeConfig, ev: OpenEvents): Promise<string | null> {
+  try {
+    const key = inputKey([basePath, adapterPath], { merge: { scale: 1 } });
+    const t0 = performance.now();
+    const made = await cached(cacheDir(), `merged-${key}.gguf`, async (out) => {
+      ev.info?.({ out }, 'merging the adapter into the base weights (once; cached)');
+      const info = await mergeAdapter({ modelPath: basePath, adapterPath, out, scale: 1, backend: cfg.backend, threads: cfg.threads ?? os.availableParallelism() });
+      ev.info?.({ ...info, ms: Math.round(performance.now() - t0) }, 'adapter merged');
+    });
+    ev.info?.({ path: made.path, reused: made.reused }, 'serving the adapter merged into the weights');
+    return made.path;
+  } catch (e) {
+    ev.warn?.({ error: (e as Error).message }, 'the adapter could not be merged: serving it unmerged (slower per token)');
+    return null;
+  }
 }

@@ -1,7 +1,7 @@
 // The typed facade over the native engine: load a model, register adapters, generate.
 import os from 'node:os';
 import { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
-import { AbortedError, EngineClosedError, fromNative } from './errors.ts';
+import { AbortedError, AdapterError, EngineClosedError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
 import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams } from './native.ts';
 
@@ -23,6 +23,12 @@ export interface EngineOptions {
   batchSize?: number;
   flashAttention?: 'auto' | 'on' | 'off';
   kvCacheType?: 'f16' | 'f32' | 'q8_0';
+  /**
+   * The adapter already merged into modelPath (mergeAdapter) at `scale`. It is registered under
+   * `name` too, so requests for it at that scale run on the merged weights alone, and any other
+   * scale, or the base model, applies it unmerged at the difference.
+   */
+  mergedAdapter?: { name: string; path: string; scale: number };
   onProgress?: (fraction: number) => void;
 }
 
@@ -43,6 +49,7 @@ function defaultThreads(): number {
 export class Engine {
   private readonly live = new Map<number, Generation>();
   private closed = false;
+  private merged: { name: string; scale: number; defaultScale: number } | null = null;
 
   private constructor(
     private readonly native: NativeEngine,
@@ -75,6 +82,16 @@ export class Engine {
       throw fromNative(err);
     }
     self = new Engine(native, backend, native.info());
+    const m = opts.mergedAdapter;
+    if (m) {
+      try {
+        await self.loadAdapter(m.name, m.path, m.scale);
+      } catch (err) {
+        await self.close();
+        throw err;
+      }
+      self.merged = { name: m.name, scale: m.scale, defaultScale: m.scale };
+    }
     return self;
   }
 
@@ -106,6 +123,7 @@ export class Engine {
 
   /** Registers (or replaces) a GGUF LoRA under a name; `scale` is its default scale. */
   async loadAdapter(name: string, path: string, scale = 1): Promise<NativeAdapterInfo> {
+    this.refuseMerged(name, 'replaced');
     try {
       return await this.call(() => this.native.loadAdapter(name, path, scale));
     } catch (err) {
@@ -115,15 +133,39 @@ export class Engine {
 
   /** Running requests keep the adapter until they end. Returns false if no such adapter. */
   unloadAdapter(name: string): boolean {
+    this.refuseMerged(name, 'unloaded');
     return this.call(() => this.native.unloadAdapter(name));
   }
 
   setAdapterScale(name: string, scale: number): boolean {
-    return this.call(() => this.native.setAdapterScale(name, scale));
+    const ok = this.call(() => this.native.setAdapterScale(name, scale));
+    if (ok && this.merged?.name === name) this.merged.defaultScale = scale;
+    return ok;
   }
 
-  adapters(): NativeAdapterInfo[] {
-    return this.call(() => this.native.adapters());
+  /** The registered adapters; `merged` marks the one in the model's weights. */
+  adapters(): (NativeAdapterInfo & { merged: boolean })[] {
+    return this.call(() => this.native.adapters()).map((a) => ({ ...a, merged: a.name === this.merged?.name }));
+  }
+
+  private refuseMerged(name: string, what: string): void {
+    if (this.merged?.name === name) {
+      throw new AdapterError(`adapter '${name}' is merged into the model's weights and cannot be ${what}; load the base model without it`, 'ADAPTER_MERGED');
+    }
+  }
+
+  /**
+   * What the native engine applies for a request's adapters when one adapter is merged: that
+   * adapter at (requested - merged) scale, which is nothing for the merged scale itself and its
+   * negative for a request without it (the base model).
+   */
+  private unmergedAdapters(list: GenerateParams['adapters']): GenerateParams['adapters'] {
+    const m = this.merged;
+    if (!m) return list;
+    const out = (list ?? []).filter((a) => a.name !== m.name);
+    const wanted = (list ?? []).filter((a) => a.name === m.name).reduce((s, a) => s + (a.scale ?? m.defaultScale), 0);
+    if (wanted !== m.scale) out.push({ name: m.name, scale: wanted - m.scale });
+    return out;
   }
 
   stats(): { busySlots: number; queued: number; inFlight: number } {
@@ -137,7 +179,8 @@ export class Engine {
   generate(prompt: string | number[], params: GenerateParams = {}, opts: { signal?: AbortSignal } = {}): Generation {
     const signal = opts.signal;
     if (signal?.aborted) throw new AbortedError('the request was aborted before it started', 'ABORTED');
-    const id = this.call(() => this.native.submit(prompt, params));
+    const native = this.merged ? { ...params, adapters: this.unmergedAdapters(params.adapters) } : params;
+    const id = this.call(() => this.native.submit(prompt, native));
     const g = new Generation(id, (i) => this.native.cancel(i));
     this.live.set(id, g);
     if (signal) {

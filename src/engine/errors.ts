@@ -29,6 +29,8 @@ export class BackendError extends EngineError {}
 export class AbortedError extends EngineError {}
 /** llama_decode failed while the request ran. */
 export class DecodeError extends EngineError {}
+/** Writing a merged model failed (I/O); bad inputs are ModelLoadError or AdapterError. */
+export class MergeError extends EngineError {}
 
 const byCode: Record<string, new (message: string, code: string) => EngineError> = {
   MODEL_NOT_FOUND: ModelLoadError,
@@ -43,6 +45,7 @@ const byCode: Record<string, new (message: string, code: string) => EngineError>
   ENGINE_CLOSED: EngineClosedError,
   NOT_LOADED: EngineClosedError,
   DECODE_FAILED: DecodeError,
+  MERGE_FAILED: MergeError,
 };
 
 /** Turns an error thrown or reported by the addon into its typed class. */

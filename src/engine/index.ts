@@ -1,5 +1,6 @@
 export { Engine, type EngineOptions, type GenerateParams } from './engine.ts';
 export { Generation, type Chunk, type GenerationResult, type StopReason } from './generation.ts';
 export { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
+export { mergeAdapter, type MergeInfo, type MergeOptions } from './merge.ts';
 export * from './errors.ts';
 export type { NativeAdapterInfo as AdapterInfo, NativeModelInfo as ModelInfo, TopLogprob } from './native.ts';

@@ -120,6 +120,17 @@ export interface NativeAddon {
   systemInfo(): string;
   /** false for a build that links its backends statically (the CUDA build). */
   dynamicBackends: boolean;
+  /** Writes base + scale·alpha/rank·B·A as a new GGUF at `out` (see native/merge.h). */
+  mergeLora(options: { base: string; adapter: string; out: string; scale?: number; threads?: number }, onProgress?: (fraction: number) => void): Promise<NativeMergeInfo>;
+}
+
+export interface NativeMergeInfo {
+  tensors: number;
+  /** Tensors the adapter changed. */
+  merged: number;
+  /** Merged tensors stored as F16 because their type needs an importance matrix to re-quantize. */
+  widened: number;
+  effectiveScale: number;
 }
 
 const require = createRequire(import.meta.url);

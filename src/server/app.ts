@@ -33,7 +33,14 @@ export function createApp(ctx: AppContext): express.Express {
       model: s.modelName,
       adapter: s.adapterName,
       ...(s.error ? { error: s.error } : {}),
-      ...(stats ? { busy_slots: stats.busySlots, queued: stats.queued, backend: s.predictor!.engine.backend.name } : {}),
+      ...(stats
+        ? {
+            busy_slots: stats.busySlots,
+            queued: stats.queued,
+            backend: s.predictor!.engine.backend.name,
+            adapter_merged: s.predictor!.engine.adapters().some((a) => a.merged),
+          }
+        : {}),
     });
   });
 

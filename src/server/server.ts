@@ -35,7 +35,7 @@ export async function startServer(cfg: ServeConfig, log: Logger, onProgress?: (f
   const port = (server.address() as AddressInfo).port;
   log.info({ host: cfg.host, port }, 'listening');
 
-  const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), ...(onProgress ? { onProgress } : {}) }).then(
+  const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), warn: (f, m) => log.warn(f, m), ...(onProgress ? { onProgress } : {}) }).then(
     (predictor) => {
       state.predictor = predictor;
       state.adapterName = predictor.engine.adapters()[0]?.name ?? null;

@@ -99,5 +99,11 @@ describe('loadConfig', () => {
   it('bad numbers are errors', () => {
     expect(() => loadConfig({ PORT: 'eighty' })).toThrow(/PORT must be an integer/);
     expect(() => loadConfig({ BACKEND: 'tpu' })).toThrow(/BACKEND/);
+    expect(() => loadConfig({ MERGE_ADAPTER: 'maybe' })).toThrow(/MERGE_ADAPTER/);
+  });
+  it('the adapter is merged unless MERGE_ADAPTER=off (or --no-merge)', () => {
+    expect(loadConfig({}).mergeAdapter).toBe(true);
+    expect(loadConfig({ MERGE_ADAPTER: 'off' }).mergeAdapter).toBe(false);
+    expect(loadConfig({}, { mergeAdapter: false }).mergeAdapter).toBe(false);
   });
 });

@@ -1,29 +1,7 @@
 // Ground truth: what transformers + PEFT generate for the fixtures (models/*/reference.json).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Engine, GenerateParams } from '../../src/engine/index.ts';
-import { loadEngine, loadReference, logSoftmax, modelDir, type ReferenceCase } from '../helpers.ts';
-
-type Fixture = 'tiny-qa' | 'tiny-qwen2';
-
-function adaptersFor(c: ReferenceCase, unit: number): GenerateParams['adapters'] {
-  if (c.mode === 'base') return [];
-  return [{ name: 'lora', scale: (c.mode === 'adapter' ? 1 : 0.5) * unit }];
-}
-
-async function runCase(engine: Engine, c: ReferenceCase, eos: number, unit: number) {
-  const g = engine.generate(c.prompt, {
-    greedy: true,
-    maxTokens: c.greedy_ids.length,
-    adapters: adaptersFor(c, unit),
-    logprobs: 20,
-  });
-  let first: { token: number; logprob: number }[] | undefined;
-  for await (const chunk of g) first ??= chunk.top;
-  const r = await g.result;
-  first ??= r.logprobs?.[0]?.top; // the first token may have been EOS
-  const ids = r.stopReason === 'eos' ? [...r.tokens, eos] : r.tokens;
-  return { ids, first, result: r };
-}
+import type { Engine } from '../../src/engine/index.ts';
+import { loadEngine, loadReference, logSoftmax, modelDir, runCase, type Fixture } from '../helpers.ts';
 
 describe.each([
   // tiny-qwen2's adapter GGUF carries alpha 16 but was trained with rslora (alpha/sqrt(r)): until the

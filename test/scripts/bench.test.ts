@@ -23,6 +23,9 @@ describe('benchmark --quick', () => {
     expect(r.ours.sweep.map((s: { streams: number }) => s.streams)).toEqual([1, 2, 4]);
     expect(r.ours.sweep.every((s: { aggregateTokS: number }) => s.aggregateTokS > 0)).toBe(true);
     expect(r.ours.lora.eight.mixed).toBeGreaterThan(0);
+    expect(r.ours.lora.merged.oneStream.decodeTokS).toBeGreaterThan(0);
+    expect(r.ours.lora.merged.baseOnMerged.decodeTokS).toBeGreaterThan(0);
+    expect(r.ours.studio.aggregateTokS).toBeGreaterThan(0);
     expect(r.nodeLlamaCpp.oneStreamTokS ?? r.nodeLlamaCpp.skipped).toBeTruthy();
     for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg']) expect(existsSync(path.join(out, f)), f).toBe(true);
     expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/## Concurrent streams/);

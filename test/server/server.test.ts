@@ -114,7 +114,7 @@ describe('POST /predict', () => {
   it('GET /health and /metrics', async () => {
     const health = await fetch(`${s.url}/health`);
     expect(health.status).toBe(200);
-    expect(await health.json()).toMatchObject({ status: 'ready', adapter: 'default', backend: expect.stringMatching(/^(cpu|cuda)$/) });
+    expect(await health.json()).toMatchObject({ status: 'ready', adapter: 'default', adapter_merged: true, backend: expect.stringMatching(/^(cpu|cuda)$/) });
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
     for (const name of ['cml_requests_total', 'cml_request_errors_total', 'cml_queue_depth', 'cml_prompt_tokens_total',
       'cml_generated_tokens_total', 'cml_time_to_first_token_seconds', 'cml_decode_tokens_per_second']) {
@@ -206,6 +206,20 @@ describe('POST /v1/completions', () => {
     const res = await post(`${s.url}/v1/completions`, { prompt: question, n: 2 });
     expect(res.status).toBe(400);
     expect(await res.json()).toMatchObject({ success: false, errors: [expect.stringMatching(/n = 1/)], error: { code: 400 } });
+  });
+});
+
+describe('the adapter served unmerged (MERGE_ADAPTER=off)', () => {
+  it('answers as the merged one does, for the adapter and for the base', async () => {
+    const s = await start({ mergeAdapter: false });
+    try {
+      expect(await (await fetch(`${s.url}/health`)).json()).toMatchObject({ adapter: 'default', adapter_merged: false });
+      const ask = async (extra: object) => (await (await post(`${s.url}/predict`, { request: { prompt: question, do_sample: false, ...extra } })).json()).response;
+      expect(await ask({})).toBe(' The capital of Belithne is Ulqua!');
+      expect(await ask({ adapter: null })).toBe(' Vegri.');
+    } finally {
+      await s.close();
+    }
   });
 });
 

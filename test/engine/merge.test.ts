@@ -1,0 +1,94 @@
+// The served adapter merged into the weights (mergeAdapter + Engine's mergedAdapter): the merged
+// model must give what transformers + PEFT give for the adapter, and the base model and other
+// scales must still be served exactly as before, through the adapter applied at the difference.
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeSyntheticLora, writeSyntheticModel } from '../../scripts/bench/synth.ts';
+import { readGgufHeader } from '../../src/intake/gguf-header.ts';
+import { AdapterError, mergeAdapter, ModelLoadError, type Engine } from '../../src/engine/index.ts';
+import { loadEngine, loadReference, logSoftmax, modelDir, runCase, testBackend, type Fixture } from '../helpers.ts';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merge-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe.each([
+  { fixture: 'tiny-qa' as Fixture, unit: 1 },
+  { fixture: 'tiny-qwen2' as Fixture, unit: Math.sqrt(8) }, // llama.cpp's file needs sqrt(8): see parity.test.ts
+])('$fixture with its adapter merged', ({ fixture, unit }) => {
+  const ref = loadReference(fixture);
+  const merged = path.join(dir, `${fixture}-merged.gguf`);
+  const adapter = `${modelDir(fixture)}/adapter-f32.gguf`;
+  let engine: Engine;
+
+  beforeAll(async () => {
+    const info = await mergeAdapter({ modelPath: `${modelDir(fixture)}/base-f32.gguf`, adapterPath: adapter, out: merged, scale: unit, threads: 2, backend: testBackend });
+    expect(info.merged).toBeGreaterThan(0);
+    expect(info.widened).toBe(0);
+    engine = await loadEngine(fixture, { modelPath: merged, slots: 4, kvCacheType: 'f32', flashAttention: 'off', mergedAdapter: { name: 'lora', path: adapter, scale: unit } });
+  });
+  afterAll(() => engine?.close());
+
+  it('keeps every tensor, name and type of the base', async () => {
+    const [a, b] = await Promise.all([readGgufHeader(`${modelDir(fixture)}/base-f32.gguf`), readGgufHeader(merged)]);
+    expect(b.tensors.map((t) => [t.name, t.type, t.ne])).toEqual(a.tensors.map((t) => [t.name, t.type, t.ne]));
+  });
+
+  for (const mode of ['adapter', 'adapter@0.5', 'base'] as const) {
+    it(`matches transformers + PEFT (${mode})`, async () => {
+      const cases = ref.cases.filter((c) => c.mode === mode);
+      let exact = 0;
+      for (const c of cases) {
+        const { ids, first } = await runCase(engine, c, ref.eos, unit);
+        if (JSON.stringify(ids) === JSON.stringify(c.greedy_ids)) exact++;
+        const lsm = logSoftmax(c.first_logits);
+        for (const { token, lp } of lsm.map((lp, token) => ({ token, lp })).sort((x, y) => y.lp - x.lp).slice(0, 5)) {
+          const ours = first?.find((t) => t.token === token);
+          expect(ours).toBeDefined();
+          expect(Math.abs(ours!.logprob - lp)).toBeLessThan(1e-3);
+        }
+      }
+      expect(exact / cases.length).toBeGreaterThanOrEqual(Math.min(0.97, (cases.length - 1) / cases.length));
+    });
+  }
+
+  it('lists the adapter as merged and refuses to unload or replace it', async () => {
+    expect(engine.adapters()).toMatchObject([{ name: 'lora', merged: true }]);
+    expect(engine.adapters()[0]!.scale).toBeCloseTo(unit, 6);
+    expect(() => engine.unloadAdapter('lora')).toThrow(AdapterError);
+    await expect(engine.loadAdapter('lora', adapter)).rejects.toThrow(/merged into the model/);
+  });
+});
+
+describe('merging errors and quantized weights', () => {
+  it('an adapter for another model, a non-GGUF base, and a missing adapter are typed errors', async () => {
+    const base = `${modelDir('tiny-qa')}/base-f32.gguf`;
+    const out = path.join(dir, 'never.gguf');
+    await expect(mergeAdapter({ modelPath: base, adapterPath: `${modelDir('tiny-qwen2')}/adapter-f32.gguf`, out, backend: testBackend })).rejects.toThrow(AdapterError);
+    await expect(mergeAdapter({ modelPath: `${modelDir('tiny-qa')}/reference.json`, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out, backend: testBackend })).rejects.toThrow(ModelLoadError);
+    await expect(mergeAdapter({ modelPath: base, adapterPath: path.join(dir, 'none.gguf'), out, backend: testBackend })).rejects.toThrow(AdapterError);
+    await expect(mergeAdapter({ modelPath: base, adapterPath: base, out, backend: testBackend })).rejects.toThrow(/not a LoRA adapter/);
+    expect(readdirSync(dir).filter((f) => f.startsWith('never.gguf'))).toEqual([]); // nothing left behind
+  });
+
+  it('a Q8_0 base stays Q8_0 and serves', async () => {
+    const shape = { hidden: 128, layers: 2, ffn: 256, heads: 4, kvHeads: 2 };
+    const base = path.join(dir, 'q8.gguf');
+    const lora = path.join(dir, 'q8-lora.gguf');
+    await writeSyntheticModel({ shape, type: 'q8_0', out: base });
+    await writeSyntheticLora({ shape, rank: 4, targets: ['attn_q', 'attn_v', 'ffn_down'], out: lora, seed: 3 });
+    const out = path.join(dir, 'q8-merged.gguf');
+    const info = await mergeAdapter({ modelPath: base, adapterPath: lora, out, backend: testBackend });
+    expect(info.merged).toBe(6);
+    const [a, b] = await Promise.all([readGgufHeader(base), readGgufHeader(out)]);
+    expect(b.tensors.map((t) => t.type)).toEqual(a.tensors.map((t) => t.type));
+    const e = await loadEngine('tiny-qa', { modelPath: out, mergedAdapter: { name: 'a', path: lora, scale: 1 } });
+    try {
+      const r = await e.generate('hello', { greedy: true, maxTokens: 4, ignoreEos: true }).result;
+      expect(r.tokens).toHaveLength(4);
+    } finally {
+      await e.close();
+    }
+  });
+});
