@@ -154,13 +154,29 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     } else {
       const int64_t n_in = w->ne[0], n_out = w->ne[1], rank = it->second.a->ne[1];
       const float s = alpha != 0.0f ? o.scale * alpha / static_cast<float>(rank) : o.scale;
-      std::vector<float> wf = to_f32(w, buf.data());
       const std::vector<float> a = to_f32(it->second.a, it->second.a->data);  // [rank][n_in]
       const std::vector<float> b = to_f32(it->second.b, it->second.b->data);  // [n_out][rank]
-      // Row o of W gains sum_r s*B[o][r] * A[r][:]: axpy over contiguous rows, split by row blocks.
-      constexpr int64_t kRows = 64;
+      const auto* in_traits = ggml_get_type_traits(w->type);
+      if (w->type != GGML_TYPE_F32 && in_traits->to_float == nullptr) {
+        throw MergeError("MODEL_INVALID", std::string("cannot read ") + name + " of type " + ggml_type_name(w->type));
+      }
+      const size_t in_row = ggml_row_size(w->type, n_in), out_row = ggml_row_size(out_type[i], n_in);
+      std::vector<float> wf(static_cast<size_t>(n_in) * n_out);
+      const size_t out_bytes = out_row * n_out;
+      std::vector<uint8_t> q(out_bytes);
+      // Per block of rows, on the pool: dequantize, add sum_r s*B[row][r] * A[r][:] (an axpy over
+      // contiguous rows), re-quantize. An 8B model's projections are ~7e9 weights: every step of it
+      // single-threaded would take minutes.
+      constexpr int64_t kRows = 32;
       pool.run(static_cast<int32_t>((n_out + kRows - 1) / kRows), [&](int32_t blk) {
-        for (int64_t row = blk * kRows; row < std::min(n_out, (blk + 1) * kRows); ++row) {
+        const int64_t row0 = blk * kRows, rows = std::min(n_out, row0 + kRows) - row0;
+        float* wr0 = wf.data() + row0 * n_in;
+        if (w->type == GGML_TYPE_F32) {
+          std::memcpy(wr0, buf.data() + row0 * in_row, rows * in_row);
+        } else {
+          in_traits->to_float(buf.data() + row0 * in_row, wr0, rows * n_in);
+        }
+        for (int64_t row = row0; row < row0 + rows; ++row) {
           float* wr = wf.data() + row * n_in;
           for (int64_t r = 0; r < rank; ++r) {
             const float f = s * b[row * rank + r];
@@ -168,10 +184,8 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
             for (int64_t c = 0; c < n_in; ++c) wr[c] += f * ar[c];
           }
         }
+        ggml_quantize_chunk(out_type[i], wf.data(), q.data(), row0 * n_in, rows, n_in, nullptr);
       });
-      const size_t out_bytes = ggml_row_size(out_type[i], n_in) * n_out;
-      std::vector<uint8_t> q(out_bytes);
-      ggml_quantize_chunk(out_type[i], wf.data(), q.data(), 0, n_out, n_in, nullptr);
       write(q.data(), out_bytes);
       ++result.merged;
     }
