@@ -4,6 +4,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { median, steadyRate } from './stats.ts';
 
 export type Skipped = { skipped: string };
@@ -14,8 +15,25 @@ export interface NlcResult {
   eightStreamsTokS: number;
 }
 
+type NlcOptions = { model: string; adapter?: string; gpu: boolean; promptTokens: number; genTokens: number; runs: number; threads?: number };
+
+/**
+ * measureNodeLlamaCpp in a child process: node-llama-cpp's llama.cpp libraries carry the same names
+ * as the CUDA build's (libggml-base.so, ...), and one process must not load both.
+ */
+export function measureNodeLlamaCppApart(o: NlcOptions): NlcResult | Skipped {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(here, 'nlc-child.ts'), JSON.stringify(o)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+  const last = r.stdout?.trim().split('\n').at(-1) ?? '';
+  try {
+    return JSON.parse(last) as NlcResult | Skipped;
+  } catch {
+    return { skipped: `node-llama-cpp's run failed (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' ')}` };
+  }
+}
+
 /** node-llama-cpp 3.21.1 as its users drive it: LlamaContextSequence.evaluate, one and eight sequences. */
-export async function measureNodeLlamaCpp(o: { model: string; adapter?: string; gpu: boolean; promptTokens: number; genTokens: number; runs: number; threads?: number }): Promise<NlcResult | Skipped> {
+export async function measureNodeLlamaCpp(o: NlcOptions): Promise<NlcResult | Skipped> {
   let nlc: typeof import('node-llama-cpp');
   try {
     nlc = await import('node-llama-cpp');

@@ -8,7 +8,7 @@ import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
-import { bandwidthBound, batchedBench, llamaBench, llamaTools, measureNodeLlamaCpp, type Skipped } from './baselines.ts';
+import { bandwidthBound, batchedBench, llamaBench, llamaTools, measureNodeLlamaCppApart } from './baselines.ts';
 import { measureOurs, type SingleStream } from './ours.ts';
 import { barChart, lineChart, table } from './report.ts';
 import { withPeakRss } from './stats.ts';
@@ -101,7 +101,7 @@ const results: Record<string, unknown> = {
 
 if (baselines.has('nlc')) {
   progress('node-llama-cpp: one and eight sequences');
-  results.nodeLlamaCpp = await measureNodeLlamaCpp({ model, gpu, promptTokens, genTokens, runs, ...(threads ? { threads } : {}) }).catch((e: Error): Skipped => ({ skipped: e.message }));
+  results.nodeLlamaCpp = measureNodeLlamaCppApart({ model, gpu, promptTokens, genTokens, runs, ...(threads ? { threads } : {}) });
 }
 if (baselines.has('llama-bench') || baselines.has('batched-bench')) {
   const tools = llamaTools(path.resolve('build-cuda'), progress);
