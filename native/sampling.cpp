@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 
 namespace cml {
 
@@ -39,19 +43,27 @@ void Sampler::accept_prompt(const std::vector<llama_token>& prompt) {
   for (llama_token t : prompt) accept(t);
 }
 
-const float* Sampler::adjusted(const float* logits) {
-  if (bias_.empty() && seen_.empty()) return logits;
-  work_.assign(logits, logits + n_vocab_);
-  for (const auto& b : bias_) work_[b.token] += b.bias;
+void Sampler::adjust(float* row) {
+  saved_.clear();
+  for (const auto& b : bias_) {
+    saved_.emplace_back(b.token, row[b.token]);
+    row[b.token] += b.bias;
+  }
   // Hugging Face's repetition penalty (divide positive logits, multiply negative ones), then
   // OpenAI's frequency and presence penalties, as llama.cpp's penalties sampler applies them.
   for (llama_token t : seen_) {
-    float& v = work_[t];
+    float& v = row[t];
+    saved_.emplace_back(t, v);
     v = v <= 0 ? v * repeat_ : v / repeat_;
     v -= static_cast<float>(count_[t]) * freq_ + present_;
   }
-  return work_.data();
 }
+
+void Sampler::restore(float* row) {
+  // Backwards, so a token both biased and penalized gets its first saved (raw) value last.
+  for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) row[it->first] = it->second;
+}
+
 
 namespace {
 // The order of candidates: higher logit first, lower id on ties.
@@ -59,30 +71,44 @@ inline bool better(float va, llama_token a, float vb, llama_token b) { return va
 }  // namespace
 
 llama_token Sampler::pick_top_k(const float* row) {
-  // A min-heap of the best k so far; most entries lose to its root at the first comparison.
+  // Two streaming passes instead of a heap fed the whole vocabulary. The k-th largest of the
+  // maxima of 64-entry blocks is a floor for the k-th largest entry (those k maxima are entries),
+  // so every top-k entry is at or above it; the few entries there are then sorted.
+  constexpr int32_t kBlock = 64;
+  const int32_t n_blocks = (n_vocab_ + kBlock - 1) / kBlock;
+  float floor = -INFINITY;
+  if (n_blocks >= top_k_) {
+    block_max_.resize(n_blocks);
+    for (int32_t b = 0; b < n_blocks; ++b) block_max_[b] = row_max(row + b * kBlock, std::min(kBlock, n_vocab_ - b * kBlock));
+    std::nth_element(block_max_.begin(), block_max_.begin() + (top_k_ - 1), block_max_.end(), std::greater<float>());
+    floor = block_max_[top_k_ - 1];
+  }
   cand_.clear();
-  auto worse_first = [](const llama_token_data& a, const llama_token_data& b) {
-    return better(a.logit, a.id, b.logit, b.id);
-  };
-  for (llama_token t = 0; t < n_vocab_; ++t) {
-    const float v = row[t];
-    if (static_cast<int32_t>(cand_.size()) < top_k_) {
-      cand_.push_back({t, v, 0.0f});
-      std::push_heap(cand_.begin(), cand_.end(), worse_first);
-    } else if (better(v, t, cand_.front().logit, cand_.front().id)) {
-      std::pop_heap(cand_.begin(), cand_.end(), worse_first);
-      cand_.back() = {t, v, 0.0f};
-      std::push_heap(cand_.begin(), cand_.end(), worse_first);
+  llama_token t = 0;
+#if defined(__SSE__)
+  const __m128 f4 = _mm_set1_ps(floor);
+  for (; t + 4 <= n_vocab_; t += 4) {
+    const int hits = _mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(row + t), f4));
+    if (hits == 0) continue;
+    for (int j = 0; j < 4; ++j) {
+      if (hits & (1 << j)) cand_.push_back({t + j, row[t + j], 0.0f});
     }
   }
-  std::sort_heap(cand_.begin(), cand_.end(), worse_first);  // best first
+#endif
+  for (; t < n_vocab_; ++t) {
+    if (row[t] >= floor) cand_.push_back({t, row[t], 0.0f});
+  }
+  const size_t k = std::min<size_t>(top_k_, cand_.size());
+  std::partial_sort(cand_.begin(), cand_.begin() + k, cand_.end(),
+                    [](const llama_token_data& a, const llama_token_data& b) { return better(a.logit, a.id, b.logit, b.id); });
+  cand_.resize(k);
   llama_token_data_array arr{cand_.data(), cand_.size(), -1, /*sorted=*/true};
   llama_sampler_apply(tail_, &arr);
   return arr.data[arr.selected].id;
 }
 
-llama_token Sampler::sample(const float* logits) {
-  const float* row = adjusted(logits);
+llama_token Sampler::sample(float* row) {
+  adjust(row);
   llama_token t;
   if (greedy_) {
     t = argmax(row, n_vocab_);
@@ -95,25 +121,45 @@ llama_token Sampler::sample(const float* logits) {
     llama_sampler_apply(tail_, &arr);
     t = arr.data[arr.selected].id;
   }
+  restore(row);
   accept(t);
   return t;
 }
 
-int32_t argmax(const float* x, int32_t n) {
-  // The maximum first, in eight independent lanes the compiler can keep in registers; then its
-  // first position. Two plain passes beat one pass that tracks an index in a dependency chain.
-  float lane[8];
+// The largest value of a row, four lanes at a time where SSE exists (every x86-64 CPU has it).
+// NaN never wins: max(NaN, m) keeps m.
+float row_max(const float* x, int32_t n) {
   int32_t i = 0;
-  const float lowest = -INFINITY;
-  for (float& l : lane) l = lowest;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+  float m = -INFINITY;
+#if defined(__SSE__)
+  __m128 a = _mm_set1_ps(-INFINITY), b = a, c = a, d = a;
+  for (; i + 16 <= n; i += 16) {
+    a = _mm_max_ps(_mm_loadu_ps(x + i), a);
+    b = _mm_max_ps(_mm_loadu_ps(x + i + 4), b);
+    c = _mm_max_ps(_mm_loadu_ps(x + i + 8), c);
+    d = _mm_max_ps(_mm_loadu_ps(x + i + 12), d);
   }
-  float m = lowest;
-  for (float l : lane) m = l > m ? l : m;
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_max_ps(_mm_max_ps(a, b), _mm_max_ps(c, d)));
+  for (float l : lanes) m = l > m ? l : m;
+#endif
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  for (int32_t k = 0; k < n; ++k) {
-    if (x[k] == m) return k;
+  return m;
+}
+
+int32_t argmax(const float* x, int32_t n) {
+  // The maximum first, then its first position: two streaming passes beat one that carries an
+  // index through a dependency chain.
+  const float m = row_max(x, n);
+  int32_t i = 0;
+#if defined(__SSE__)
+  const __m128 mm = _mm_set1_ps(m);
+  for (; i + 4 <= n; i += 4) {
+    if (_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(x + i), mm)) != 0) break;
+  }
+#endif
+  for (; i < n; ++i) {
+    if (x[i] == m) return i;
   }
   return 0;  // every value NaN: no better answer exists
 }

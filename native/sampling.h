@@ -32,7 +32,7 @@ struct TokenLogprob {
 
 // Sampling works on one logits row that the caller owns, so the samplers of one decode step can run
 // on several threads at once. Penalties and logit bias touch only the tokens they name (a sparse
-// pass over a copy of the row), and top-k is one selection pass over the vocabulary: llama.cpp's
+// pass that is undone afterwards), and top-k is two streaming passes over the vocabulary: llama.cpp's
 // chain would build and scan a candidate per vocabulary entry for each of them, which at 32 slots
 // and a 32k-128k vocabulary costs more CPU per step than the GPU spends decoding.
 class Sampler {
@@ -44,11 +44,13 @@ class Sampler {
 
   // Prompt tokens count for the repetition penalty, as in transformers.
   void accept_prompt(const std::vector<llama_token>& prompt);
-  // Picks the next token from a raw logits row (left unchanged) and records it for the penalties.
-  llama_token sample(const float* logits);
+  // Picks the next token from a raw logits row and records it for the penalties. The row is
+  // adjusted in place where bias and penalties apply, and restored before this returns.
+  llama_token sample(float* logits);
 
  private:
-  const float* adjusted(const float* logits);
+  void adjust(float* row);
+  void restore(float* row);
   llama_token pick_top_k(const float* row);
   void accept(llama_token t);
 
@@ -62,11 +64,14 @@ class Sampler {
   // sees fits its context, which is also the penalty window, so nothing ever leaves the window.
   std::vector<int32_t> count_;
   std::vector<llama_token> seen_;
-  std::vector<float> work_;  // the row with bias and penalties applied
+  std::vector<std::pair<llama_token, float>> saved_;  // raw values of the entries adjust() changed
   std::vector<llama_token_data> cand_;
+  std::vector<float> block_max_;
   llama_sampler* tail_ = nullptr;  // temperature, top-p, min-p, draw: on the k candidates
 };
 
+// The largest value of a row (NaN never wins).
+float row_max(const float* x, int32_t n);
 // Index of the largest value, the first one on ties (as llama_sampler_init_greedy picks).
 int32_t argmax(const float* x, int32_t n);
 
