@@ -108,6 +108,9 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
   // be produced with an importance matrix, in which case they widen to F16.
   GgufPtr out(gguf_init_empty());
   gguf_set_kv(out.get(), base.get());
+  // Written with the default alignment: a copied general.alignment would not change how the data
+  // is laid out here, only how readers expect it.
+  gguf_remove_key(out.get(), "general.alignment");
   gguf_set_val_str(out.get(), "cml.merged.adapter", o.adapter.c_str());
   gguf_set_val_f32(out.get(), "cml.merged.scale", o.scale);
   const int64_t n_tensors = gguf_get_n_tensors(base.get());

@@ -1,6 +1,8 @@
 // From configuration to a ready Predictor: locate the files, load the model and the adapter.
 // Shared by `serve` and the one-shot `predict` command.
+import { statfsSync, statSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { Engine, mergeAdapter } from '../engine/index.ts';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import type { ServeConfig } from './config.ts';
@@ -53,6 +55,10 @@ async function mergedModel(basePath: string, adapterPath: string, cfg: ServeConf
     const key = inputKey([basePath, adapterPath], { merge: { scale: 1 } });
     const t0 = performance.now();
     const made = await cached(cacheDir(), `merged-${key}.gguf`, async (out) => {
+      // A merged model is a full copy of the base: never fill the disk for it.
+      const { bavail, bsize } = statfsSync(path.dirname(out));
+      const need = statSync(basePath).size * 1.05;
+      if (bavail * bsize < need) throw new Error(`${path.dirname(out)} has ${Math.round((bavail * bsize) / 2 ** 20)} MiB free; the merged model needs ${Math.round(need / 2 ** 20)} MiB`);
       ev.info?.({ out }, 'merging the adapter into the base weights (once; cached)');
       const info = await mergeAdapter({ modelPath: basePath, adapterPath, out, scale: 1, backend: cfg.backend, threads: cfg.threads ?? os.availableParallelism() });
       ev.info?.({ ...info, ms: Math.round(performance.now() - t0) }, 'adapter merged');
