@@ -1,7 +1,9 @@
-// `convert-lora`: a PEFT adapter directory to a GGUF LoRA, in-process.
+// `convert-lora`, `convert-model` and `merge-lora`: files in, files out, in-process.
 import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
+import { mergeAdapter } from '../engine/index.ts';
 import { convertHfModel } from '../intake/hf-model.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 import type { OutType } from '../intake/gguf-writer.ts';
@@ -57,4 +59,25 @@ export async function runConvertModel(dir: string, o: { out: string; outtype: st
   bar?.stop();
   const s = (performance.now() - t0) / 1000;
   console.error(`wrote ${o.out}: ${r.tensors} tensors as ${r.outtype}, ${(r.bytes / 1e6).toFixed(1)} MB read in ${s.toFixed(2)} s (${(r.bytes / 1e6 / s).toFixed(0)} MB/s)`);
+}
+
+/** `merge-lora`: base + adapter into one GGUF of the base's types, the file `serve` would cache. */
+export async function runMergeLora(o: { model: string; adapter: string; out: string; scale: number; threads?: number; backend: string }): Promise<void> {
+  const bar = process.stderr.isTTY
+    ? new cliProgress.SingleBar({ format: 'merging [{bar}] {percentage}%', stream: process.stderr, clearOnComplete: true }, cliProgress.Presets.shades_classic)
+    : null;
+  bar?.start(100, 0);
+  const t0 = performance.now();
+  const r = await mergeAdapter({
+    modelPath: o.model,
+    adapterPath: o.adapter,
+    out: o.out,
+    scale: o.scale,
+    threads: o.threads ?? os.availableParallelism(),
+    backend: o.backend as 'auto',
+    onProgress: (f) => bar?.update(Math.round(f * 100)),
+  });
+  bar?.stop();
+  const widened = r.widened ? `, ${r.widened} widened to F16` : '';
+  console.error(`wrote ${o.out}: ${r.merged} of ${r.tensors} tensors merged at scale ${r.effectiveScale.toPrecision(4)} (scale·alpha/rank)${widened}, ${((performance.now() - t0) / 1000).toFixed(2)} s`);
 }

@@ -1,7 +1,7 @@
 // The command line: `generate` (one prompt, straight through the engine) and `serve`.
 import { Command, InvalidArgumentError } from 'commander';
 import { EngineError } from '../engine/index.ts';
-import { runConvertLora, runConvertModel } from './convert.ts';
+import { runConvertLora, runConvertModel, runMergeLora } from './convert.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
@@ -86,6 +86,17 @@ program
   .requiredOption('--out <file.gguf>', 'output file')
   .option('--outtype <t>', 'auto (keep the checkpoint precision) | f32 | f16 | bf16 | q8_0', 'auto')
   .action(runConvertModel);
+
+program
+  .command('merge-lora')
+  .description("merge a GGUF LoRA into its base model's weights: one GGUF of the base's tensor types")
+  .requiredOption('--model <file.gguf>', 'base model')
+  .requiredOption('--adapter <file.gguf>', 'GGUF LoRA adapter')
+  .requiredOption('--out <file.gguf>', 'output file')
+  .option('--scale <s>', 'adapter scale (alpha/rank is applied on top, as llama.cpp does)', numArg('--scale'), 1)
+  .option('--threads <n>', 'threads (default: all cores)', intArg('--threads', 1))
+  .option('--backend <b>', 'cpu | cuda | auto: whose addon runs it (the merge is on the CPU)', 'auto')
+  .action(runMergeLora);
 
 serveOptions(program.command('predict').description('one prompt through the CML predict contract, printed bare'))
   .requiredOption('--prompt <text>', 'prompt text')

@@ -28,6 +28,17 @@ describe('cli convert-model / convert-lora', () => {
     expect((await readGgufHeader(out)).metadata.get('general.type')).toBe('adapter');
   });
 
+  it('merge-lora --model <gguf> --adapter <gguf> --out <file.gguf>', async () => {
+    const out = path.join(tmp, 'merged.gguf');
+    const args = ['merge-lora', '--model', path.join(modelDir('tiny-qa'), 'base-f32.gguf'), '--adapter', path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'), '--out', out, '--backend', 'cpu', '--threads', '1'];
+    const { stderr } = await cli(args);
+    expect(stderr).toMatch(/wrote .*merged\.gguf: 28 of 39 tensors merged at scale 2\.000/);
+    expect((await readGgufHeader(out)).metadata.get('cml.merged.scale')).toBe(1);
+    const e = await cli(['merge-lora', '--model', out, '--adapter', path.join(modelDir('tiny-qwen2'), 'adapter-f32.gguf'), '--out', path.join(tmp, 'z.gguf'), '--backend', 'cpu']).catch((x) => x);
+    expect(e.code).not.toBe(0);
+    expect(e.stderr).toMatch(/error \[ADAPTER_LOAD_FAILED\]: .*(qwen2|llama)/);
+  });
+
   it('bad input: a message and a non-zero exit code', async () => {
     const e = await cli(['convert-model', path.join(modelDir('tiny-qa'), 'adapter-peft'), '--out', path.join(tmp, 'x.gguf')]).catch((x) => x);
     expect(e.code).not.toBe(0);
