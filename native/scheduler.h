@@ -69,6 +69,7 @@ class Scheduler {
   void fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out);
   void release(Slot& s);
   void apply_adapters(const Request& r);
+  bool in_current_set(const Request& r) const;
 
   llama_model* model_;
   llama_context* ctx_;
@@ -83,6 +84,9 @@ class Scheduler {
   std::vector<Slot> slots_;
   std::unique_ptr<WorkerPool> pool_;  // null with one thread
   uint64_t step_no_ = 0;
+  // The adapter set applied to the context (by identity, never dereferenced) and for how many steps.
+  std::vector<std::pair<const void*, float>> current_set_;
+  int32_t steps_in_set_ = 0;
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};
 
