@@ -161,9 +161,11 @@ export class Engine {
    */
   private unmergedAdapters(list: GenerateParams['adapters']): GenerateParams['adapters'] {
     const m = this.merged;
-    if (!m) return list;
-    const out = (list ?? []).filter((a) => a.name !== m.name);
-    const wanted = (list ?? []).filter((a) => a.name === m.name).reduce((s, a) => s + (a.scale ?? m.defaultScale), 0);
+    if (!m || (list !== undefined && !Array.isArray(list))) return list; // the addon says what is wrong
+    const mine = (list ?? []).filter((a) => a?.name === m.name);
+    if (mine.some((a) => a.scale !== undefined && typeof a.scale !== 'number')) return list;
+    const out = (list ?? []).filter((a) => a?.name !== m.name);
+    const wanted = mine.reduce((s, a) => s + (a.scale ?? m.defaultScale), 0);
     if (wanted !== m.scale) out.push({ name: m.name, scale: wanted - m.scale });
     return out;
   }

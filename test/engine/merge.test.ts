@@ -58,6 +58,9 @@ describe.each([
     expect(engine.adapters()[0]!.scale).toBeCloseTo(unit, 6);
     expect(() => engine.unloadAdapter('lora')).toThrow(AdapterError);
     await expect(engine.loadAdapter('lora', adapter)).rejects.toThrow(/merged into the model/);
+    // Bad adapter lists still reach the addon's own checks as typed errors.
+    expect(() => engine.generate('x', { adapters: 'lora' as never })).toThrow(/adapters must be an array/);
+    expect(() => engine.generate('x', { adapters: [{ name: 'lora', scale: 'big' as never }] })).toThrow(/scale/);
   });
 });
 
