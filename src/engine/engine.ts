@@ -12,7 +12,10 @@ export interface EngineOptions {
   gpuLayers?: number;
   /** CPU threads; defaults to the cores available, at most 8. */
   threads?: number;
-  /** Threads that sample concurrent streams side by side after each decode; defaults to threads. */
+  /**
+   * Threads that sample concurrent streams side by side after each decode. Default: `threads` on a
+   * GPU; 1 on the CPU, whose decode threads are still spinning for work while sampling runs.
+   */
   samplingThreads?: number;
   /** Tokens of context per slot (prompt + generated). */
   contextSize?: number;
@@ -66,7 +69,7 @@ export class Engine {
         modelPath: opts.modelPath,
         gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
         threads: opts.threads ?? defaultThreads(),
-        ...(opts.samplingThreads !== undefined ? { samplingThreads: opts.samplingThreads } : {}),
+        samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? (opts.threads ?? defaultThreads()) : 1),
         contextSize: opts.contextSize ?? 2048,
         slots: opts.slots ?? 4,
         maxQueue: opts.maxQueue ?? 64,
