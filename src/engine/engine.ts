@@ -14,7 +14,8 @@ export interface EngineOptions {
   threads?: number;
   /**
    * Threads that sample concurrent streams side by side after each decode. Default: `threads` on a
-   * GPU; 1 on the CPU, whose decode threads are still spinning for work while sampling runs.
+   * GPU; 1 on the CPU, where llama.cpp's decode threads poll for their next graph for a while and
+   * would compete with sampling threads for the same cores.
    */
   samplingThreads?: number;
   /** Tokens of context per slot (prompt + generated). */
