@@ -47,6 +47,19 @@ std::vector<float> to_f32(const ggml_tensor* t, const void* data) {
   return out;
 }
 
+// Types ggml_quantize_chunk writes without an importance matrix (it aborts on any other).
+bool requantizable(ggml_type t) {
+  switch (t) {
+    case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
+    case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1: case GGML_TYPE_Q8_0:
+    case GGML_TYPE_Q2_K: case GGML_TYPE_Q3_K: case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: case GGML_TYPE_Q6_K:
+    case GGML_TYPE_IQ4_NL: case GGML_TYPE_IQ4_XS: case GGML_TYPE_TQ1_0: case GGML_TYPE_TQ2_0: case GGML_TYPE_MXFP4:
+      return !ggml_quantize_requires_imatrix(t);
+    default:
+      return false;
+  }
+}
+
 struct Pair {
   const ggml_tensor* a = nullptr;  // ne [n_in, rank]
   const ggml_tensor* b = nullptr;  // ne [rank, n_out]
@@ -104,8 +117,8 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
   const float rank0 = static_cast<float>(pairs.begin()->second.a->ne[1]);
   result.effective_scale = alpha != 0.0f ? o.scale * alpha / rank0 : o.scale;
 
-  // Output: the base's metadata and tensor list; merged tensors keep their type unless it can only
-  // be produced with an importance matrix, in which case they widen to F16.
+  // Output: the base's metadata and tensor list; merged tensors keep their type unless ggml can only
+  // produce it with an importance matrix (or not at all), in which case they widen to F16.
   GgufPtr out(gguf_init_empty());
   gguf_set_kv(out.get(), base.get());
   // Written with the default alignment: a copied general.alignment would not change how the data
@@ -121,7 +134,7 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     const ggml_tensor* w = ggml_get_tensor(meta.get(), name);
     gguf_add_tensor(out.get(), w);
     out_type[i] = w->type;
-    if (pairs.count(name) && ggml_quantize_requires_imatrix(w->type)) {
+    if (pairs.count(name) && !requantizable(w->type)) {
       out_type[i] = GGML_TYPE_F16;
       gguf_set_tensor_type(out.get(), name, GGML_TYPE_F16);
       ++result.widened;
