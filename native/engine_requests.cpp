@@ -210,6 +210,16 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
   o.Set("busySlots", live ? scheduler_->busy() : 0);
   o.Set("queued", live ? scheduler_->queued() : 0);
   o.Set("inFlight", Napi::Number::New(env, static_cast<double>(in_flight_)));
+  if (live) {
+    const Scheduler::Profile p = scheduler_->profile();
+    Napi::Object prof = Napi::Object::New(env);
+    prof.Set("steps", Napi::Number::New(env, static_cast<double>(p.steps)));
+    prof.Set("decodeUs", Napi::Number::New(env, static_cast<double>(p.decode_us)));
+    prof.Set("sampleUs", Napi::Number::New(env, static_cast<double>(p.sample_us)));
+    prof.Set("emitUs", Napi::Number::New(env, static_cast<double>(p.emit_us)));
+    prof.Set("loopUs", Napi::Number::New(env, static_cast<double>(p.loop_us)));
+    o.Set("profile", prof);
+  }
   return o;
 }
 

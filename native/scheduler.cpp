@@ -97,6 +97,7 @@ void Scheduler::run() {
       cv_.wait(lk, [&] { return stopping_ || !pending_.empty() || active_ > 0; });
       if (stopping_) break;
     }
+    const int64_t t_loop = now_us();
     if (adapters_->has_garbage()) {
       llama_set_adapters_lora(ctx_, nullptr, 0, nullptr);  // the context must not point at freed adapters
       adapters_->reap();
@@ -107,6 +108,7 @@ void Scheduler::run() {
     }
     if (active_ > 0) step(events);
     if (!events.empty()) sink_(std::move(events));
+    p_loop_us_ += now_us() - t_loop;
   }
 
   std::vector<Event> events;
@@ -255,6 +257,7 @@ void Scheduler::step(std::vector<Event>& out) {
     in_batch.push_back(&s);
   }
 
+  const int64_t t_decode = now_us();
   const int32_t rc = llama_decode(ctx_, batch_);
   if (rc != 0) {
     const std::string why = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
@@ -268,6 +271,7 @@ void Scheduler::step(std::vector<Event>& out) {
     s->row = llama_get_logits_ith(ctx_, s->out_idx);  // here: it synchronizes the context
     ready.push_back(s);
   }
+  const int64_t t_sample = now_us();
   // Slots sample side by side once the step's rows are big enough to pay for waking the pool:
   // from 5 slots with a 32k vocabulary, from 2 with a 128k one.
   constexpr int64_t kParallelFromValues = 1 << 17;
@@ -277,7 +281,12 @@ void Scheduler::step(std::vector<Event>& out) {
   } else {
     for (Slot* s : ready) pick(*s);
   }
+  const int64_t t_emit = now_us();
   for (Slot* s : ready) emit(*s, out);
+  p_decode_us_ += t_sample - t_decode;
+  p_sample_us_ += t_emit - t_sample;
+  p_emit_us_ += now_us() - t_emit;
+  ++p_steps_;
 }
 
 // Touches only the slot's own row and sampler: safe on any thread, next to other slots.

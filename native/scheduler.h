@@ -41,6 +41,15 @@ class Scheduler {
   int32_t queued() const;
   int32_t busy() const { return busy_.load(); }
 
+  // Where the scheduler thread's time went, summed since it started (readable from any thread):
+  // decode includes waiting for the device's results; loop is every working iteration in full.
+  struct Profile {
+    int64_t steps, decode_us, sample_us, emit_us, loop_us;
+  };
+  Profile profile() const {
+    return {p_steps_.load(), p_decode_us_.load(), p_sample_us_.load(), p_emit_us_.load(), p_loop_us_.load()};
+  }
+
  private:
   struct Slot {
     int32_t seq = 0;
@@ -89,6 +98,7 @@ class Scheduler {
   int32_t steps_in_set_ = 0;
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};
+  std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { bandwidthBound, batchedBench, llamaBench, llamaTools, measureNodeLlamaCppApart } from './baselines.ts';
-import { measureOurs, type SingleStream } from './ours.ts';
+import { measureOurs, type SingleStream, type StepProfile } from './ours.ts';
 import { barChart, lineChart, table } from './report.ts';
 import { withPeakRss } from './stats.ts';
 import { PROJECTIONS, SHAPES, writeSyntheticLora, writeSyntheticModel, type Projection } from './synth.ts';
@@ -173,6 +173,7 @@ if (ours.lora.eight) {
   ]));
 }
 
+const steps = (p?: StepProfile) => (p ? `${p.decodeUs.toFixed(0)} · ${p.sampleUs.toFixed(0)} · ${p.restUs.toFixed(0)}` : '—');
 const single: [string, SingleStream][] = [
   ['ours, engine', ours.engine],
   ...(ours.http ? [['ours, POST /predict SSE', ours.http] as [string, SingleStream]] : []),
@@ -190,10 +191,12 @@ const md = [
   `Machine: ${ours.devices.join('; ')} (backend ${ours.backend}: ${ours.reason}). Model: ${path.basename(model)} (${(statSync(model).size / 2 ** 30).toFixed(2)} GiB). Load ${Math.round(ours.loadMs)} ms; peak RSS ${Math.round(peakRssMb)} MiB${ours.gpuMemoryMb !== null ? `; GPU memory in use ${Math.round(ours.gpuMemoryMb)} MiB` : ''}. Prompt ${promptTokens} tokens, ${genTokens} generated, medians of ${runs} runs.`,
   '',
   '## One stream',
-  table(['path', 'prefill tok/s', 'TTFT ms', 'decode tok/s', 'ITL p50 ms', 'ITL p99 ms'], single.map(([n, s]) => [n, s.prefillTokS, s.ttftMs, s.decodeTokS, s.itlP50Ms, s.itlP99Ms])),
+  table(['path', 'prefill tok/s', 'TTFT ms', 'decode tok/s', 'ITL p50 ms', 'ITL p99 ms', 'µs/step decode · sample · rest'], single.map(([n, s]) => [n, s.prefillTokS, s.ttftMs, s.decodeTokS, s.itlP50Ms, s.itlP99Ms, steps(s.step)])),
   '',
   '## Concurrent streams (aggregate decode tok/s, steady state)',
-  table(['streams', 'ours', 'llama-batched-bench', 'TTFT p50 ms', 'TTFT p99 ms'], ours.sweep.map((s) => [s.streams, s.aggregateTokS, bb.find((b) => b.streams === s.streams)?.tgTokS ?? '—', s.ttftP50Ms, s.ttftP99Ms])),
+  table(['streams', 'ours', 'llama-batched-bench', 'TTFT p50 ms', 'TTFT p99 ms', 'µs/step decode · sample · rest'], ours.sweep.map((s) => [s.streams, s.aggregateTokS, bb.find((b) => b.streams === s.streams)?.tgTokS ?? '—', s.ttftP50Ms, s.ttftP99Ms, steps(s.step)])),
+  '',
+  'Per scheduler step (engine runs, so HTTP is not in it): decode is llama_decode with the wait for the device, sample is every slot\'s sampling, rest is batching, text and handing events to JS.',
   '',
   `Studio default sampling (temperature 0.8, top-k 50, repetition penalty 1.1) instead of greedy: one stream ${Math.round(ours.studio.oneStreamTokS)} tok/s, ${ours.studio.streams} streams ${Math.round(ours.studio.aggregateTokS)} tok/s.`,
   '',

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { Predictor } from '../../src/cml/predict.ts';
-import { Engine, mergeAdapter, type BackendChoice, type EngineOptions, type GenerateParams } from '../../src/engine/index.ts';
+import { Engine, mergeAdapter, type BackendChoice, type EngineOptions, type EngineStats, type GenerateParams } from '../../src/engine/index.ts';
 import { createApp } from '../../src/server/app.ts';
 import { Metrics } from '../../src/server/metrics.ts';
 import { streamDecodeRate, streamPredict } from './sse-client.ts';
@@ -27,12 +27,20 @@ export interface OursOptions {
   progress: (what: string) => void;
 }
 
+/** Mean µs per scheduler step: decode (with the wait for the device), sample, and the rest. */
+export interface StepProfile {
+  decodeUs: number;
+  sampleUs: number;
+  restUs: number;
+}
+
 export interface SingleStream {
   prefillTokS: number;
   ttftMs: number;
   decodeTokS: number;
   itlP50Ms: number;
   itlP99Ms: number;
+  step?: StepProfile;
 }
 
 export interface SweepPoint {
@@ -40,6 +48,17 @@ export interface SweepPoint {
   aggregateTokS: number;
   ttftP50Ms: number;
   ttftP99Ms: number;
+  step?: StepProfile;
+}
+
+type Profile = NonNullable<EngineStats['profile']>;
+
+function stepProfile(a: Profile | undefined, b: Profile | undefined): StepProfile | undefined {
+  if (!a || !b || b.steps <= a.steps) return undefined;
+  const n = b.steps - a.steps;
+  const decode = b.decodeUs - a.decodeUs;
+  const sample = b.sampleUs - a.sampleUs;
+  return { decodeUs: decode / n, sampleUs: sample / n, restUs: (b.loopUs - a.loopUs - decode - sample) / n };
 }
 
 export interface OursResult {
@@ -108,10 +127,13 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
 
     const single = async (adapters: GenerateParams['adapters']): Promise<SingleStream> => {
       await timed(adapters); // warm-up
+      const p0 = engine.stats().profile;
       const runs = [];
       for (let i = 0; i < o.runs; i++) runs.push(await timed(adapters));
+      const step = stepProfile(p0, engine.stats().profile);
       const itl = runs.flatMap((x) => gaps(x.times));
       return {
+        ...(step ? { step } : {}),
         prefillTokS: median(runs.map((x) => (o.promptTokens / x.r.timings.prefillMs) * 1000)),
         ttftMs: median(runs.map((x) => x.r.timings.ttftMs)),
         decodeTokS: median(runs.map((x) => x.r.timings.decodeTokensPerSecond)),
@@ -133,9 +155,11 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       o.progress(`ours: ${n} concurrent streams`);
       await concurrent(n, () => []); // warm-up
       const best = [];
+      const p0 = engine.stats().profile;
       for (let i = 0; i < o.runs; i++) best.push(await concurrent(n, () => []));
+      const step = stepProfile(p0, engine.stats().profile);
       const ttft = best.flatMap((b) => b.ttft);
-      sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99) });
+      sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99), ...(step ? { step } : {}) });
     }
 
     let lora: OursResult['lora'] = { oneStream: null, eight: null, merged: null };

@@ -3,7 +3,7 @@ import os from 'node:os';
 import { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
 import { AbortedError, AdapterError, EngineClosedError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
-import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams } from './native.ts';
+import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
 
 export interface EngineOptions {
   modelPath: string;
@@ -174,7 +174,7 @@ export class Engine {
     return out;
   }
 
-  stats(): { busySlots: number; queued: number; inFlight: number } {
+  stats(): NativeStats {
     return this.native.stats();
   }
 

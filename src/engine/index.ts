@@ -3,4 +3,4 @@ export { Generation, type Chunk, type GenerationResult, type StopReason } from '
 export { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
 export { mergeAdapter, type MergeInfo, type MergeOptions } from './merge.ts';
 export * from './errors.ts';
-export type { NativeAdapterInfo as AdapterInfo, NativeModelInfo as ModelInfo, TopLogprob } from './native.ts';
+export type { NativeAdapterInfo as AdapterInfo, NativeModelInfo as ModelInfo, NativeStats as EngineStats, TopLogprob } from './native.ts';

@@ -100,7 +100,7 @@ export interface NativeEngine {
   adapters(): NativeAdapterInfo[];
   submit(prompt: string | number[], params: NativeRequestParams): number;
   cancel(id: number): boolean;
-  stats(): { busySlots: number; queued: number; inFlight: number };
+  stats(): NativeStats;
   close(): Promise<void>;
 }
 
@@ -137,4 +137,16 @@ const require = createRequire(import.meta.url);
 
 export function loadAddon(file: string): NativeAddon {
   return require(file) as NativeAddon;
+}
+
+export interface NativeStats {
+  busySlots: number;
+  queued: number;
+  inFlight: number;
+  /**
+   * The scheduler thread's time since load, summed (µs): decode (llama_decode and the wait for its
+   * results), sample, emit (text and events), and loop (every working iteration in full: the rest
+   * is admitting requests, building batches and handing events to JS). Absent once closed.
+   */
+  profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number };
 }

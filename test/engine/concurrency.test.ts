@@ -86,6 +86,16 @@ describe('concurrent requests', () => {
     seeds.forEach((seed, i) => (seed === 7 ? expect(batch[i]!.tokens).toEqual(alone) : expect(batch[i]!.tokens).not.toEqual(alone)));
   });
 
+  it('stats() profiles the scheduler thread: one step per decode, its time split', async () => {
+    const before = engine.stats().profile!;
+    const r = await engine.generate(requests[0]!.prompt, { ...requests[0]!.params, maxTokens: 10 }).result;
+    const after = engine.stats().profile!;
+    // One step per generated token: the prompt fits one batch, whose step samples the first.
+    expect(after.steps - before.steps).toBe(r.tokens.length);
+    expect(after.decodeUs - before.decodeUs).toBeGreaterThan(0);
+    expect(after.loopUs - before.loopUs).toBeGreaterThanOrEqual(after.decodeUs - before.decodeUs + after.sampleUs - before.sampleUs);
+  });
+
   it('the text streamed equals the final text', async () => {
     const g = engine.generate(requests[4]!.prompt, requests[4]!.params);
     const chunks = await chunksOf(g);

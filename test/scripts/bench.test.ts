@@ -26,6 +26,7 @@ describe('benchmark --quick', () => {
     expect(r.ours.lora.merged.oneStream.decodeTokS).toBeGreaterThan(0);
     expect(r.ours.lora.merged.baseOnMerged.decodeTokS).toBeGreaterThan(0);
     expect(r.ours.studio.aggregateTokS).toBeGreaterThan(0);
+    expect(r.ours.sweep[0].step.decodeUs).toBeGreaterThan(0);
     expect(r.nodeLlamaCpp.oneStreamTokS ?? r.nodeLlamaCpp.skipped).toBeTruthy();
     for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg']) expect(existsSync(path.join(out, f)), f).toBe(true);
     expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/## Concurrent streams/);
