@@ -1,13 +1,13 @@
 // The served adapter merged into the weights (mergeAdapter + Engine's mergedAdapter): the merged
 // model must give what transformers + PEFT give for the adapter, and the base model and other
 // scales must still be served exactly as before, through the adapter applied at the difference.
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSyntheticLora, writeSyntheticModel } from '../../scripts/bench/synth.ts';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
-import { AdapterError, mergeAdapter, ModelLoadError, type Engine } from '../../src/engine/index.ts';
+import { AdapterError, MergeError, mergeAdapter, ModelLoadError, type Engine } from '../../src/engine/index.ts';
 import { loadEngine, loadReference, logSoftmax, modelDir, runCase, testBackend, type Fixture } from '../helpers.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merge-'));
@@ -65,13 +65,17 @@ describe.each([
 });
 
 describe('merging errors and quantized weights', () => {
-  it('an adapter for another model, a non-GGUF base, and a missing adapter are typed errors', async () => {
+  it('an adapter for another model, a non-GGUF or truncated base, a missing adapter, an unwritable output: typed errors', async () => {
     const base = `${modelDir('tiny-qa')}/base-f32.gguf`;
     const out = path.join(dir, 'never.gguf');
     await expect(mergeAdapter({ modelPath: base, adapterPath: `${modelDir('tiny-qwen2')}/adapter-f32.gguf`, out, backend: testBackend })).rejects.toThrow(AdapterError);
     await expect(mergeAdapter({ modelPath: `${modelDir('tiny-qa')}/reference.json`, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out, backend: testBackend })).rejects.toThrow(ModelLoadError);
     await expect(mergeAdapter({ modelPath: base, adapterPath: path.join(dir, 'none.gguf'), out, backend: testBackend })).rejects.toThrow(AdapterError);
     await expect(mergeAdapter({ modelPath: base, adapterPath: base, out, backend: testBackend })).rejects.toThrow(/not a LoRA adapter/);
+    const truncated = path.join(dir, 'truncated.gguf');
+    writeFileSync(truncated, readFileSync(base).subarray(0, 2_000_000));
+    await expect(mergeAdapter({ modelPath: truncated, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out, backend: testBackend })).rejects.toThrow(/truncated/);
+    await expect(mergeAdapter({ modelPath: base, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out: path.join(dir, 'no/such/dir/m.gguf'), backend: testBackend })).rejects.toThrow(MergeError);
     expect(readdirSync(dir).filter((f) => f.startsWith('never.gguf'))).toEqual([]); // nothing left behind
   });
 
