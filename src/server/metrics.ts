@@ -1,6 +1,6 @@
 // Prometheus metrics (prom-client). Recorded once per request from its final record, never per token.
 import client from 'prom-client';
-import type { GenerationResult } from '../engine/index.ts';
+import type { EngineStats, GenerationResult } from '../engine/index.ts';
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -37,7 +37,7 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(stats: () => { busySlots: number; queued: number } | null) {
+  constructor(stats: () => Pick<EngineStats, 'busySlots' | 'queued' | 'profile'> | null) {
     client.collectDefaultMetrics({ register: this.registry });
     new client.Gauge({
       name: 'cml_queue_depth',
@@ -53,6 +53,32 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.set(stats()?.busySlots ?? 0);
+      },
+    });
+    // The scheduler thread's own totals (engine.stats().profile), read at scrape time.
+    new client.Counter({
+      name: 'cml_scheduler_steps_total',
+      help: 'decode steps (one batch each) run by the scheduler thread',
+      registers: [this.registry],
+      collect() {
+        const p = stats()?.profile;
+        this.reset();
+        if (p) this.inc(p.steps);
+      },
+    });
+    new client.Counter({
+      name: 'cml_scheduler_seconds_total',
+      help: "the scheduler thread's working time by phase: decode (with the wait for the device), sample, emit, other",
+      labelNames: ['phase'] as const,
+      registers: [this.registry],
+      collect() {
+        const p = stats()?.profile;
+        this.reset();
+        if (!p) return;
+        this.inc({ phase: 'decode' }, p.decodeUs / 1e6);
+        this.inc({ phase: 'sample' }, p.sampleUs / 1e6);
+        this.inc({ phase: 'emit' }, p.emitUs / 1e6);
+        this.inc({ phase: 'other' }, Math.max(0, p.loopUs - p.decodeUs - p.sampleUs - p.emitUs) / 1e6);
       },
     });
   }

@@ -121,6 +121,9 @@ describe('POST /predict', () => {
       expect(metrics).toContain(name);
     }
     expect(metrics).toMatch(/cml_requests_total\{route="\/predict",status="400"\} \d+/);
+    // Earlier tests in this file generated tokens, so the scheduler has run steps and spent time.
+    expect(Number(/cml_scheduler_steps_total (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(0);
+    expect(Number(/cml_scheduler_seconds_total\{phase="decode"\} ([\d.e-]+)/.exec(metrics)?.[1])).toBeGreaterThan(0);
   });
 
   it('still serves after every error', async () => {
