@@ -1,6 +1,8 @@
 // Sampling cost per token, alone (no model): native/sampling.cpp on random logits rows, greedy and
 // the studio's default (temperature 0.8, top-k 50, repetition penalty 1.1), each request a
-// 200-token prompt and 128 new tokens. `npm run bench:sampling -- [vocab] [tokens]`.
+// 200-token prompt and 128 new tokens; beside it, the same studio sampling through llama.cpp's own
+// sampler chain, as llama_sampler_sample runs it (a candidate per vocabulary entry).
+// `npm run bench:sampling -- [vocab] [tokens]`.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +42,34 @@ int main(int argc, char** argv) {
       check += s->sample(rows[i % rows.size()].data());
     }
     const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / tokens;
-    std::printf("vocab %d  %-6s  %7.2f us/token  (checksum %ld)\n", n_vocab, name, us, check);
+    std::printf("vocab %d  %-22s  %7.2f us/token  (checksum %ld)\n", n_vocab, name, us, check);
   }
+
+  // llama.cpp's chain: penalties over the whole window, top-k, temperature, draw.
+  llama_sampler* chain = nullptr;
+  std::vector<llama_token_data> cur(n_vocab);
+  long check = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < tokens; ++i) {
+    if (i % 128 == 0) {
+      if (chain != nullptr) llama_sampler_free(chain);
+      chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+      llama_sampler* penalties = llama_sampler_init_penalties(n_vocab, 4096, 1.1f, 0.0f, 0.0f);
+      llama_sampler_chain_add(chain, penalties);
+      llama_sampler_chain_add(chain, llama_sampler_init_top_k(50));
+      llama_sampler_chain_add(chain, llama_sampler_init_temp(0.8f));
+      llama_sampler_chain_add(chain, llama_sampler_init_dist(1));
+      for (llama_token t : prompt) llama_sampler_accept(penalties, t);
+    }
+    const float* row = rows[i % rows.size()].data();
+    for (llama_token t = 0; t < n_vocab; ++t) cur[t] = {t, row[t], 0.0f};
+    llama_token_data_array arr{cur.data(), cur.size(), -1, false};
+    llama_sampler_apply(chain, &arr);
+    const llama_token t = arr.data[arr.selected].id;
+    llama_sampler_accept(chain, t);
+    check += t;
+  }
+  const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / tokens;
+  std::printf("vocab %d  %-22s  %7.2f us/token  (checksum %ld)\n", n_vocab, "studio, llama.cpp chain", us, check);
+  llama_sampler_free(chain);
 }
