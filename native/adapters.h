@@ -3,6 +3,7 @@
 // thread (reap), because the context may still point at the adapter until then.
 #pragma once
 #include <atomic>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -14,11 +15,20 @@
 namespace cml {
 
 struct LoadedAdapter {
+  // Unique for the process's life: what compares adapter sets once the adapters may be gone (a
+  // freed adapter's address can come back for another one; its serial never does).
+  const uint64_t serial = next_serial();
   std::string name;
   std::string path;
   llama_adapter_lora* handle = nullptr;
   float alpha = 0.0f;                  // from the GGUF (0 = absent: llama.cpp then applies scale as is)
   std::atomic<float> default_scale{1.0f};
+
+ private:
+  static uint64_t next_serial() {
+    static std::atomic<uint64_t> n{0};
+    return ++n;
+  }
 };
 
 struct AdapterUse {

@@ -85,6 +85,7 @@ Napi::Object event_to_js(Napi::Env env, const Event& e) {
       o.Set("stopReason", e.stop_reason);
       if (!e.stop_string.empty()) o.Set("stopString", e.stop_string);
       o.Set("promptTokens", e.prompt_tokens);
+      o.Set("cachedTokens", e.cached_tokens);
       o.Set("generatedTokens", e.generated_tokens);
       o.Set("prefillMs", e.prefill_ms);
       o.Set("ttftMs", e.ttft_ms);

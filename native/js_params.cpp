@@ -52,6 +52,10 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   e.threads = integer(env, o, "threads", 1, 1, 1024);
   e.threads_batch = integer(env, o, "threadsBatch", e.threads, 1, 1024);
   e.sched.n_threads = integer(env, o, "samplingThreads", e.threads, 1, 1024);
+  if (has(o, "promptCache")) {
+    if (!o.Get("promptCache").IsBoolean()) bad(env, "promptCache must be a boolean");
+    e.sched.prompt_cache = o.Get("promptCache").As<Napi::Boolean>().Value();
+  }
   e.context_size = integer(env, o, "contextSize", 2048, 16, 1 << 20);
   e.sched.n_slots = integer(env, o, "slots", 4, 1, 256);
   e.sched.n_batch = integer(env, o, "batchSize", 512, 16, 1 << 16);

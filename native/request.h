@@ -4,12 +4,16 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "adapters.h"
 #include "sampling.h"
 
 namespace cml {
+
+// An adapter set by adapter serial and scale, to compare sets after the adapters may be gone.
+using AdapterSetKey = std::vector<std::pair<uint64_t, float>>;
 
 struct Request {
   uint64_t id = 0;
@@ -21,6 +25,19 @@ struct Request {
   std::vector<AdapterUse> adapters;  // non-zero scales only, sorted by handle: equal sets compare equal
   std::atomic<bool> cancelled{false};
   int64_t t_submit_us = 0;
+
+  bool has_adapters(const AdapterSetKey& k) const {
+    if (adapters.size() != k.size()) return false;
+    for (size_t i = 0; i < k.size(); ++i) {
+      if (adapters[i].adapter->serial != k[i].first || adapters[i].scale != k[i].second) return false;
+    }
+    return true;
+  }
+  AdapterSetKey adapter_key() const {
+    AdapterSetKey k;
+    for (const auto& u : adapters) k.emplace_back(u.adapter->serial, u.scale);
+    return k;
+  }
 
   bool same_adapters(const Request& o) const {
     if (adapters.size() != o.adapters.size()) return false;
@@ -44,6 +61,7 @@ struct Event {
   std::string stop_reason;  // eos | length | stop | cancelled
   std::string stop_string;
   int32_t prompt_tokens = 0;
+  int32_t cached_tokens = 0;  // prompt tokens whose KV was reused from the slot's previous request
   int32_t generated_tokens = 0;
   double prefill_ms = 0, ttft_ms = 0, decode_tps = 0, total_ms = 0;
   // Error

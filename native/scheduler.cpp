@@ -101,6 +101,7 @@ void Scheduler::run() {
     if (adapters_->has_garbage()) {
       llama_set_adapters_lora(ctx_, nullptr, 0, nullptr);  // the context must not point at freed adapters
       adapters_->reap();
+      current_set_.clear();
     }
     admit(events);
     for (auto& s : slots_) {
@@ -156,16 +157,27 @@ void Scheduler::admit(std::vector<Event>& out) {
     busy_.fetch_add(static_cast<int32_t>(admitted.size()));  // with the pop, so submit() never sees room twice
   }
   // Samplers are built outside the lock: feeding a long prompt to the penalties takes a while.
-  auto next = admitted.begin();
-  for (auto& s : slots_) {
-    if (next == admitted.end()) break;
-    if (s.req) continue;
-    s.req = std::move(*next++);
+  for (auto& r : admitted) {
+    Slot& s = *slot_for(*r);
+    s.req = std::move(r);
     s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_);
     s.sampler->accept_prompt(s.req->prompt);
     s.text = std::make_unique<TextStream>(s.req->stops);
-    s.n_prefilled = 0;
-    s.n_past = 0;
+    // Reuse the cells that hold this prompt's start; at least its last token is decoded again,
+    // for the logits of the first new token.
+    size_t keep = 0;
+    if (cfg_.prompt_cache && s.req->has_adapters(s.kv_set)) {
+      const auto& p = s.req->prompt;
+      while (keep < s.kv_tokens.size() && keep + 1 < p.size() && s.kv_tokens[keep] == p[keep]) ++keep;
+    }
+    if (keep < s.kv_tokens.size() || s.kv_tokens.empty()) {
+      llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, static_cast<llama_pos>(keep), -1);
+      s.kv_tokens.resize(keep);
+    }
+    s.kv_set = s.req->adapter_key();
+    s.n_cached = static_cast<int32_t>(keep);
+    s.n_prefilled = keep;
+    s.n_past = static_cast<llama_pos>(keep);
     s.n_generated = 0;
     s.next = -1;
     s.last_step = 0;
@@ -174,12 +186,29 @@ void Scheduler::admit(std::vector<Event>& out) {
   }
 }
 
-bool Scheduler::in_current_set(const Request& r) const {
-  if (r.adapters.size() != current_set_.size()) return false;
-  for (size_t i = 0; i < current_set_.size(); ++i) {
-    if (r.adapters[i].adapter.get() != current_set_[i].first || r.adapters[i].scale != current_set_[i].second) return false;
+// The free slot whose cells hold the longest start of this prompt (same adapters); else the free
+// slot with the least cached, so that longer caches stay for requests that can use them.
+Scheduler::Slot* Scheduler::slot_for(const Request& r) {
+  Slot* best = nullptr;
+  size_t best_common = 0;
+  for (auto& s : slots_) {
+    if (s.req) continue;
+    size_t common = 0;
+    if (cfg_.prompt_cache && r.has_adapters(s.kv_set)) {
+      while (common < s.kv_tokens.size() && common < r.prompt.size() && s.kv_tokens[common] == r.prompt[common]) ++common;
+    }
+    if (best == nullptr || common > best_common || (common == best_common && s.kv_tokens.size() < best->kv_tokens.size())) {
+      best = &s;
+      best_common = common;
+    }
   }
-  return true;
+  return best;  // admit() never takes more requests than there are free slots
+}
+
+void Scheduler::forget_kv(Slot& s) {
+  llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+  s.kv_tokens.clear();
+  s.kv_set.clear();
 }
 
 void Scheduler::apply_adapters(const Request& r) {
@@ -214,8 +243,7 @@ void Scheduler::step(std::vector<Event>& out) {
   if (lead == nullptr) return;
   if (current != nullptr && (steps_in_set_ < kQuantum || !others)) lead = current;
   if (!in_current_set(*lead->req)) {
-    current_set_.clear();
-    for (const auto& u : lead->req->adapters) current_set_.emplace_back(u.adapter.get(), u.scale);
+    current_set_ = lead->req->adapter_key();
     steps_in_set_ = 0;
   }
   ++steps_in_set_;
@@ -239,6 +267,7 @@ void Scheduler::step(std::vector<Event>& out) {
     s.out_idx = -1;
     if (!s.req || s.prefilling() || !s.req->same_adapters(group)) continue;
     s.out_idx = add(s.next, s.n_past++, s.seq, true);
+    s.kv_tokens.push_back(s.next);
     --budget;
     in_batch.push_back(&s);
   }
@@ -250,6 +279,7 @@ void Scheduler::step(std::vector<Event>& out) {
     const size_t take = std::min<size_t>(budget, s.req->prompt.size() - s.n_prefilled);
     for (size_t k = 0; k < take; ++k) {
       const bool last = s.n_prefilled + 1 == s.req->prompt.size();
+      s.kv_tokens.push_back(s.req->prompt[s.n_prefilled]);
       const int32_t i = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last);
       if (last) s.out_idx = i;
     }
@@ -261,7 +291,10 @@ void Scheduler::step(std::vector<Event>& out) {
   const int32_t rc = llama_decode(ctx_, batch_);
   if (rc != 0) {
     const std::string why = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
-    for (Slot* s : in_batch) fail(*s, "DECODE_FAILED", why, out);
+    for (Slot* s : in_batch) {
+      fail(*s, "DECODE_FAILED", why, out);
+      forget_kv(*s);  // what the failed batch left in the cells is unknown
+    }
     return;
   }
   std::vector<Slot*> ready;
@@ -337,6 +370,7 @@ void Scheduler::finish(Slot& s, const std::string& reason, std::vector<Event>& o
   e.stop_reason = reason;
   e.stop_string = stop;
   e.prompt_tokens = static_cast<int32_t>(s.req->prompt.size());
+  e.cached_tokens = s.n_cached;
   e.generated_tokens = s.n_generated;
   const int64_t end = now_us();
   if (s.t_prefill_end > 0) e.prefill_ms = (s.t_prefill_end - s.t_prefill_start) / 1000.0;
@@ -358,7 +392,7 @@ void Scheduler::fail(Slot& s, const std::string& code, const std::string& messag
 }
 
 void Scheduler::release(Slot& s) {
-  llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+  if (!cfg_.prompt_cache) forget_kv(s);
   {
     std::lock_guard<std::mutex> lk(mu_);
     live_.erase(s.req->id);

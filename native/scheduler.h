@@ -23,6 +23,7 @@ struct SchedulerConfig {
   int32_t n_batch = 512;
   int32_t max_queue = 64;  // requests waiting beyond the free slots
   int32_t n_threads = 1;   // threads that sample the slots of one step side by side
+  bool prompt_cache = true;  // keep a slot's KV after its request, for a next prompt with the same start
 };
 
 class Scheduler {
@@ -66,6 +67,13 @@ class Scheduler {
     LogprobRow logprobs;
     uint64_t last_step = 0;
     int64_t t_prefill_start = 0, t_prefill_end = 0, t_first = 0, t_last = 0;
+    // What the slot's KV cells hold, kept after its request ends: a next prompt that starts with
+    // the same tokens (a shared template) skips their prefill. Valid for the same adapters only
+    // (they change the keys and values), compared by serial: an unloaded adapter's cells never
+    // match its reload.
+    std::vector<llama_token> kv_tokens;
+    AdapterSetKey kv_set;
+    int32_t n_cached = 0;
     bool prefilling() const { return n_prefilled < req->prompt.size(); }
   };
 
@@ -77,8 +85,10 @@ class Scheduler {
   void finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop = {});
   void fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out);
   void release(Slot& s);
+  void forget_kv(Slot& s);
+  Slot* slot_for(const Request& r);
   void apply_adapters(const Request& r);
-  bool in_current_set(const Request& r) const;
+  bool in_current_set(const Request& r) const { return r.has_adapters(current_set_); }
 
   llama_model* model_;
   llama_context* ctx_;
@@ -93,8 +103,8 @@ class Scheduler {
   std::vector<Slot> slots_;
   std::unique_ptr<WorkerPool> pool_;  // null with one thread
   uint64_t step_no_ = 0;
-  // The adapter set applied to the context (by identity, never dereferenced) and for how many steps.
-  std::vector<std::pair<const void*, float>> current_set_;
+  // The adapter set applied to the context and for how many steps.
+  AdapterSetKey current_set_;
   int32_t steps_in_set_ = 0;
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};

@@ -97,6 +97,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       maxQueue: maxStreams,
       contextSize: o.promptTokens + o.genTokens + 16,
       flashAttention: 'auto',
+      promptCache: false, // every run prefills its whole prompt, as llama-bench's pp does
       ...(o.threads ? { threads: o.threads } : {}),
       ...extra,
     });

@@ -18,6 +18,11 @@ export interface EngineOptions {
    * would compete with sampling threads for the same cores.
    */
   samplingThreads?: number;
+  /**
+   * Keep each slot's KV cells after its request, so that a next prompt starting with the same
+   * tokens (with the same adapters) prefills only the rest. Default true.
+   */
+  promptCache?: boolean;
   /** Tokens of context per slot (prompt + generated). */
   contextSize?: number;
   /** Concurrent sequences decoded together. */
@@ -72,6 +77,7 @@ export class Engine {
         threads: opts.threads ?? defaultThreads(),
         samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? (opts.threads ?? defaultThreads()) : 1),
         contextSize: opts.contextSize ?? 2048,
+        ...(opts.promptCache !== undefined ? { promptCache: opts.promptCache } : {}),
         slots: opts.slots ?? 4,
         maxQueue: opts.maxQueue ?? 64,
         batchSize: opts.batchSize ?? 512,

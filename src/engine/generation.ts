@@ -20,7 +20,8 @@ export interface GenerationResult {
   stopReason: StopReason;
   stopString?: string;
   logprobs?: { token: number; logprob: number; top: TopLogprob[] }[];
-  usage: { promptTokens: number; generatedTokens: number };
+  /** cachedPromptTokens: how many prompt tokens were not prefilled, their KV reused from the slot's last request. */
+  usage: { promptTokens: number; cachedPromptTokens: number; generatedTokens: number };
   timings: { prefillMs: number; ttftMs: number; decodeTokensPerSecond: number; totalMs: number };
 }
 
@@ -79,7 +80,7 @@ export class Generation implements AsyncIterable<Chunk> {
         stopReason: ev.stopReason,
         ...(ev.stopString !== undefined ? { stopString: ev.stopString } : {}),
         ...(this.logprobs!.length ? { logprobs: this.logprobs } : {}),
-        usage: { promptTokens: ev.promptTokens, generatedTokens: ev.generatedTokens },
+        usage: { promptTokens: ev.promptTokens, cachedPromptTokens: ev.cachedTokens ?? 0, generatedTokens: ev.generatedTokens },
         timings: {
           prefillMs: ev.prefillMs,
           ttftMs: ev.ttftMs,

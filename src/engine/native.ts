@@ -9,6 +9,8 @@ export interface NativeEngineOptions {
   threadsBatch?: number;
   /** Threads that sample the slots of one decode step side by side (default: threads). */
   samplingThreads?: number;
+  /** Keep each slot's KV cells after its request for a next prompt with the same start (default true). */
+  promptCache?: boolean;
   contextSize?: number; // tokens per slot
   slots?: number;
   batchSize?: number;
@@ -55,6 +57,8 @@ export type NativeEvent =
       stopReason: 'eos' | 'length' | 'stop' | 'cancelled';
       stopString?: string;
       promptTokens: number;
+      /** Prompt tokens whose KV cells were reused from the slot's previous request. */
+      cachedTokens: number;
       generatedTokens: number;
       prefillMs: number;
       ttftMs: number;

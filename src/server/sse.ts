@@ -62,4 +62,5 @@ export const usageOf = (r: GenerationResult) => ({
   prompt_tokens: r.usage.promptTokens,
   completion_tokens: r.usage.generatedTokens,
   total_tokens: r.usage.promptTokens + r.usage.generatedTokens,
+  prompt_tokens_details: { cached_tokens: r.usage.cachedPromptTokens }, // OpenAI's name for it
 });

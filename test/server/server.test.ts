@@ -66,7 +66,8 @@ describe('POST /predict', () => {
       const tokens = events.slice(0, -1).map((e) => e.token as string);
       expect(tokens.length).toBeGreaterThan(5);
       expect(tokens.join('')).toBe(plain);
-      expect(done).toMatchObject({ done: true, response: plain, stop_reason: 'eos', usage: { prompt_tokens: 16, completion_tokens: 12 } });
+      // The same prompt ran just before: all of it but its last token comes from the prompt cache.
+      expect(done).toMatchObject({ done: true, response: plain, stop_reason: 'eos', usage: { prompt_tokens: 16, completion_tokens: 12, prompt_tokens_details: { cached_tokens: 15 } } });
     }
   });
 
