@@ -12,6 +12,7 @@
         "native/engine_requests.cpp",
         "native/js_params.cpp",
         "native/scheduler.cpp",
+        "native/slots.cpp",
         "native/sampling.cpp",
         "native/worker_pool.cpp",
         "native/merge.cpp",

@@ -130,87 +130,6 @@ void Scheduler::run() {
   if (!events.empty()) sink_(std::move(events));
 }
 
-void Scheduler::admit(std::vector<Event>& out) {
-  std::vector<std::shared_ptr<Request>> admitted;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    // Cancelled requests leave the queue wherever they stand.
-    for (auto it = pending_.begin(); it != pending_.end();) {
-      if ((*it)->cancelled) {
-        Event e;
-        e.id = (*it)->id;
-        e.kind = EventKind::Done;
-        e.stop_reason = "cancelled";
-        e.prompt_tokens = static_cast<int32_t>((*it)->prompt.size());
-        out.push_back(std::move(e));
-        live_.erase((*it)->id);
-        it = pending_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    const int32_t free_slots = cfg_.n_slots - active_;
-    while (!pending_.empty() && static_cast<int32_t>(admitted.size()) < free_slots) {
-      admitted.push_back(std::move(pending_.front()));
-      pending_.pop_front();
-    }
-    busy_.fetch_add(static_cast<int32_t>(admitted.size()));  // with the pop, so submit() never sees room twice
-  }
-  // Samplers are built outside the lock: feeding a long prompt to the penalties takes a while.
-  for (auto& r : admitted) {
-    Slot& s = *slot_for(*r);
-    s.req = std::move(r);
-    s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_);
-    s.sampler->accept_prompt(s.req->prompt);
-    s.text = std::make_unique<TextStream>(s.req->stops);
-    // Reuse the cells that hold this prompt's start; at least its last token is decoded again,
-    // for the logits of the first new token.
-    size_t keep = 0;
-    if (cfg_.prompt_cache && s.req->has_adapters(s.kv_set)) {
-      const auto& p = s.req->prompt;
-      while (keep < s.kv_tokens.size() && keep + 1 < p.size() && s.kv_tokens[keep] == p[keep]) ++keep;
-    }
-    if (keep < s.kv_tokens.size() || s.kv_tokens.empty()) {
-      llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, static_cast<llama_pos>(keep), -1);
-      s.kv_tokens.resize(keep);
-    }
-    s.kv_set = s.req->adapter_key();
-    s.n_cached = static_cast<int32_t>(keep);
-    s.n_prefilled = keep;
-    s.n_past = static_cast<llama_pos>(keep);
-    s.n_generated = 0;
-    s.next = -1;
-    s.last_step = 0;
-    s.t_prefill_start = s.t_prefill_end = s.t_first = s.t_last = 0;
-    ++active_;
-  }
-}
-
-// The free slot whose cells hold the longest start of this prompt (same adapters); else the free
-// slot with the least cached, so that longer caches stay for requests that can use them.
-Scheduler::Slot* Scheduler::slot_for(const Request& r) {
-  Slot* best = nullptr;
-  size_t best_common = 0;
-  for (auto& s : slots_) {
-    if (s.req) continue;
-    size_t common = 0;
-    if (cfg_.prompt_cache && r.has_adapters(s.kv_set)) {
-      while (common < s.kv_tokens.size() && common < r.prompt.size() && s.kv_tokens[common] == r.prompt[common]) ++common;
-    }
-    if (best == nullptr || common > best_common || (common == best_common && s.kv_tokens.size() < best->kv_tokens.size())) {
-      best = &s;
-      best_common = common;
-    }
-  }
-  return best;  // admit() never takes more requests than there are free slots
-}
-
-void Scheduler::forget_kv(Slot& s) {
-  llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
-  s.kv_tokens.clear();
-  s.kv_set.clear();
-}
-
 void Scheduler::apply_adapters(const Request& r) {
   std::vector<llama_adapter_lora*> handles;
   std::vector<float> scales;
@@ -360,48 +279,6 @@ void Scheduler::emit(Slot& s, std::vector<Event>& out) {
   } else if (s.n_generated >= s.req->max_new_tokens) {
     finish(s, "length", out);
   }
-}
-
-void Scheduler::finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop) {
-  Event e;
-  e.id = s.req->id;
-  e.kind = EventKind::Done;
-  e.text = s.text->flush();
-  e.stop_reason = reason;
-  e.stop_string = stop;
-  e.prompt_tokens = static_cast<int32_t>(s.req->prompt.size());
-  e.cached_tokens = s.n_cached;
-  e.generated_tokens = s.n_generated;
-  const int64_t end = now_us();
-  if (s.t_prefill_end > 0) e.prefill_ms = (s.t_prefill_end - s.t_prefill_start) / 1000.0;
-  if (s.t_first > 0) e.ttft_ms = (s.t_first - s.req->t_submit_us) / 1000.0;
-  if (s.n_generated > 1 && s.t_last > s.t_first) e.decode_tps = (s.n_generated - 1) * 1e6 / (s.t_last - s.t_first);
-  e.total_ms = (end - s.req->t_submit_us) / 1000.0;
-  out.push_back(std::move(e));
-  release(s);
-}
-
-void Scheduler::fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out) {
-  Event e;
-  e.id = s.req->id;
-  e.kind = EventKind::Error;
-  e.code = code;
-  e.message = message;
-  out.push_back(std::move(e));
-  release(s);
-}
-
-void Scheduler::release(Slot& s) {
-  if (!cfg_.prompt_cache) forget_kv(s);
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    live_.erase(s.req->id);
-  }
-  s.req.reset();  // drops adapter references; unloaded adapters are reaped next loop
-  s.sampler.reset();
-  s.text.reset();
-  --active_;
-  busy_.fetch_sub(1);
 }
 
 }  // namespace cml
