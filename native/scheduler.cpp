@@ -108,8 +108,9 @@ void Scheduler::run() {
       if (s.req && s.req->cancelled) finish(s, "cancelled", events);
     }
     if (active_ > 0) step(events);
-    if (!events.empty()) sink_(std::move(events));
+    // Counted before the events go out, so whoever reads the profile after an event sees its step.
     p_loop_us_ += now_us() - t_loop;
+    if (!events.empty()) sink_(std::move(events));
   }
 
   std::vector<Event> events;

@@ -43,7 +43,8 @@ class Scheduler {
   int32_t busy() const { return busy_.load(); }
 
   // Where the scheduler thread's time went, summed since it started (readable from any thread):
-  // decode includes waiting for the device's results; loop is every working iteration in full.
+  // decode includes waiting for the device's results; loop is every working iteration up to the
+  // hand-off of its events (counted before it, so a reader that saw an event sees its step).
   struct Profile {
     int64_t steps, decode_us, sample_us, emit_us, loop_us;
   };

@@ -149,8 +149,8 @@ export interface NativeStats {
   inFlight: number;
   /**
    * The scheduler thread's time since load, summed (µs): decode (llama_decode and the wait for its
-   * results), sample, emit (text and events), and loop (every working iteration in full: the rest
-   * is admitting requests, building batches and handing events to JS). Absent once closed.
+   * results), sample, emit (text and events), and loop (every working iteration, up to handing its
+   * events to JS: the rest is admitting requests and building batches). Absent once closed.
    */
   profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number };
 }
