@@ -1,4 +1,7 @@
 // The real server on a loopback port with the embedded tiny-qa model.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/cml/config.ts';
@@ -213,7 +216,7 @@ describe('POST /v1/completions', () => {
   });
 });
 
-describe('the adapter served unmerged (MERGE_ADAPTER=off)', () => {
+describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot be made)', () => {
   it('answers as the merged one does, for the adapter and for the base', async () => {
     const s = await start({ mergeAdapter: false });
     try {
@@ -223,6 +226,31 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off)', () => {
       expect(await ask({ adapter: null })).toBe(' Vegri.');
     } finally {
       await s.close();
+    }
+  });
+
+  it('a merge that fails (here: a CACHE_DIR that cannot exist) is a warning, and serving goes on', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merge-fail-'));
+    writeFileSync(path.join(dir, 'file'), '');
+    const lines: string[] = [];
+    const logged = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+    const saved = process.env.CACHE_DIR;
+    process.env.CACHE_DIR = path.join(dir, 'file', 'cache'); // under a file: mkdir fails
+    try {
+      const s = await startServer(loadConfig({}, { port: 0, threads: 1, slots: 2 }), logged);
+      await s.ready;
+      try {
+        expect(await (await fetch(`http://127.0.0.1:${s.port}/health`)).json()).toMatchObject({ status: 'ready', adapter_merged: false });
+        const res = await post(`http://127.0.0.1:${s.port}/predict`, { request: { prompt: question, do_sample: false } });
+        expect((await res.json()).response).toBe(' The capital of Belithne is Ulqua!');
+        expect(lines.join('')).toMatch(/could not be merged: serving it unmerged/);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      if (saved === undefined) delete process.env.CACHE_DIR;
+      else process.env.CACHE_DIR = saved;
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
