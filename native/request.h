@@ -38,14 +38,6 @@ struct Request {
     for (const auto& u : adapters) k.emplace_back(u.adapter->serial, u.scale);
     return k;
   }
-
-  bool same_adapters(const Request& o) const {
-    if (adapters.size() != o.adapters.size()) return false;
-    for (size_t i = 0; i < adapters.size(); ++i) {
-      if (adapters[i].adapter != o.adapters[i].adapter || adapters[i].scale != o.adapters[i].scale) return false;
-    }
-    return true;
-  }
 };
 
 enum class EventKind { Token, Done, Error };

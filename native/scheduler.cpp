@@ -165,10 +165,9 @@ void Scheduler::step(std::vector<Event>& out) {
   if (!in_current_set(*lead->req)) {
     current_set_ = lead->req->adapter_key();
     steps_in_set_ = 0;
+    apply_adapters(*lead->req);  // only on a change: current_set_ always mirrors the context
   }
   ++steps_in_set_;
-  const Request& group = *lead->req;
-  apply_adapters(group);
   ++step_no_;
 
   batch_.n_tokens = 0;
@@ -185,7 +184,7 @@ void Scheduler::step(std::vector<Event>& out) {
   std::vector<Slot*> in_batch;
   for (auto& s : slots_) {  // running streams first: one token each
     s.out_idx = -1;
-    if (!s.req || s.prefilling() || !s.req->same_adapters(group)) continue;
+    if (!s.req || s.prefilling() || !in_current_set(*s.req)) continue;
     s.out_idx = add(s.next, s.n_past++, s.seq, true);
     s.kv_tokens.push_back(s.next);
     --budget;
@@ -194,7 +193,7 @@ void Scheduler::step(std::vector<Event>& out) {
   const int64_t t0 = now_us();
   for (auto& s : slots_) {  // then prompt chunks, so long prompts never stall running streams
     if (budget <= 0) break;
-    if (!s.req || !s.prefilling() || !s.req->same_adapters(group)) continue;
+    if (!s.req || !s.prefilling() || !in_current_set(*s.req)) continue;
     if (s.t_prefill_start == 0) s.t_prefill_start = t0;
     const size_t take = std::min<size_t>(budget, s.req->prompt.size() - s.n_prefilled);
     for (size_t k = 0; k < take; ++k) {
