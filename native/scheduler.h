@@ -87,7 +87,7 @@ class Scheduler {
   void fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out);
   void release(Slot& s);
   void forget_kv(Slot& s);
-  Slot* slot_for(const Request& r);
+  std::pair<Slot*, size_t> slot_for(const Request& r);
   void apply_adapters(const Request& r);
   bool in_current_set(const Request& r) const { return r.has_adapters(current_set_); }
 

@@ -2,6 +2,8 @@
 // the prompt cache: which free slot, and how much of its KV to keep), and ending requests.
 #include "scheduler.h"
 
+#include <algorithm>
+
 namespace cml {
 
 void Scheduler::admit(std::vector<Event>& out) {
@@ -32,18 +34,15 @@ void Scheduler::admit(std::vector<Event>& out) {
   }
   // Samplers are built outside the lock: feeding a long prompt to the penalties takes a while.
   for (auto& r : admitted) {
-    Slot& s = *slot_for(*r);
+    const auto [slot, common] = slot_for(*r);
+    Slot& s = *slot;
     s.req = std::move(r);
     s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_);
     s.sampler->accept_prompt(s.req->prompt);
     s.text = std::make_unique<TextStream>(s.req->stops);
     // Reuse the cells that hold this prompt's start; at least its last token is decoded again,
     // for the logits of the first new token.
-    size_t keep = 0;
-    if (cfg_.prompt_cache && s.req->has_adapters(s.kv_set)) {
-      const auto& p = s.req->prompt;
-      while (keep < s.kv_tokens.size() && keep + 1 < p.size() && s.kv_tokens[keep] == p[keep]) ++keep;
-    }
+    const size_t keep = std::min(common, s.req->prompt.size() - 1);
     if (keep < s.kv_tokens.size() || s.kv_tokens.empty()) {
       llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, static_cast<llama_pos>(keep), -1);
       s.kv_tokens.resize(keep);
@@ -60,9 +59,10 @@ void Scheduler::admit(std::vector<Event>& out) {
   }
 }
 
-// The free slot whose cells hold the longest start of this prompt (same adapters); else the free
-// slot with the least cached, so that longer caches stay for requests that can use them.
-Scheduler::Slot* Scheduler::slot_for(const Request& r) {
+// The free slot whose cells hold the longest start of this prompt (same adapters), and that
+// length; else the free slot with the least cached, so that longer caches stay for requests that
+// can use them.
+std::pair<Scheduler::Slot*, size_t> Scheduler::slot_for(const Request& r) {
   Slot* best = nullptr;
   size_t best_common = 0;
   for (auto& s : slots_) {
@@ -76,7 +76,7 @@ Scheduler::Slot* Scheduler::slot_for(const Request& r) {
       best_common = common;
     }
   }
-  return best;  // admit() never takes more requests than there are free slots
+  return {best, best_common};  // admit() never takes more requests than there are free slots
 }
 
 void Scheduler::forget_kv(Slot& s) {
