@@ -83,8 +83,29 @@ function tiled(rows: number, cols: number, type: OutType, std: number, seed: num
   };
 }
 
-export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0' | 'q4_0'; out: string; vocab?: string }): Promise<void> {
-  const { shape: s, type } = o;
+/**
+ * IQ2_XXS blocks (an f16 scale, then 32 u16 of grid indices, signs and sub-scales: any bits decode)
+ * from random bytes. ggml makes this type only with an importance matrix; tests need it as a base
+ * that merging cannot re-quantize.
+ */
+function iq2xxs(rows: number, cols: number, seed: number): () => Promise<Uint8Array> {
+  return async () => {
+    const out = new Uint8Array(byteSize(rows * cols, 'iq2_xxs'));
+    let x = seed >>> 0 || 1;
+    for (let i = 0; i < out.length; i++) {
+      x ^= x << 13; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+      out[i] = x & 0xff;
+    }
+    // d = 0.001: weights of about 0.02, like the other types' (|grid| 8..43, sub-scale 0.125..3.9)
+    for (let b = 0; b < out.length; b += 66) { out[b] = 0x19; out[b + 1] = 0x14; }
+    return out;
+  };
+}
+
+/** `type` applies to every matrix; 'iq2_xxs' to the projections only (embeddings and output stay F16). */
+export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0' | 'q4_0' | 'iq2_xxs'; out: string; vocab?: string }): Promise<void> {
+  const { shape: s } = o;
+  const type = o.type === 'iq2_xxs' ? 'f16' : o.type;
   const { kv, size: vocab } = await vocabKvs(o.vocab ?? DEFAULT_VOCAB);
   const headDim = s.hidden / s.heads;
   const w = new GgufWriter()
@@ -101,7 +122,7 @@ export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0
     .kv('llama.attention.layer_norm_rms_epsilon', { type: 'f32', value: 1e-5 })
     .kv('llama.rope.dimension_count', { type: 'u32', value: headDim })
     .kv('llama.vocab_size', { type: 'u32', value: vocab })
-    .kv('general.file_type', { type: 'u32', value: { f16: 1, q8_0: 7, q4_0: 2 }[type] })
+    .kv('general.file_type', { type: 'u32', value: { f16: 1, q8_0: 7, q4_0: 2, iq2_xxs: 19 }[o.type] })
     .kv('general.quantization_version', { type: 'u32', value: 2 });
   for (const [k, v] of kv) w.kv(k, v);
   const ones = (n: number) => async () => new Float32Array(n).fill(1);
@@ -111,7 +132,8 @@ export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0
     w.tensor(`blk.${l}.attn_norm.weight`, [s.hidden], 'f32', ones(s.hidden));
     for (const p of PROJECTIONS) {
       const [rows, cols] = projectionShape(s, p);
-      w.tensor(`blk.${l}.${p}.weight`, [rows, cols], type, tiled(rows, cols, type, 0.02, seed++));
+      if (o.type === 'iq2_xxs') w.tensor(`blk.${l}.${p}.weight`, [rows, cols], 'iq2_xxs', iq2xxs(rows, cols, seed++));
+      else w.tensor(`blk.${l}.${p}.weight`, [rows, cols], type, tiled(rows, cols, type, 0.02, seed++));
       if (p === 'attn_output') w.tensor(`blk.${l}.ffn_norm.weight`, [s.hidden], 'f32', ones(s.hidden));
     }
   }
@@ -120,7 +142,9 @@ export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0
   await w.write(o.out);
 }
 
-export async function writeSyntheticLora(o: { shape: Shape; rank: number; alpha?: number; targets: readonly Projection[]; out: string; seed?: number }): Promise<void> {
+/** `std`: of A's and B's entries (default 0.01: a small change to the model, as training makes). */
+export async function writeSyntheticLora(o: { shape: Shape; rank: number; alpha?: number; targets: readonly Projection[]; out: string; seed?: number; std?: number }): Promise<void> {
+  const std = o.std ?? 0.01;
   const w = new GgufWriter()
     .kv('general.architecture', { type: 'string', value: 'llama' })
     .kv('general.type', { type: 'string', value: 'adapter' })
@@ -130,8 +154,8 @@ export async function writeSyntheticLora(o: { shape: Shape; rank: number; alpha?
   for (let l = 0; l < o.shape.layers; l++) {
     for (const p of o.targets) {
       const [rows, cols] = projectionShape(o.shape, p);
-      w.tensor(`blk.${l}.${p}.weight.lora_a`, [o.rank, cols], 'f16', tiled(o.rank, cols, 'f16', 0.01, seed++));
-      w.tensor(`blk.${l}.${p}.weight.lora_b`, [rows, o.rank], 'f16', async () => encodeTensor(gaussianish(rows * o.rank, 0.01, seed++), 'f16'));
+      w.tensor(`blk.${l}.${p}.weight.lora_a`, [o.rank, cols], 'f16', tiled(o.rank, cols, 'f16', std, seed++));
+      w.tensor(`blk.${l}.${p}.weight.lora_b`, [rows, o.rank], 'f16', async () => encodeTensor(gaussianish(rows * o.rank, std, seed++), 'f16'));
     }
   }
   await w.write(o.out);

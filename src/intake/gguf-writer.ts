@@ -3,16 +3,19 @@
 // killed conversion leaves no half file behind.
 import { open, rename, rm } from 'node:fs/promises';
 
-export const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, BF16: 30 } as const;
+export const GGML_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, IQ2_XXS: 16, BF16: 30 } as const;
 export type OutType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
-const TYPE_OF: Record<OutType, number> = {
-  f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16, q8_0: GGML_TYPE.Q8_0, q4_0: GGML_TYPE.Q4_0,
+/** Types written only from bytes already encoded (IQ2_XXS: a type that needs an importance matrix to make). */
+export type BytesOnlyType = 'iq2_xxs';
+const TYPE_OF: Record<OutType | BytesOnlyType, number> = {
+  f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16, q8_0: GGML_TYPE.Q8_0, q4_0: GGML_TYPE.Q4_0, iq2_xxs: GGML_TYPE.IQ2_XXS,
 };
 
-/** Bytes of a tensor of `count` values (Q8_0 / Q4_0: blocks of 32 values with an f16 scale). */
-export function byteSize(count: number, t: OutType): number {
+/** Bytes of a tensor of `count` values (Q8_0 / Q4_0: blocks of 32 values with an f16 scale; IQ2_XXS: 66 bytes per 256). */
+export function byteSize(count: number, t: OutType | BytesOnlyType): number {
   if (t === 'q8_0') return (count / 32) * 34;
   if (t === 'q4_0') return (count / 32) * 18;
+  if (t === 'iq2_xxs') return (count / 256) * 66;
   return count * (t === 'f32' ? 4 : 2);
 }
 
@@ -29,7 +32,7 @@ export type KvValue =
 interface PendingTensor {
   name: string;
   shape: number[]; // row-major (numpy) order
-  outType: OutType;
+  outType: OutType | BytesOnlyType;
   /** Float32 values to encode, or bytes already in outType's encoding (a pass-through copy). */
   produce: () => Promise<Float32Array | Uint8Array>;
 }
@@ -149,7 +152,9 @@ export class GgufWriter {
     return this;
   }
 
-  tensor(name: string, shape: number[], outType: OutType, produce: () => Promise<Float32Array | Uint8Array>): this {
+  tensor(name: string, shape: number[], outType: OutType, produce: () => Promise<Float32Array | Uint8Array>): this;
+  tensor(name: string, shape: number[], outType: BytesOnlyType, produce: () => Promise<Uint8Array>): this;
+  tensor(name: string, shape: number[], outType: OutType | BytesOnlyType, produce: () => Promise<Float32Array | Uint8Array>): this {
     this.tensors.push({ name, shape, outType, produce });
     return this;
   }
@@ -209,7 +214,8 @@ export class GgufWriter {
         const values = await next!;
         next = start(i + 1);
         const count = t.shape.reduce((x, y) => x * y, 1);
-        const data = values instanceof Float32Array ? encodeTensor(values, t.outType) : values;
+        if (values instanceof Float32Array && t.outType === 'iq2_xxs') throw new Error(`tensor ${t.name}: ${t.outType} is written from bytes only`);
+        const data = values instanceof Float32Array ? encodeTensor(values, t.outType as OutType) : values;
         if (values instanceof Float32Array ? values.length !== count : data.length !== byteSize(count, t.outType)) {
           throw new Error(`tensor ${t.name}: wrong amount of data for shape ${t.shape}`);
         }

@@ -98,4 +98,38 @@ describe('merging errors and quantized weights', () => {
       await e.close();
     }
   });
+
+  it('a base type ggml cannot re-quantize (IQ2_XXS) widens the adapted tensors to F16 and serves what the unmerged adapter does', async () => {
+    const shape = { hidden: 256, layers: 2, ffn: 512, heads: 4, kvHeads: 2 }; // IQ2_XXS rows: multiples of 256
+    const base = path.join(dir, 'iq2.gguf');
+    const lora = path.join(dir, 'iq2-lora.gguf');
+    await writeSyntheticModel({ shape, type: 'iq2_xxs', out: base });
+    // A LoRA strong enough to change the greedy path, so that a merge that lost it cannot pass.
+    await writeSyntheticLora({ shape, rank: 4, targets: ['attn_q', 'attn_v', 'ffn_down'], out: lora, seed: 3, std: 0.05 });
+    const out = path.join(dir, 'iq2-merged.gguf');
+    const info = await mergeAdapter({ modelPath: base, adapterPath: lora, out, backend: testBackend });
+    expect(info).toMatchObject({ merged: 6, widened: 6 });
+    const [a, b] = await Promise.all([readGgufHeader(base), readGgufHeader(out)]);
+    const adapted = (n: string) => /\.(attn_q|attn_v|ffn_down)\.weight$/.test(n);
+    expect(b.tensors.map((t) => t.name)).toEqual(a.tensors.map((t) => t.name));
+    for (const [i, t] of b.tensors.entries()) expect([t.name, t.type]).toEqual([t.name, adapted(t.name) ? 1 : a.tensors[i]!.type]);
+
+    const unmerged = await loadEngine('tiny-qa', { modelPath: base });
+    const merged = await loadEngine('tiny-qa', { modelPath: out, mergedAdapter: { name: 'a', path: lora, scale: 1 } });
+    try {
+      await unmerged.loadAdapter('a', lora);
+      const paths: number[][] = [];
+      for (const scale of [1, 0.5, 0]) {
+        const p = { greedy: true, maxTokens: 8, ignoreEos: true, logprobs: 1, adapters: scale ? [{ name: 'a', scale }] : [] };
+        const [x, y] = [await unmerged.generate('The capital of France is', p).result, await merged.generate('The capital of France is', p).result];
+        expect(y.tokens, `scale ${scale}`).toEqual(x.tokens);
+        // IQ2_XXS matmuls round activations to 8 bits; the widened F16 ones do not: ~1e-2 apart.
+        expect(Math.abs(y.logprobs![0]!.logprob - x.logprobs![0]!.logprob), `scale ${scale}`).toBeLessThan(0.03);
+        paths.push(x.tokens);
+      }
+      expect(new Set(paths.map((t) => t.join())).size).toBe(3); // each scale takes its own path
+    } finally {
+      await Promise.all([unmerged.close(), merged.close()]);
+    }
+  });
 });
