@@ -188,7 +188,7 @@ const single: [string, SingleStream][] = [
 const md = [
   `# Benchmark, ${results.date}`,
   '',
-  `Machine: ${ours.devices.join('; ')} (backend ${ours.backend}: ${ours.reason}). Model: ${path.basename(model)} (${(statSync(model).size / 2 ** 30).toFixed(2)} GiB). Load ${Math.round(ours.loadMs)} ms; peak RSS ${Math.round(peakRssMb)} MiB${ours.gpuMemoryMb !== null ? `; GPU memory in use ${Math.round(ours.gpuMemoryMb)} MiB` : ''}. Prompt ${promptTokens} tokens, ${genTokens} generated, medians of ${runs} runs.`,
+  `Machine: ${ours.devices.join('; ')} (backend ${ours.backend}: ${ours.reason}). Model: ${path.basename(model)} (${(statSync(model).size / 2 ** 30).toFixed(2)} GiB). Load ${Math.round(ours.loadMs)} ms; peak RSS ${Math.round(peakRssMb)} MiB${ours.gpuMemoryMb !== null ? `; peak GPU memory in use ${Math.round(ours.gpuMemoryMb)} MiB` : ''}. Prompt ${promptTokens} tokens, ${genTokens} generated, medians of ${runs} runs.`,
   '',
   '## One stream',
   table(['path', 'prefill tok/s', 'TTFT ms', 'decode tok/s', 'ITL p50 ms', 'ITL p99 ms', 'µs/step decode · sample · rest'], single.map(([n, s]) => [n, s.prefillTokS, s.ttftMs, s.decodeTokS, s.itlP50Ms, s.itlP99Ms, steps(s.step)])),

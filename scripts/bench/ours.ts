@@ -66,6 +66,7 @@ export interface OursResult {
   reason: string;
   devices: string[];
   loadMs: number;
+  /** Peak over the phases; null without a GPU. */
   gpuMemoryMb: number | null;
   engine: SingleStream;
   http: SingleStream | null;
@@ -107,8 +108,13 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
   try {
     const names = ['a', 'b'].slice(0, o.adapters.length);
     for (const [i, p] of o.adapters.entries()) await engine.loadAdapter(names[i]!, p);
-    // In use on the GPU after the model and adapters are loaded (every process on the card).
-    const gpuMemoryMb = engine.backend.hasGpu ? gpuUsedMb(engine) : null;
+    // In use on the GPU (every process on the card), sampled after each phase, outside the timed
+    // runs: ggml's CUDA memory pool grows with the largest batch it has computed.
+    let gpuMemoryMb: number | null = null;
+    const sampleGpu = () => {
+      if (engine.backend.hasGpu) gpuMemoryMb = Math.max(gpuMemoryMb ?? 0, gpuUsedMb(engine));
+    };
+    sampleGpu();
 
     // A prompt of exactly promptTokens ids (BOS first), from ordinary text.
     const text = 'The quick brown fox jumps over the lazy dog while the patient engineer measures every token. ';
@@ -132,6 +138,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const runs = [];
       for (let i = 0; i < o.runs; i++) runs.push(await timed(adapters));
       const step = stepProfile(p0, engine.stats().profile);
+      sampleGpu();
       const itl = runs.flatMap((x) => gaps(x.times));
       return {
         ...(step ? { step } : {}),
@@ -159,6 +166,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const p0 = engine.stats().profile;
       for (let i = 0; i < o.runs; i++) best.push(await concurrent(n, () => []));
       const step = stepProfile(p0, engine.stats().profile);
+      sampleGpu();
       const ttft = best.flatMap((b) => b.ttft);
       sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99), ...(step ? { step } : {}) });
     }
