@@ -61,18 +61,21 @@ void Scheduler::admit(std::vector<Event>& out) {
 
 // The free slot whose cells hold the longest start of this prompt (same adapters), and that
 // length; else the free slot with the least cached, so that longer caches stay for requests that
-// can use them.
+// can use them. A start shorter than a tenth of the prompt, or the BOS alone, does not count: it
+// would save next to nothing and cost another prompt its cache.
 std::pair<Scheduler::Slot*, size_t> Scheduler::slot_for(const Request& r) {
   Slot* best = nullptr;
-  size_t best_common = 0;
+  size_t best_rank = 0, best_common = 0;
   for (auto& s : slots_) {
     if (s.req) continue;
     size_t common = 0;
     if (cfg_.prompt_cache && r.has_adapters(s.kv_set)) {
       while (common < s.kv_tokens.size() && common < r.prompt.size() && s.kv_tokens[common] == r.prompt[common]) ++common;
     }
-    if (best == nullptr || common > best_common || (common == best_common && s.kv_tokens.size() < best->kv_tokens.size())) {
+    const size_t rank = common >= 2 && common * 10 >= r.prompt.size() ? common : 0;
+    if (best == nullptr || rank > best_rank || (rank == best_rank && s.kv_tokens.size() < best->kv_tokens.size())) {
       best = &s;
+      best_rank = rank;
       best_common = common;
     }
   }
