@@ -39,6 +39,15 @@ void check_gguf_file(const std::string& path) {
   }
 }
 
+// Whether the model's layers run on a GPU: gpuLayers asks for it and such a device is there.
+bool offloaded(int32_t gpu_layers) {
+  if (gpu_layers == 0) return false;
+  for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+    if (ggml_backend_dev_type(ggml_backend_dev_get(i)) == GGML_BACKEND_DEVICE_TYPE_GPU) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 // Loads the model and creates the context off the JS thread, reporting progress through a TSFN.
@@ -98,6 +107,10 @@ class LoadWorker : public Napi::AsyncWorker {
     engine_->model_ = model_;
     engine_->ctx_ = ctx_;
     engine_->adapters_ = std::make_unique<AdapterRegistry>(model_);
+    // Fillers pay off where a pass over the weights costs far more than a token's row (a GPU);
+    // recurrent state cannot take a token back.
+    SchedulerConfig& sc = engine_->opts_.sched;
+    sc.fill_gap = llama_model_is_recurrent(model_) || llama_model_is_hybrid(model_) ? 0 : offloaded(engine_->opts_.gpu_layers) ? 32 : 2;
     engine_->scheduler_ = std::make_unique<Scheduler>(
         model_, ctx_, engine_->adapters_.get(), engine_->opts_.sched,
         [engine = engine_](std::vector<Event>&& events) { engine->deliver(std::move(events)); });

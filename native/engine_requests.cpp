@@ -219,6 +219,8 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
     prof.Set("sampleUs", Napi::Number::New(env, static_cast<double>(p.sample_us)));
     prof.Set("emitUs", Napi::Number::New(env, static_cast<double>(p.emit_us)));
     prof.Set("loopUs", Napi::Number::New(env, static_cast<double>(p.loop_us)));
+    prof.Set("fillerTokens", Napi::Number::New(env, static_cast<double>(p.filler_tokens)));
+    prof.Set("adapterSwitches", Napi::Number::New(env, static_cast<double>(p.adapter_switches)));
     o.Set("profile", prof);
   }
   return o;

@@ -145,9 +145,11 @@ void Scheduler::apply_adapters(const Request& r) {
 void Scheduler::step(std::vector<Event>& out) {
   // Adapters are per context, so one step serves one adapter set. Changing it makes llama.cpp
   // rebuild its backend scheduler and compute buffers (sched_reserve: 1.3-6 ms of CPU on this
-  // VM's 60m model), so a set keeps the context for up to kQuantum steps while other sets wait;
-  // then the set of the longest-waiting slot goes next.
+  // VM's 60m model, more steps than that on a GPU), so while other sets wait a set keeps the
+  // context for kQuantum steps, or longer, until the last change's cost is a tenth of its turn
+  // (at most kMaxTurnUs); then the set of the longest-waiting slot goes next.
   constexpr int32_t kQuantum = 8;
+  constexpr int64_t kMaxTurnUs = 200000;
   Slot* lead = nullptr;     // the longest-waiting slot
   Slot* current = nullptr;  // a slot of the set the context has now
   bool others = false;      // a slot of another set is waiting
@@ -161,17 +163,63 @@ void Scheduler::step(std::vector<Event>& out) {
     }
   }
   if (lead == nullptr) return;
-  if (current != nullptr && (steps_in_set_ < kQuantum || !others)) lead = current;
-  if (!in_current_set(*lead->req)) {
+  const bool turn_left = steps_in_set_ < kQuantum || now_us() - set_since_us_ < std::min(9 * switch_cost_us_, kMaxTurnUs);
+  if (current != nullptr && (turn_left || !others)) lead = current;
+  const bool switched = !in_current_set(*lead->req);
+  if (switched) {
     current_set_ = lead->req->adapter_key();
     steps_in_set_ = 0;
+    set_since_us_ = now_us();
+    ++p_switches_;
     apply_adapters(*lead->req);  // only on a change: current_set_ always mirrors the context
   }
   ++steps_in_set_;
   ++step_no_;
 
-  batch_.n_tokens = 0;
+  // Which slots take part: running streams one token each, then prompt chunks from what is left
+  // of the batch, so long prompts never stall running streams.
   int32_t budget = cfg_.n_batch;
+  int32_t lo = -1, hi = -1;
+  for (auto& s : slots_) {
+    s.out_idx = -1;
+    s.take = 0;
+    s.filler = false;
+    if (!s.req || !in_current_set(*s.req)) continue;
+    if (lo < 0) lo = s.seq;
+    hi = s.seq;
+    if (!s.prefilling()) --budget;
+  }
+  // Gaps between them, when short, get a throwaway token each (so one pass decodes them all), in
+  // slots with a cell to spare: a live request never fills its last cell (its last token is not
+  // decoded), and an idle slot's cached cells end with a request's.
+  for (int32_t i = lo + 1; i < hi && cfg_.fill_gap > 0;) {
+    if (slots_[i].req && in_current_set(*slots_[i].req)) {
+      ++i;
+      continue;
+    }
+    int32_t j = i;
+    while (j < hi && !(slots_[j].req && in_current_set(*slots_[j].req))) ++j;
+    bool room = j - i <= cfg_.fill_gap;
+    for (int32_t k = i; k < j && room; ++k) room = static_cast<int32_t>(slots_[k].kv_tokens.size()) < n_ctx_seq_;
+    for (int32_t k = i; k < j && room; ++k) slots_[k].filler = true;
+    if (room) {
+      budget -= j - i;
+      p_fillers_ += j - i;
+    }
+    i = j;
+  }
+  const int64_t t0 = now_us();
+  bool prefill = false;
+  for (auto& s : slots_) {
+    if (budget <= 0) break;
+    if (!s.req || !s.prefilling() || !in_current_set(*s.req)) continue;
+    s.take = static_cast<int32_t>(std::min<size_t>(budget, s.req->prompt.size() - s.n_prefilled));
+    budget -= s.take;
+    prefill = true;
+  }
+
+  // The batch in sequence order: llama.cpp splits it at every break in the run of sequence ids.
+  batch_.n_tokens = 0;
   auto add = [&](llama_token t, llama_pos pos, int32_t seq, bool logits) {
     const int32_t i = batch_.n_tokens++;
     batch_.token[i] = t;
@@ -181,33 +229,33 @@ void Scheduler::step(std::vector<Event>& out) {
     batch_.logits[i] = logits;
     return i;
   };
-  std::vector<Slot*> in_batch;
-  for (auto& s : slots_) {  // running streams first: one token each
-    s.out_idx = -1;
-    if (!s.req || s.prefilling() || !in_current_set(*s.req)) continue;
-    s.out_idx = add(s.next, s.n_past++, s.seq, true);
-    s.kv_tokens.push_back(s.next);
-    --budget;
-    in_batch.push_back(&s);
-  }
-  const int64_t t0 = now_us();
-  for (auto& s : slots_) {  // then prompt chunks, so long prompts never stall running streams
-    if (budget <= 0) break;
-    if (!s.req || !s.prefilling() || !in_current_set(*s.req)) continue;
-    if (s.t_prefill_start == 0) s.t_prefill_start = t0;
-    const size_t take = std::min<size_t>(budget, s.req->prompt.size() - s.n_prefilled);
-    for (size_t k = 0; k < take; ++k) {
-      const bool last = s.n_prefilled + 1 == s.req->prompt.size();
-      s.kv_tokens.push_back(s.req->prompt[s.n_prefilled]);
-      const int32_t i = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last);
-      if (last) s.out_idx = i;
+  std::vector<Slot*>& in_batch = in_batch_;
+  in_batch.clear();
+  for (int32_t i = std::max(lo, 0); i <= hi; ++i) {
+    Slot& s = slots_[i];
+    if (s.filler) {
+      add(0, static_cast<llama_pos>(s.kv_tokens.size()), s.seq, false);
+    } else if (s.req && in_current_set(*s.req) && !s.prefilling()) {
+      s.out_idx = add(s.next, s.n_past++, s.seq, true);
+      s.kv_tokens.push_back(s.next);
+      in_batch.push_back(&s);
+    } else if (s.take > 0) {
+      if (s.t_prefill_start == 0) s.t_prefill_start = t0;
+      for (int32_t k = 0; k < s.take; ++k) {
+        const bool last = s.n_prefilled + 1 == s.req->prompt.size();
+        s.kv_tokens.push_back(s.req->prompt[s.n_prefilled]);
+        const int32_t idx = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last);
+        if (last) s.out_idx = idx;
+      }
+      in_batch.push_back(&s);
     }
-    budget -= static_cast<int32_t>(take);
-    in_batch.push_back(&s);
   }
 
   const int64_t t_decode = now_us();
   const int32_t rc = llama_decode(ctx_, batch_);
+  for (int32_t i = std::max(lo, 0); i <= hi; ++i) {  // the fillers' cells go, whatever the decode did
+    if (slots_[i].filler) llama_memory_seq_rm(llama_get_memory(ctx_), i, static_cast<llama_pos>(slots_[i].kv_tokens.size()), -1);
+  }
   if (rc != 0) {
     const std::string why = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
     for (Slot* s : in_batch) {
@@ -216,7 +264,8 @@ void Scheduler::step(std::vector<Event>& out) {
     }
     return;
   }
-  std::vector<Slot*> ready;
+  std::vector<Slot*>& ready = ready_;
+  ready.clear();
   for (Slot* s : in_batch) {
     s->last_step = step_no_;
     if (s->out_idx < 0) continue;
@@ -224,6 +273,14 @@ void Scheduler::step(std::vector<Event>& out) {
     ready.push_back(s);
   }
   const int64_t t_sample = now_us();
+  // A change's cost shows as its first decode's excess over the usual one (steps with prompt
+  // chunks say nothing about either).
+  const int64_t took = t_sample - t_decode;
+  if (!prefill && switched) {
+    switch_cost_us_ = std::max<int64_t>(0, took - decode_avg_us_);
+  } else if (!prefill) {
+    decode_avg_us_ = decode_avg_us_ == 0 ? took : (9 * decode_avg_us_ + took) / 10;
+  }
   // Slots sample side by side once the step's rows are big enough to pay for waking the pool:
   // from 5 slots with a 32k vocabulary, from 2 with a 128k one.
   constexpr int64_t kParallelFromValues = 1 << 17;

@@ -24,6 +24,10 @@ struct SchedulerConfig {
   int32_t max_queue = 64;  // requests waiting beyond the free slots
   int32_t n_threads = 1;   // threads that sample the slots of one step side by side
   bool prompt_cache = true;  // keep a slot's KV after its request, for a next prompt with the same start
+  // Longest run of slots outside a step that is filled with throwaway tokens (0: never). llama.cpp
+  // decodes a batch of per-sequence KV streams in one pass only over consecutive sequence ids; each
+  // gap costs another pass over the weights, a filler token only its own row.
+  int32_t fill_gap = 0;
 };
 
 class Scheduler {
@@ -45,11 +49,13 @@ class Scheduler {
   // Where the scheduler thread's time went, summed since it started (readable from any thread):
   // decode includes waiting for the device's results; loop is every working iteration up to the
   // hand-off of its events (counted before it, so a reader that saw an event sees its step).
+  // Also counted: throwaway tokens that joined runs of sequences, and changes of adapter set.
   struct Profile {
-    int64_t steps, decode_us, sample_us, emit_us, loop_us;
+    int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches;
   };
   Profile profile() const {
-    return {p_steps_.load(), p_decode_us_.load(), p_sample_us_.load(), p_emit_us_.load(), p_loop_us_.load()};
+    return {p_steps_.load(), p_decode_us_.load(), p_sample_us_.load(), p_emit_us_.load(), p_loop_us_.load(),
+            p_fillers_.load(), p_switches_.load()};
   }
 
  private:
@@ -63,6 +69,8 @@ class Scheduler {
     llama_token next = -1;  // sampled last step, fed this step
     int32_t n_generated = 0;
     int32_t out_idx = -1;   // row of this slot's logits in the current batch
+    int32_t take = 0;       // prompt tokens it prefills this step
+    bool filler = false;    // holds a throwaway token this step (see SchedulerConfig::fill_gap)
     float* row = nullptr;   // those logits, once the decode is done
     llama_token picked = -1;
     LogprobRow logprobs;
@@ -102,14 +110,19 @@ class Scheduler {
   std::vector<llama_token> eog_;  // end-of-generation tokens, masked while a slot is under its minimum
   llama_batch batch_;
   std::vector<Slot> slots_;
+  std::vector<Slot*> in_batch_, ready_;  // this step's, kept to spare an allocation per step
   std::unique_ptr<WorkerPool> pool_;  // null with one thread
   uint64_t step_no_ = 0;
   // The adapter set applied to the context and for how many steps.
   AdapterSetKey current_set_;
   int32_t steps_in_set_ = 0;
+  int64_t set_since_us_ = 0;
+  int64_t switch_cost_us_ = 0;  // the last change's, measured
+  int64_t decode_avg_us_ = 0;   // of steps without a change
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};
-  std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0};
+  std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0}, p_fillers_{0},
+      p_switches_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

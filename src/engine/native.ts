@@ -150,7 +150,9 @@ export interface NativeStats {
   /**
    * The scheduler thread's time since load, summed (µs): decode (llama_decode and the wait for its
    * results), sample, emit (text and events), and loop (every working iteration, up to handing its
-   * events to JS: the rest is admitting requests and building batches). Absent once closed.
+   * events to JS: the rest is admitting requests and building batches). Also counted: fillerTokens,
+   * throwaway tokens given to idle slots between busy ones so that a step decodes in one pass, and
+   * adapterSwitches, changes of the context's adapter set. Absent once closed.
    */
-  profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number };
+  profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number; fillerTokens: number; adapterSwitches: number };
 }

@@ -81,6 +81,16 @@ export class Metrics {
         this.inc({ phase: 'other' }, Math.max(0, p.loopUs - p.decodeUs - p.sampleUs - p.emitUs) / 1e6);
       },
     });
+    new client.Counter({
+      name: 'cml_scheduler_adapter_switches_total',
+      help: "changes of the context's adapter set (each costs llama.cpp a rebuild of its compute graph buffers)",
+      registers: [this.registry],
+      collect() {
+        const p = stats()?.profile;
+        this.reset();
+        if (p) this.inc(p.adapterSwitches);
+      },
+    });
   }
 
   observe(r: GenerationResult): void {

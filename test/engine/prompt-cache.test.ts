@@ -63,6 +63,32 @@ describe('prompt cache', () => {
     expect(again.usage.cachedPromptTokens).toBeGreaterThan(0);
   });
 
+  it('an idle slot between two running ones lends them a throwaway token each step and keeps its cells', async () => {
+    // llama.cpp decodes consecutive sequences in one pass; the idle slot in the middle is filled
+    // for that (on the CPU, gaps of up to 2 slots) and must come out as it was.
+    const three = await loadEngine('tiny-qa', { slots: 3, contextSize: 512 });
+    try {
+      const fillers = three.stats().profile!.fillerTokens;
+      let longEnded = false;
+      const long = three.generate(prompts[0]!, { greedy: true, maxTokens: 440, ignoreEos: true }); // slot 0
+      void long.result.then(() => (longEnded = true));
+      const b = await three.generate(prompts[1]!, greedy).result; // slot 1, done while slot 0 runs
+      // Its start is only the BOS, so it takes slot 2, the emptiest: slot 1 idles between.
+      const other = 'The capital of Belithne is';
+      const c = await three.generate(other, greedy).result;
+      expect(longEnded).toBe(false);
+      expect(three.stats().profile!.fillerTokens).toBeGreaterThan(fillers);
+      long.cancel();
+      await long.result;
+      expect(c.tokens).toEqual((await fresh.generate(other, greedy).result).tokens);
+      const again = await three.generate(prompts[1]!, greedy).result;
+      expect(again.usage.cachedPromptTokens).toBe(b.usage.promptTokens - 1);
+      expect(again.tokens).toEqual(b.tokens);
+    } finally {
+      await three.close();
+    }
+  });
+
   it('cells computed with an adapter that was unloaded are never reused, even by its reload', async () => {
     const two = await loadEngine('tiny-qa', { slots: 2 });
     try {

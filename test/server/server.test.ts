@@ -128,6 +128,7 @@ describe('POST /predict', () => {
     // Earlier tests in this file generated tokens, so the scheduler has run steps and spent time.
     expect(Number(/cml_scheduler_steps_total (\d+)/.exec(metrics)?.[1])).toBeGreaterThan(0);
     expect(Number(/cml_scheduler_seconds_total\{phase="decode"\} ([\d.e-]+)/.exec(metrics)?.[1])).toBeGreaterThan(0);
+    expect(metrics).toMatch(/^cml_scheduler_adapter_switches_total \d+$/m);
   });
 
   it('still serves after every error', async () => {
