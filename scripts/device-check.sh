@@ -2,19 +2,20 @@
 # The GPU check on the lent machine: the CUDA build, the engine tests on the GPU, then the benchmark
 # ("1b" F16 in full, then "8b" Q4_0 while time is left). Logs and results land in $OUT.
 #
-# Fast path: the CUDA build is made here and carried, in two calls ~30 s apart (the machine's warm
-# window keeps the first call's files). .devpack (46 MiB) and the build (40 MiB) do not fit one
-# call's 64 MiB beside the tree (16 MiB), and the build on the machine costs ~6 of its 15 minutes.
+# Fast path: the CUDA build made here is carried, in a first call of its own: .devpack (46 MiB) and
+# the build (40 MiB) do not fit one call's 64 MiB beside the tree (16 MiB), and building on the
+# machine costs ~6 of its 15 minutes. The second call must come within the ~30 s the machine stays
+# warm; if it went cold, that call builds (the slow path) and still runs everything.
 #   here:   npm install && npx --no node-llama-cpp source download --skipBuild
 #           ../shared/device/pack.sh 'node_modules/@typescript' 'node_modules/typescript' \
 #             'node_modules/@node-llama-cpp/linux-x64' 'node_modules/lightningcss*' 'node_modules/@types'
 #           npm run build:cuda && bash scripts/device-check.sh pack   # writes .cudapack/
-#   call 1: carry [".devpack"],  bash scripts/device-check.sh prep    # node, node_modules, copy rate
-#   call 2: carry [".cudapack"], bash scripts/device-check.sh run     # tests and benchmarks, ≤ 600 s
-# Slow path, one call with carry [".devpack"]: bash scripts/device-check.sh (builds there, ~6 min).
-# `run` builds too when the carried build does not match this tree's native sources.
+#   call 1: carry [".cudapack"], bash scripts/device-check.sh prep    # the build in place, copy rate
+#   call 2: carry [".devpack"],  bash scripts/device-check.sh         # tests and benchmarks, ≤ 600 s
+# Slow path: call 2 alone. A carried build is used only for the sources it was made from (stamp).
+#   bash scripts/device-check.sh build   builds (or unpacks) and stops
 set -o pipefail
-phase=${1:-all}
+phase=${1:-run}
 cd "$(dirname "$0")/.."
 
 # What the CUDA build is made from: a carried build counts only for the same sources.
@@ -41,54 +42,51 @@ fi
 
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
-# A second call on the warm machine finds node and node_modules already unpacked by the first.
-if [ "$phase" = run ] && command -v node > /dev/null && [ -d node_modules/vitest ]; then
-  export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH CUDACXX=/usr/local/cuda/bin/nvcc npm_config_nodedir=/usr CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-elif [ -f .devpack/enter.sh ]; then
-  source .devpack/enter.sh
-else
-  echo "device-check: no node here and no .devpack: the machine is fresh; run 'prep' first, carrying .devpack" >&2
-  exit 2
-fi
+export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}  # cudart and cuBLAS for build-cuda/bin
 start=$SECONDS
 left() { echo $((570 - (SECONDS - start))); }
 
+# The carried build, unpacked where npm run build:cuda would put it, with the stamp it was made for.
+unpack_carried() {
+  [ -f .cudapack/build-cuda.tar.xz ] && [ "$(cat .cudapack/stamp)" = "$(stamp)" ] || return 1
+  rm -rf build-cuda && mkdir -p build-cuda && tar -C build-cuda -xJf .cudapack/build-cuda.tar.xz &&
+    cp .cudapack/stamp build-cuda/STAMP && echo "cuda build: carried (stamp $(stamp))"
+}
 # The card's copy rate (bytes read + written per second), for the benchmark's bandwidth bound;
 # kept outside the tree, where the second call finds it.
 BW_FILE=/tmp/cml-copy-rate
 measure_copy_rate() {
-  PY=$( [ -x /opt/torch/.venv/bin/python3 ] && echo /opt/torch/.venv/bin/python3 || echo python3)
-  $PY -c "
+  python3 -c "
 import torch, time
 x = torch.empty(2**29, dtype=torch.float32, device='cuda'); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
 torch.cuda.synchronize(); t = time.time()
 for _ in range(20): y.copy_(x)
 torch.cuda.synchronize(); print(round(2 * x.nbytes * 20 / (time.time() - t) / 1e9))" > $BW_FILE 2> "$OUT/copy-rate.log" || rm -f $BW_FILE
-}
-if [ "$phase" = prep ]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-  measure_copy_rate
   echo "copy rate: $(cat $BW_FILE 2> /dev/null || echo '? (see copy-rate.log)') GB/s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ "$phase" = prep ]; then # no node needed
+  unpack_carried || echo "cuda build: nothing carried for these sources (stamp $(stamp)); the next call builds"
+  measure_copy_rate
   exit 0
 fi
 
-if [ -f .cudapack/build-cuda.tar.xz ] && [ "$(cat .cudapack/stamp)" = "$(stamp)" ]; then
-  rm -rf build-cuda && mkdir -p build-cuda && tar -C build-cuda -xJf .cudapack/build-cuda.tar.xz
-  echo "cuda build: carried (stamp $(stamp))"
-elif [ "$phase" != run ] || [ ! -f build-cuda/Release/cml_llama.node ]; then
-  [ -f .cudapack/stamp ] && echo "cuda build: the carried one is for other sources ($(cat .cudapack/stamp), this tree $(stamp)): building"
+[ -f .devpack/enter.sh ] || { echo "device-check: no .devpack: carry it (see the top of this script)" >&2; exit 2; }
+source .devpack/enter.sh
+if [ -f build-cuda/Release/cml_llama.node ] && [ "$(cat build-cuda/STAMP 2> /dev/null)" = "$(stamp)" ]; then
+  echo "cuda build: unpacked by the first call"
+elif ! unpack_carried; then
   s=$SECONDS
   npm run build:cuda > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-  echo "cuda build: $((SECONDS - s)) s"
+  echo "cuda build: built here, $((SECONDS - s)) s"
 fi
 [ "$phase" = build ] && exit 0
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 node -e "const a=require('./build-cuda/Release/cml_llama.node'); console.log(a.devices().map(d=>d.name+': '+d.description).join('; '))" 2>&1 | tee "$OUT/devices.txt"
 [ -s $BW_FILE ] || measure_copy_rate
 BW=$(cat $BW_FILE 2> /dev/null || echo 3000)
-echo "copy rate: $BW GB/s"
 
 s=$SECONDS
 CML_TEST_BACKEND=cuda timeout $(( $(left) / 4 )) npx vitest run test/engine 2>&1 | tee "$OUT/test-gpu.log" | grep -E "✓|×|Tests|FAIL|Error" | tail -30
