@@ -105,3 +105,46 @@ describe('concurrent requests', () => {
     expect(chunks.join('')).toBe((await g.result).text);
   });
 });
+
+describe('a random mix of arrivals, lengths, adapter sets and cancels', () => {
+  it('gives every request what it gives alone (fillers, turns and the prompt cache at work)', async () => {
+    const engine = await loadEngine('tiny-qa', { slots: 6, samplingThreads: 2 });
+    try {
+      await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
+      const few = prompts.slice(0, 8);
+      const solo = new Map<string, number[]>();
+      for (const [p, prompt] of few.entries()) {
+        for (const [s, adapters] of adapterSets.entries()) {
+          solo.set(`${p}/${s}`, (await engine.generate(prompt, { greedy: true, maxTokens: 40, ignoreEos: true, adapters }).result).tokens);
+        }
+      }
+      let seed = 12345; // a fixed sequence of choices; only the timing varies between runs
+      const rnd = (n: number) => Math.floor(((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * n);
+      const before = engine.stats().profile!;
+      const runs: Promise<{ key: string; cancelled: boolean; tokens: number[]; want: number }>[] = [];
+      for (let k = 0; k < 120; k++) {
+        await new Promise((r) => setTimeout(r, rnd(12)));
+        const p = rnd(few.length), s = rnd(adapterSets.length), n = 5 + rnd(36);
+        const cancelAt = rnd(5) === 0 ? rnd(n) : -1;
+        const g = engine.generate(few[p]!, { greedy: true, maxTokens: n, ignoreEos: true, adapters: adapterSets[s] });
+        runs.push((async () => {
+          let i = 0;
+          for await (const _ of g) if (i++ === cancelAt) g.cancel();
+          const r = await g.result;
+          return { key: `${p}/${s}`, cancelled: r.stopReason === 'cancelled', tokens: r.tokens, want: n };
+        })());
+      }
+      const results = await Promise.all(runs);
+      for (const r of results) {
+        expect(r.tokens, r.key).toEqual(solo.get(r.key)!.slice(0, r.tokens.length));
+        if (!r.cancelled) expect(r.tokens).toHaveLength(r.want);
+      }
+      expect(results.filter((r) => r.cancelled).length).toBeGreaterThan(5);
+      const after = engine.stats().profile!;
+      expect(after.adapterSwitches - before.adapterSwitches).toBeGreaterThan(10);
+      expect(after.fillerTokens - before.fillerTokens).toBeGreaterThan(0);
+    } finally {
+      await engine.close();
+    }
+  });
+});
