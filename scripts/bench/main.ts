@@ -141,6 +141,8 @@ ratio('one stream: ours engine / node-llama-cpp', ours.engine.decodeTokS, nlc?.o
 ratio('8 streams: ours / node-llama-cpp', at(8), nlc?.eightStreamsTokS);
 for (const b of bb) ratio(`${b.streams} streams: ours / llama-batched-bench`, at(b.streams), b.tgTokS);
 ratio('HTTP over engine (decode time)', ours.engine.decodeTokS, ours.http?.decodeTokS);
+// The same requests seen by the engine and by the client: what delivery costs, free of run-to-run noise.
+ratio('HTTP over engine, same requests (decode time)', ours.http?.serverDecodeTokS, ours.http?.decodeTokS);
 if (ours.lora.oneStream) ratio('LoRA on, one stream (lora / base)', ours.lora.oneStream.decodeTokS, ours.engine.decodeTokS);
 if (ours.lora.merged) {
   ratio('LoRA merged, one stream (merged / base)', ours.lora.merged.oneStream.decodeTokS, ours.engine.decodeTokS);

@@ -41,6 +41,8 @@ export interface SingleStream {
   itlP50Ms: number;
   itlP99Ms: number;
   step?: StepProfile;
+  /** Over HTTP: the engine's own decode rate for the same requests (from the final event). */
+  serverDecodeTokS?: number;
 }
 
 export interface SweepPoint {
@@ -257,6 +259,7 @@ async function measureHttp(engine: Engine, promptLen: number, o: OursOptions): P
       decodeTokS: median(runs.map(streamDecodeRate)),
       itlP50Ms: percentile(itl, 50),
       itlP99Ms: percentile(itl, 99),
+      serverDecodeTokS: median(runs.map((x) => x.done.timings.decodeTokensPerSecond)),
     };
   } finally {
     server.close();

@@ -4,7 +4,7 @@ export interface PredictStream {
   start: number;
   /** performance.now() at each {"token"} event */
   times: number[];
-  done: { usage: { prompt_tokens: number; completion_tokens: number }; timings: { prefillMs: number } };
+  done: { usage: { prompt_tokens: number; completion_tokens: number }; timings: { prefillMs: number; decodeTokensPerSecond: number } };
 }
 
 export async function streamPredict(url: string, request: Record<string, unknown>): Promise<PredictStream> {
