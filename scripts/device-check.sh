@@ -90,6 +90,12 @@ BW=$(cat $BW_FILE 2> /dev/null || echo 3000)
 
 s=$SECONDS
 CML_TEST_BACKEND=cuda timeout $(( $(left) / 4 )) npx vitest run test/engine 2>&1 | tee "$OUT/test-gpu.log" | grep -E "✓|×|Tests|FAIL|Error" | tail -30
+# ggml-cuda runs float32 GEMMs (prefill of the f32 fixtures) on TF32 tensor cores: if the 1e-3
+# parity fails, this says whether TF32 alone is why.
+if grep -qE "FAIL.*(parity|merge)" "$OUT/test-gpu.log"; then
+  NVIDIA_TF32_OVERRIDE=0 CML_TEST_BACKEND=cuda timeout 90 npx vitest run test/engine/parity.test.ts test/engine/merge.test.ts 2>&1 |
+    tee "$OUT/test-gpu-no-tf32.log" | grep -E "×|Tests" | tail -10
+fi
 echo "gpu tests: $((SECONDS - s)) s"
 
 bench() { # name, then bench flags
