@@ -67,6 +67,7 @@ mkdirSync(out, { recursive: true });
 
 let step = 0;
 const progress = (m: string) => console.error(`[bench ${++step}] ${m}`);
+const note = (m: string) => console.error(`    ${m}`);
 
 // Models: given, or synthetic ones written beside the results (or into --models-dir).
 const synthDir = path.resolve(a['models-dir'] ?? path.join(out, 'models'));
@@ -86,7 +87,7 @@ if (!model) {
 }
 
 const { value: ours, peakRssMb } = await withPeakRss(() =>
-  measureOurs({ model: model!, adapters, backend: a.backend as 'auto', ...(threads ? { threads } : {}), promptTokens, genTokens, streams, runs, http: !a['no-http'], merged: !a['no-merged'], progress }),
+  measureOurs({ model: model!, adapters, backend: a.backend as 'auto', ...(threads ? { threads } : {}), promptTokens, genTokens, streams, runs, http: !a['no-http'], merged: !a['no-merged'], progress, note }),
 );
 const gpu = ours.backend === 'cuda';
 
@@ -102,6 +103,7 @@ const results: Record<string, unknown> = {
 if (baselines.has('nlc')) {
   progress('node-llama-cpp: one and eight sequences');
   results.nodeLlamaCpp = measureNodeLlamaCppApart({ model, gpu, promptTokens, genTokens, runs, ...(threads ? { threads } : {}) });
+  note(`node-llama-cpp: ${JSON.stringify(results.nodeLlamaCpp)}`);
 }
 if (baselines.has('llama-bench') || baselines.has('batched-bench')) {
   const tools = llamaTools(path.resolve('build-cuda'), progress);
@@ -113,10 +115,12 @@ if (baselines.has('llama-bench') || baselines.has('batched-bench')) {
     if (baselines.has('llama-bench')) {
       progress('llama-bench');
       try { results.llamaBench = llamaBench(tools.bench, o); } catch (e) { results.llamaBench = { skipped: (e as Error).message.split('\n')[0] }; }
+      note(`llama-bench: ${JSON.stringify(results.llamaBench)}`);
     }
     if (baselines.has('batched-bench')) {
       progress('llama-batched-bench');
       try { results.batchedBench = batchedBench(tools.batched, { ...o, streams }); } catch (e) { results.batchedBench = { skipped: (e as Error).message.split('\n')[0] }; }
+      note(`llama-batched-bench: ${JSON.stringify(results.batchedBench)}`);
     }
   }
 }

@@ -25,6 +25,8 @@ export interface OursOptions {
   /** Also measure adapter 'a' merged into the weights. */
   merged: boolean;
   progress: (what: string) => void;
+  /** Each figure as soon as it is measured: a run cut short by a time limit still leaves them in its log. */
+  note?: (figure: string) => void;
 }
 
 /** Mean µs per scheduler step: decode (with the wait for the device), sample, and the rest. */
@@ -157,8 +159,14 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       return { rate: steadyRate(runs.map((x) => x.times)), ttft: runs.map((x) => x.r.timings.ttftMs) };
     };
 
+    const note = o.note ?? (() => {});
+    const r0 = (x: number) => Math.round(x);
+    const one = (s: SingleStream) =>
+      `${r0(s.decodeTokS)} tok/s, TTFT ${s.ttftMs.toFixed(1)} ms, ITL p50/p99 ${s.itlP50Ms.toFixed(2)}/${s.itlP99Ms.toFixed(2)} ms` +
+      (s.step ? `, µs/step decode ${r0(s.step.decodeUs)} sample ${r0(s.step.sampleUs)} rest ${r0(s.step.restUs)}` : '');
     o.progress('ours: one stream through the engine');
     const engineSingle = await single([]);
+    note(`one stream: ${one(engineSingle)}`);
 
     const sweep: SweepPoint[] = [];
     for (const n of o.streams) {
@@ -171,18 +179,20 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       sampleGpu();
       const ttft = best.flatMap((b) => b.ttft);
       sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99), ...(step ? { step } : {}) });
+      note(`${n} streams: ${r0(sweep.at(-1)!.aggregateTokS)} tok/s aggregate, TTFT p50/p99 ${r0(percentile(ttft, 50))}/${r0(percentile(ttft, 99))} ms`);
     }
 
     let lora: OursResult['lora'] = { oneStream: null, eight: null, merged: null };
     if (names.length > 0) {
       o.progress('ours: LoRA on one stream and on eight');
-      const one = await single([{ name: 'a', scale: 1 }]);
+      const loraOne = await single([{ name: 'a', scale: 1 }]);
+      note(`LoRA, one stream: ${one(loraOne)}`);
       const eight = async (f: (i: number) => GenerateParams['adapters']) => {
         await concurrent(8, f);
         return median(await Promise.all([0, 1].map(() => concurrent(8, f).then((c) => c.rate))));
       };
       lora = {
-        oneStream: one,
+        oneStream: loraOne,
         eight: {
           base: await eight(() => []),
           lora: await eight(() => [{ name: 'a', scale: 1 }]),
@@ -190,6 +200,8 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
         },
         merged: null,
       };
+      const e8 = lora.eight!;
+      note(`8 streams: base ${r0(e8.base)}, LoRA ${r0(e8.lora)}, two adapters mixed ${e8.mixed === null ? '-' : r0(e8.mixed)} tok/s`);
     }
 
     o.progress('ours: the studio\'s default sampling, one stream and the most streams');
@@ -198,12 +210,14 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
     const studioOne = await single([]);
     await concurrent(most, () => []);
     const studio = { oneStreamTokS: studioOne.decodeTokS, streams: most, aggregateTokS: (await concurrent(most, () => [])).rate };
+    note(`studio sampling: one stream ${r0(studio.oneStreamTokS)}, ${most} streams ${r0(studio.aggregateTokS)} tok/s`);
     sampling = { greedy: true };
 
     let http: SingleStream | null = null;
     if (o.http) {
       o.progress('ours: one stream through POST /predict (SSE)');
       http = await measureHttp(engine, prompt.length, o);
+      note(`POST /predict: ${one(http)} (the engine saw ${r0(http.serverDecodeTokS ?? Number.NaN)} tok/s)`);
     }
     if (names.length > 0 && o.merged) {
       o.progress('ours: adapter a merged into the weights (one stream: adapter, then base)');
@@ -215,6 +229,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       try {
         engine = await load({ modelPath: out, mergedAdapter: { name: 'a', path: o.adapters[0]!, scale: 1 } });
         lora.merged = { mergeMs, oneStream: await single([{ name: 'a', scale: 1 }]), baseOnMerged: await single([]) };
+        note(`merged in ${r0(mergeMs)} ms; adapter ${r0(lora.merged.oneStream.decodeTokS)}, base on it ${r0(lora.merged.baseOnMerged.decodeTokS)} tok/s`);
       } finally {
         rmSync(out, { force: true });
       }
