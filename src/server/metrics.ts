@@ -56,16 +56,19 @@ export class Metrics {
       },
     });
     // The scheduler thread's own totals (engine.stats().profile), read at scrape time.
-    new client.Counter({
-      name: 'cml_scheduler_steps_total',
-      help: 'decode steps (one batch each) run by the scheduler thread',
-      registers: [this.registry],
-      collect() {
-        const p = stats()?.profile;
-        this.reset();
-        if (p) this.inc(p.steps);
-      },
-    });
+    const total = (name: string, help: string, pick: (p: NonNullable<EngineStats['profile']>) => number) =>
+      new client.Counter({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          const p = stats()?.profile;
+          this.reset();
+          if (p) this.inc(pick(p));
+        },
+      });
+    total('cml_scheduler_steps_total', 'decode steps (one batch each) run by the scheduler thread', (p) => p.steps);
+    total('cml_scheduler_adapter_switches_total', "changes of the context's adapter set (each costs llama.cpp a rebuild of its compute buffers)", (p) => p.adapterSwitches);
     new client.Counter({
       name: 'cml_scheduler_seconds_total',
       help: "the scheduler thread's working time by phase: decode (with the wait for the device), sample, emit, other",
@@ -79,16 +82,6 @@ export class Metrics {
         this.inc({ phase: 'sample' }, p.sampleUs / 1e6);
         this.inc({ phase: 'emit' }, p.emitUs / 1e6);
         this.inc({ phase: 'other' }, Math.max(0, p.loopUs - p.decodeUs - p.sampleUs - p.emitUs) / 1e6);
-      },
-    });
-    new client.Counter({
-      name: 'cml_scheduler_adapter_switches_total',
-      help: "changes of the context's adapter set (each costs llama.cpp a rebuild of its compute graph buffers)",
-      registers: [this.registry],
-      collect() {
-        const p = stats()?.profile;
-        this.reset();
-        if (p) this.inc(p.adapterSwitches);
       },
     });
   }
