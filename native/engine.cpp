@@ -110,7 +110,11 @@ class LoadWorker : public Napi::AsyncWorker {
     // Fillers pay off where a pass over the weights costs far more than a token's row (a GPU);
     // recurrent state cannot take a token back.
     SchedulerConfig& sc = engine_->opts_.sched;
-    sc.fill_gap = llama_model_is_recurrent(model_) || llama_model_is_hybrid(model_) ? 0 : offloaded(engine_->opts_.gpu_layers) ? 32 : 2;
+    if (llama_model_is_recurrent(model_) || llama_model_is_hybrid(model_)) {
+      sc.fill_gap = 0;
+    } else if (sc.fill_gap < 0) {
+      sc.fill_gap = offloaded(engine_->opts_.gpu_layers) ? 32 : 2;
+    }
     engine_->scheduler_ = std::make_unique<Scheduler>(
         model_, ctx_, engine_->adapters_.get(), engine_->opts_.sched,
         [engine = engine_](std::vector<Event>&& events) { engine->deliver(std::move(events)); });
@@ -243,6 +247,7 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("maxQueue", opts_.sched.max_queue);
   o.Set("threads", opts_.threads);
   o.Set("samplingThreads", opts_.sched.n_threads);
+  o.Set("fillGap", opts_.sched.fill_gap);
   o.Set("gpuLayers", opts_.gpu_layers);
   return o;
 }

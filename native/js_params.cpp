@@ -60,6 +60,7 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   e.sched.n_slots = integer(env, o, "slots", 4, 1, 256);
   e.sched.n_batch = integer(env, o, "batchSize", 512, 16, 1 << 16);
   e.sched.max_queue = integer(env, o, "maxQueue", 64, 0, 1 << 20);
+  e.sched.fill_gap = integer(env, o, "fillGap", -1, -1, 256);  // -1: decided at load
   if (has(o, "flashAttention")) {
     const std::string fa = o.Get("flashAttention").ToString().Utf8Value();
     if (fa == "auto") e.flash_attention = -1;

@@ -27,7 +27,7 @@ struct SchedulerConfig {
   // Longest run of slots outside a step that is filled with throwaway tokens (0: never). llama.cpp
   // decodes a batch of per-sequence KV streams in one pass only over consecutive sequence ids; each
   // gap costs another pass over the weights, a filler token only its own row.
-  int32_t fill_gap = 0;
+  int32_t fill_gap = -1;  // -1: 32 on a GPU, 2 on the CPU (the engine decides at load)
 };
 
 class Scheduler {

@@ -30,6 +30,12 @@ export interface EngineOptions {
   /** Requests allowed to wait beyond the free slots. */
   maxQueue?: number;
   batchSize?: number;
+  /**
+   * Idle slots (or slots of other adapter sets) between busy ones split a step into one pass over
+   * the weights per run of consecutive slots; runs of up to this many get a throwaway token each
+   * instead. Default 32 on a GPU, where a pass costs far more than a token, 2 on the CPU.
+   */
+  fillGap?: number;
   flashAttention?: 'auto' | 'on' | 'off';
   kvCacheType?: 'f16' | 'f32' | 'q8_0';
   /**
@@ -70,22 +76,29 @@ export class Engine {
   static async load(opts: EngineOptions): Promise<Engine> {
     const backend = resolveBackend(opts.backend ?? 'auto');
     let self: Engine | undefined;
-    const native = new backend.addon.Engine(
-      {
-        modelPath: opts.modelPath,
-        gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
-        threads: opts.threads ?? defaultThreads(),
-        samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? (opts.threads ?? defaultThreads()) : 1),
-        contextSize: opts.contextSize ?? 2048,
-        ...(opts.promptCache !== undefined ? { promptCache: opts.promptCache } : {}),
-        slots: opts.slots ?? 4,
-        maxQueue: opts.maxQueue ?? 64,
-        batchSize: opts.batchSize ?? 512,
-        flashAttention: opts.flashAttention ?? 'auto',
-        kvCacheType: opts.kvCacheType ?? 'f16',
-      },
-      (events) => self?.dispatch(events),
-    );
+    let native: NativeEngine;
+    try {
+      // Bad options throw here, before anything loads.
+      native = new backend.addon.Engine(
+        {
+          modelPath: opts.modelPath,
+          gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
+          threads: opts.threads ?? defaultThreads(),
+          samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? (opts.threads ?? defaultThreads()) : 1),
+          contextSize: opts.contextSize ?? 2048,
+          ...(opts.promptCache !== undefined ? { promptCache: opts.promptCache } : {}),
+          slots: opts.slots ?? 4,
+          maxQueue: opts.maxQueue ?? 64,
+          batchSize: opts.batchSize ?? 512,
+          ...(opts.fillGap !== undefined ? { fillGap: opts.fillGap } : {}),
+          flashAttention: opts.flashAttention ?? 'auto',
+          kvCacheType: opts.kvCacheType ?? 'f16',
+        },
+        (events) => self?.dispatch(events),
+      );
+    } catch (err) {
+      throw fromNative(err);
+    }
     try {
       await native.load(opts.onProgress);
     } catch (err) {

@@ -15,6 +15,8 @@ export interface NativeEngineOptions {
   slots?: number;
   batchSize?: number;
   maxQueue?: number;
+  /** Longest run of slots outside a step given throwaway tokens so the step decodes in one pass (-1: auto). */
+  fillGap?: number;
   flashAttention?: 'auto' | 'on' | 'off';
   /** KV cache precision: f16 (llama.cpp's default), f32 (exact, twice the memory), q8_0. */
   kvCacheType?: 'f16' | 'f32' | 'q8_0';
@@ -83,6 +85,7 @@ export interface NativeModelInfo {
   maxQueue: number;
   threads: number;
   samplingThreads: number;
+  fillGap: number;
   gpuLayers: number;
 }
 

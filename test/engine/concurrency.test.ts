@@ -1,7 +1,7 @@
 // Continuous batching: requests decoded together, with different adapter sets, give what each gives alone.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, GenerateParams } from '../../src/engine/index.ts';
-import { chunksOf, loadEngine, loadReference, modelDir } from '../helpers.ts';
+import { chunksOf, loadEngine, loadReference, modelDir, testBackend } from '../helpers.ts';
 
 const ref = loadReference('tiny-qa');
 const prompts = [...new Set(ref.cases.map((c) => c.prompt))];
@@ -107,8 +107,10 @@ describe('concurrent requests', () => {
 });
 
 describe('a random mix of arrivals, lengths, adapter sets and cancels', () => {
-  it('gives every request what it gives alone (fillers, turns and the prompt cache at work)', async () => {
-    const engine = await loadEngine('tiny-qa', { slots: 6, samplingThreads: 2 });
+  // fillGap 32 is the GPU's default: here it fills every gap, the CPU's 2 only short ones.
+  it.each([{ fillGap: undefined }, { fillGap: 32 }])('gives every request what it gives alone (fillers, turns and the prompt cache at work; fillGap $fillGap)', async ({ fillGap }) => {
+    const engine = await loadEngine('tiny-qa', { slots: 6, samplingThreads: 2, ...(fillGap !== undefined ? { fillGap } : {}) });
+    expect(engine.model.fillGap).toBe(fillGap ?? (testBackend === 'cuda' ? 32 : 2));
     try {
       await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
       const few = prompts.slice(0, 8);

@@ -63,6 +63,18 @@ describe('model files', () => {
     expect(err).toBeInstanceOf(ModelLoadError);
     expect(err.message).toMatch(/llamb/);
   });
+
+  it('bad engine options are InvalidParamsError, before anything loads', async () => {
+    for (const [opts, why] of [
+      [{ slots: 0 }, /slots must be an integer in \[1, 256\]/],
+      [{ fillGap: 999 }, /fillGap must be an integer in \[-1, 256\]/],
+      [{ batchSize: 'big' as never }, /batchSize must be a number/],
+    ] as const) {
+      const err = await loadEngine('tiny-qa', opts).catch((e) => e);
+      expect(err).toBeInstanceOf(InvalidParamsError);
+      expect(err.message).toMatch(why);
+    }
+  });
 });
 
 describe('requests and adapters', () => {
