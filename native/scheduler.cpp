@@ -146,8 +146,9 @@ void Scheduler::step(std::vector<Event>& out) {
   // Adapters are per context, so one step serves one adapter set. Changing it makes llama.cpp
   // rebuild its backend scheduler and compute buffers (sched_reserve: 1.3-6 ms of CPU on this
   // VM's 60m model, more steps than that on a GPU), so while other sets wait a set keeps the
-  // context for kQuantum steps, or longer, until the last change's cost is a tenth of its turn
-  // (at most kMaxTurnUs); then the set of the longest-waiting slot goes next.
+  // context for kQuantum steps, or longer, until the last change's cost is a tenth of its turn;
+  // never past kMaxTurnUs (slow CPU steps then alternate sets every step, where a change costs
+  // little beside them). Then the set of the longest-waiting slot goes next.
   constexpr int32_t kQuantum = 8;
   constexpr int64_t kMaxTurnUs = 200000;
   Slot* lead = nullptr;     // the longest-waiting slot
@@ -163,7 +164,8 @@ void Scheduler::step(std::vector<Event>& out) {
     }
   }
   if (lead == nullptr) return;
-  const bool turn_left = steps_in_set_ < kQuantum || now_us() - set_since_us_ < std::min(9 * switch_cost_us_, kMaxTurnUs);
+  const int64_t in_turn = now_us() - set_since_us_;
+  const bool turn_left = in_turn < kMaxTurnUs && (steps_in_set_ < kQuantum || in_turn < 9 * switch_cost_us_);
   if (current != nullptr && (turn_left || !others)) lead = current;
   const bool switched = !in_current_set(*lead->req);
   if (switched) {
