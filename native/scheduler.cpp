@@ -142,13 +142,13 @@ void Scheduler::apply_adapters(const Request& r) {
                           scales.empty() ? nullptr : scales.data());
 }
 
-void Scheduler::step(std::vector<Event>& out) {
-  // Adapters are per context, so one step serves one adapter set. Changing it makes llama.cpp
-  // rebuild its backend scheduler and compute buffers (sched_reserve: 1.3-6 ms of CPU on this
-  // VM's 60m model, more steps than that on a GPU), so while other sets wait a set keeps the
-  // context for kQuantum steps, or longer, until the last change's cost is a tenth of its turn;
-  // never past kMaxTurnUs (slow CPU steps then alternate sets every step, where a change costs
-  // little beside them). Then the set of the longest-waiting slot goes next.
+// Adapters are per context, so one step serves one adapter set. Changing it makes llama.cpp
+// rebuild its backend scheduler and compute buffers (sched_reserve: 1.3-6 ms of CPU on this VM's
+// 60m model, more steps than that on a GPU), so while other sets wait a set keeps the context for
+// kQuantum steps, or longer, until the last change's cost is a tenth of its turn; never past
+// kMaxTurnUs (slow CPU steps then alternate sets every step, where a change costs little beside
+// them). Then the set of the longest-waiting slot goes next. False when no slot is busy.
+bool Scheduler::take_turn(bool& switched) {
   constexpr int32_t kQuantum = 8;
   constexpr int64_t kMaxTurnUs = 200000;
   Slot* lead = nullptr;     // the longest-waiting slot
@@ -163,11 +163,11 @@ void Scheduler::step(std::vector<Event>& out) {
       others = true;
     }
   }
-  if (lead == nullptr) return;
+  if (lead == nullptr) return false;
   const int64_t in_turn = now_us() - set_since_us_;
   const bool turn_left = in_turn < kMaxTurnUs && (steps_in_set_ < kQuantum || in_turn < 9 * switch_cost_us_);
   if (current != nullptr && (turn_left || !others)) lead = current;
-  const bool switched = !in_current_set(*lead->req);
+  switched = !in_current_set(*lead->req);
   if (switched) {
     current_set_ = lead->req->adapter_key();
     steps_in_set_ = 0;
@@ -177,11 +177,15 @@ void Scheduler::step(std::vector<Event>& out) {
   }
   ++steps_in_set_;
   ++step_no_;
+  return true;
+}
 
-  // Which slots take part: running streams one token each, then prompt chunks from what is left
-  // of the batch, so long prompts never stall running streams.
+// Which slots take part in this step: running streams of the set one token each, prompt chunks
+// from what is left of the batch (so long prompts never stall running streams), and fillers.
+// Sets [lo, hi], the range of sequences the batch spans; true when it prefills.
+bool Scheduler::plan_step(int32_t& lo, int32_t& hi) {
   int32_t budget = cfg_.n_batch;
-  int32_t lo = -1, hi = -1;
+  lo = hi = -1;
   for (auto& s : slots_) {
     s.out_idx = -1;
     s.take = 0;
@@ -210,7 +214,6 @@ void Scheduler::step(std::vector<Event>& out) {
     }
     i = j;
   }
-  const int64_t t0 = now_us();
   bool prefill = false;
   for (auto& s : slots_) {
     if (budget <= 0) break;
@@ -219,8 +222,12 @@ void Scheduler::step(std::vector<Event>& out) {
     budget -= s.take;
     prefill = true;
   }
+  return prefill;
+}
 
-  // The batch in sequence order: llama.cpp splits it at every break in the run of sequence ids.
+// The planned batch, in sequence order: llama.cpp splits it at every break in the run of ids.
+void Scheduler::build_batch(int32_t lo, int32_t hi) {
+  const int64_t now = now_us();
   batch_.n_tokens = 0;
   auto add = [&](llama_token t, llama_pos pos, int32_t seq, bool logits) {
     const int32_t i = batch_.n_tokens++;
@@ -231,8 +238,7 @@ void Scheduler::step(std::vector<Event>& out) {
     batch_.logits[i] = logits;
     return i;
   };
-  std::vector<Slot*>& in_batch = in_batch_;
-  in_batch.clear();
+  in_batch_.clear();
   for (int32_t i = std::max(lo, 0); i <= hi; ++i) {
     Slot& s = slots_[i];
     if (s.filler) {
@@ -240,18 +246,27 @@ void Scheduler::step(std::vector<Event>& out) {
     } else if (s.req && in_current_set(*s.req) && !s.prefilling()) {
       s.out_idx = add(s.next, s.n_past++, s.seq, true);
       s.kv_tokens.push_back(s.next);
-      in_batch.push_back(&s);
+      in_batch_.push_back(&s);
     } else if (s.take > 0) {
-      if (s.t_prefill_start == 0) s.t_prefill_start = t0;
+      if (s.t_prefill_start == 0) s.t_prefill_start = now;
       for (int32_t k = 0; k < s.take; ++k) {
         const bool last = s.n_prefilled + 1 == s.req->prompt.size();
         s.kv_tokens.push_back(s.req->prompt[s.n_prefilled]);
         const int32_t idx = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last);
         if (last) s.out_idx = idx;
       }
-      in_batch.push_back(&s);
+      in_batch_.push_back(&s);
     }
   }
+}
+
+void Scheduler::step(std::vector<Event>& out) {
+  bool switched = false;
+  if (!take_turn(switched)) return;
+  int32_t lo = -1, hi = -1;
+  const bool prefill = plan_step(lo, hi);
+  build_batch(lo, hi);
+  const std::vector<Slot*>& in_batch = in_batch_;
 
   const int64_t t_decode = now_us();
   const int32_t rc = llama_decode(ctx_, batch_);

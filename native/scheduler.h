@@ -89,6 +89,9 @@ class Scheduler {
   void run();
   void admit(std::vector<Event>& out);
   void step(std::vector<Event>& out);
+  bool take_turn(bool& switched);
+  bool plan_step(int32_t& lo, int32_t& hi);
+  void build_batch(int32_t lo, int32_t hi);
   void pick(Slot& s);
   void emit(Slot& s, std::vector<Event>& out);
   void finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop = {});
