@@ -1,6 +1,7 @@
 // The one thread that owns the llama_context. Each step it gathers one batch from the slots that
-// share an adapter set (decode tokens first, then prompt chunks), decodes once, samples every
-// ready slot and hands all the step's events to JS in one call. Requests only post and cancel.
+// share an adapter set (a token per running stream, prompt chunks from the rest of the batch, in
+// sequence order with throwaway tokens in short gaps), decodes once, samples every ready slot and
+// hands all the step's events to JS in one call. Requests only post and cancel.
 #pragma once
 #include <condition_variable>
 #include <deque>
