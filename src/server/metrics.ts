@@ -39,22 +39,19 @@ export class Metrics {
 
   constructor(stats: () => Pick<EngineStats, 'busySlots' | 'queued' | 'profile'> | null) {
     client.collectDefaultMetrics({ register: this.registry });
-    new client.Gauge({
-      name: 'cml_queue_depth',
-      help: 'requests waiting for a slot',
-      registers: [this.registry],
-      collect() {
-        this.set(stats()?.queued ?? 0);
-      },
-    });
-    new client.Gauge({
-      name: 'cml_busy_slots',
-      help: 'slots generating',
-      registers: [this.registry],
-      collect() {
-        this.set(stats()?.busySlots ?? 0);
-      },
-    });
+    // Read from the engine at scrape time.
+    const gauge = (name: string, help: string, pick: (s: Pick<EngineStats, 'busySlots' | 'queued'>) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          const s = stats();
+          this.set(s ? pick(s) : 0);
+        },
+      });
+    gauge('cml_queue_depth', 'requests waiting for a slot', (s) => s.queued);
+    gauge('cml_busy_slots', 'slots generating', (s) => s.busySlots);
     // The scheduler thread's own totals (engine.stats().profile), read at scrape time.
     const total = (name: string, help: string, pick: (p: NonNullable<EngineStats['profile']>) => number) =>
       new client.Counter({
