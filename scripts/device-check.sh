@@ -40,10 +40,17 @@ if [ "$phase" = pack ]; then # here, after npm run build:cuda
   exit 0
 fi
 
-OUT=${OUT:-/tmp/device-out}
-mkdir -p "$OUT"
+# The device returns at most 8 files from $OUT: everything is written to one folder, archived into
+# $OUT after each phase (and on exit), so a run cut short still brings back what it had.
+RET=${OUT:-/tmp/device-out}
+OUT=/tmp/device-check
+rm -rf "$OUT" && mkdir -p "$OUT" "$RET"
+save() { tar -C "$OUT" -czf "$RET/device-check.tgz" . 2> /dev/null; }
+trap save EXIT
 export PATH=/usr/local/cuda/bin:/opt/torch/.venv/bin:$PATH
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}  # cudart and cuBLAS for build-cuda/bin
+# cudart and cuBLAS for build-cuda/bin: the toolkit's, else those of the image's PyTorch wheels.
+nv_wheels=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib 2> /dev/null | tr '\n' :)
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${nv_wheels}${LD_LIBRARY_PATH:-}
 start=$SECONDS
 # Seconds this call may run (the run's timeout_s, less when the session has less device time left).
 BUDGET_S=${BUDGET_S:-590}
@@ -86,6 +93,7 @@ elif ! unpack_carried; then
   echo "cuda build: built here, $((SECONDS - s)) s"
 fi
 [ "$phase" = build ] && exit 0
+ldd build-cuda/bin/libggml-cuda.so | grep -E "not found|cublas|cudart|libcuda"
 node -e "const a=require('./build-cuda/Release/cml_llama.node'); console.log(a.devices().map(d=>d.name+': '+d.description).join('; '))" 2>&1 | tee "$OUT/devices.txt"
 [ -s $BW_FILE ] || measure_copy_rate
 BW=$(cat $BW_FILE 2> /dev/null || echo 3000)
@@ -99,6 +107,7 @@ if grep -qE "FAIL.*(parity|merge)" "$OUT/test-gpu.log"; then
     tee "$OUT/test-gpu-no-tf32.log" | grep -E "×|Tests" | tail -10
 fi
 echo "gpu tests: $((SECONDS - s)) s"
+save
 
 bench() { # name, then bench flags
   local name=$1; shift
@@ -107,6 +116,7 @@ bench() { # name, then bench flags
     --out "$OUT/$name" --models-dir /tmp/bench-models "$@" > "$OUT/$name.log" 2>&1
   echo "bench $name: exit $?, $((SECONDS - s)) s"
   tail -30 "$OUT/$name.log"
+  save
 }
 bench 1b-f16 --shape 1b --type f16 --streams 1,4,8,16,32,64 --tokens 128 --runs 2
 rm -f /tmp/bench-models/*1b*
