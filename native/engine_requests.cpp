@@ -221,6 +221,7 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
     prof.Set("loopUs", Napi::Number::New(env, static_cast<double>(p.loop_us)));
     prof.Set("fillerTokens", Napi::Number::New(env, static_cast<double>(p.filler_tokens)));
     prof.Set("adapterSwitches", Napi::Number::New(env, static_cast<double>(p.adapter_switches)));
+    prof.Set("switchCostUs", Napi::Number::New(env, static_cast<double>(p.switch_cost_us)));
     o.Set("profile", prof);
   }
   return o;

@@ -290,11 +290,18 @@ void Scheduler::step(std::vector<Event>& out) {
     ready.push_back(s);
   }
   const int64_t t_sample = now_us();
-  // A change's cost shows as its first decode's excess over the usual one (steps with prompt
-  // chunks say nothing about either).
+  // A change's cost is the excess over the usual decode of the turn's first kSettleSteps decodes:
+  // on CUDA the first runs without a CUDA graph and the second captures one. Steps with prompt
+  // chunks say nothing about either.
+  constexpr int32_t kSettleSteps = 3;
   const int64_t took = t_sample - t_decode;
-  if (!prefill && switched) {
-    switch_cost_us_ = std::max<int64_t>(0, took - decode_avg_us_);
+  if (switched) {
+    settle_left_ = kSettleSteps;
+    settle_us_ = 0;
+  }
+  if (!prefill && settle_left_ > 0) {
+    settle_us_ += std::max<int64_t>(0, took - decode_avg_us_);
+    if (--settle_left_ == 0) p_switch_cost_ = switch_cost_us_ = settle_us_;
   } else if (!prefill) {
     decode_avg_us_ = decode_avg_us_ == 0 ? took : (9 * decode_avg_us_ + took) / 10;
   }

@@ -50,13 +50,14 @@ class Scheduler {
   // Where the scheduler thread's time went, summed since it started (readable from any thread):
   // decode includes waiting for the device's results; loop is every working iteration up to the
   // hand-off of its events (counted before it, so a reader that saw an event sees its step).
-  // Also counted: throwaway tokens that joined runs of sequences, and changes of adapter set.
+  // Also counted: throwaway tokens that joined runs of sequences, and changes of adapter set, with
+  // the last change's measured cost (what sets the length of a turn).
   struct Profile {
-    int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches;
+    int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches, switch_cost_us;
   };
   Profile profile() const {
     return {p_steps_.load(), p_decode_us_.load(), p_sample_us_.load(), p_emit_us_.load(), p_loop_us_.load(),
-            p_fillers_.load(), p_switches_.load()};
+            p_fillers_.load(), p_switches_.load(), p_switch_cost_.load()};
   }
 
  private:
@@ -122,11 +123,13 @@ class Scheduler {
   int32_t steps_in_set_ = 0;
   int64_t set_since_us_ = 0;
   int64_t switch_cost_us_ = 0;  // the last change's, measured
+  int32_t settle_left_ = 0;     // decodes of this turn still counted into its change's cost
+  int64_t settle_us_ = 0;
   int64_t decode_avg_us_ = 0;   // of steps without a change
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};
   std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0}, p_fillers_{0},
-      p_switches_{0};
+      p_switches_{0}, p_switch_cost_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

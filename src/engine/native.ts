@@ -155,7 +155,9 @@ export interface NativeStats {
    * results), sample, emit (text and events), and loop (every working iteration, up to handing its
    * events to JS: the rest is admitting requests and building batches). Also counted: fillerTokens,
    * throwaway tokens given to idle slots between busy ones so that a step decodes in one pass, and
-   * adapterSwitches, changes of the context's adapter set. Absent once closed.
+   * adapterSwitches, changes of the context's adapter set, and switchCostUs, the last change's
+   * measured cost (its turn's first decodes over the usual), which sets how long turns last. Absent
+   * once closed.
    */
-  profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number; fillerTokens: number; adapterSwitches: number };
+  profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number; fillerTokens: number; adapterSwitches: number; switchCostUs: number };
 }
