@@ -32,6 +32,23 @@ export function loadReference(name: 'tiny-qa' | 'tiny-qwen2'): Reference {
 /** The backend the engine tests run on: CPU (what CI has), or CML_TEST_BACKEND=cuda on a GPU machine. */
 export const testBackend = (process.env.CML_TEST_BACKEND ?? 'cpu') as 'cpu' | 'cuda' | 'auto';
 
+/**
+ * Exact numerics: an f32 KV cache and no flash attention (both round through f16), and on a GPU
+ * at most 3 rows per step (batchSize 3, with at most 3 slots): ggml-cuda multiplies f32 matrices
+ * with its fp32 vector kernel only up to 3 columns on Ampere and later; from 4 it takes TF32
+ * tensor-core kernels (about 1e-3 relative, out of reach of NVIDIA_TF32_OVERRIDE, which only
+ * governs cuBLAS), and from 17 cuBLAS.
+ */
+export const exactNumerics: Partial<EngineOptions> = { kvCacheType: 'f32', flashAttention: 'off', ...(testBackend === 'cpu' ? {} : { batchSize: 3 }) };
+
+/**
+ * For tests that hold runs sharing a batch to what each gives alone. ggml's CPU kernels compute a
+ * row the same in any batch; CUDA's are chosen by the batch's size, so there a near-tie can go
+ * either way. On a GPU these tests therefore run with exactNumerics and 3 slots, so that every
+ * step takes the same kernels as a run alone. Spread it after a test's own slots.
+ */
+export const rowsAsAlone: Partial<EngineOptions> = testBackend === 'cpu' ? {} : { ...exactNumerics, slots: 3 };
+
 /** One llama.cpp thread: CI has 2 cores and runs two test files at a time. */
 export function loadEngine(name: 'tiny-qa' | 'tiny-qwen2', opts: Partial<EngineOptions> = {}): Promise<Engine> {
   return Engine.load({
@@ -76,4 +93,28 @@ export async function runCase(engine: Engine, c: ReferenceCase, eos: number, uni
   first ??= r.logprobs?.[0]?.top; // the first token may have been EOS
   const ids = r.stopReason === 'eos' ? [...r.tokens, eos] : r.tokens;
   return { ids, first, result: r };
+}
+
+/**
+ * Runs reference cases: how many give the reference's greedy ids exactly, the misses, and the worst
+ * gap between our first-step log-probabilities and the reference's (log-softmax of its logits) over
+ * its top-5 tokens. Each of those must be in our top-20.
+ */
+export async function againstReference(engine: Engine, cases: ReferenceCase[], eos: number, unit: number) {
+  let exact = 0;
+  let worst = 0;
+  const misses: string[] = [];
+  for (const c of cases) {
+    const { ids, first } = await runCase(engine, c, eos, unit);
+    if (JSON.stringify(ids) === JSON.stringify(c.greedy_ids)) exact++;
+    else misses.push(`${JSON.stringify(c.prompt)}: got ${ids} want ${c.greedy_ids}`);
+    const lsm = logSoftmax(c.first_logits);
+    for (const { token, lp } of lsm.map((lp, token) => ({ token, lp })).sort((a, b) => b.lp - a.lp).slice(0, 5)) {
+      const ours = first?.find((t) => t.token === token);
+      if (!ours) throw new Error(`token ${token} is not in our top-20 for ${JSON.stringify(c.prompt)}`);
+      worst = Math.max(worst, Math.abs(ours.logprob - lp));
+    }
+  }
+  const summary = `${exact}/${cases.length} greedy exact, worst first-step log-probability gap ${worst.toExponential(2)}`;
+  return { exact, worst, misses, summary };
 }

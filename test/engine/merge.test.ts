@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSyntheticLora, writeSyntheticModel } from '../../scripts/bench/synth.ts';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { AdapterError, MergeError, mergeAdapter, ModelLoadError, type Engine } from '../../src/engine/index.ts';
-import { loadEngine, loadReference, logSoftmax, modelDir, runCase, testBackend, type Fixture } from '../helpers.ts';
+import { againstReference, exactNumerics, loadEngine, loadReference, modelDir, testBackend, type Fixture } from '../helpers.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merge-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -26,7 +26,7 @@ describe.each([
     const info = await mergeAdapter({ modelPath: `${modelDir(fixture)}/base-f32.gguf`, adapterPath: adapter, out: merged, scale: unit, threads: 2, backend: testBackend });
     expect(info.merged).toBeGreaterThan(0);
     expect(info.widened).toBe(0);
-    engine = await loadEngine(fixture, { modelPath: merged, slots: 4, kvCacheType: 'f32', flashAttention: 'off', mergedAdapter: { name: 'lora', path: adapter, scale: unit } });
+    engine = await loadEngine(fixture, { modelPath: merged, slots: 3, ...exactNumerics, mergedAdapter: { name: 'lora', path: adapter, scale: unit } });
   });
   afterAll(() => engine?.close());
 
@@ -38,18 +38,9 @@ describe.each([
   for (const mode of ['adapter', 'adapter@0.5', 'base'] as const) {
     it(`matches transformers + PEFT (${mode})`, async () => {
       const cases = ref.cases.filter((c) => c.mode === mode);
-      let exact = 0;
-      for (const c of cases) {
-        const { ids, first } = await runCase(engine, c, ref.eos, unit);
-        if (JSON.stringify(ids) === JSON.stringify(c.greedy_ids)) exact++;
-        const lsm = logSoftmax(c.first_logits);
-        for (const { token, lp } of lsm.map((lp, token) => ({ token, lp })).sort((x, y) => y.lp - x.lp).slice(0, 5)) {
-          const ours = first?.find((t) => t.token === token);
-          expect(ours).toBeDefined();
-          expect(Math.abs(ours!.logprob - lp)).toBeLessThan(1e-3);
-        }
-      }
-      expect(exact / cases.length).toBeGreaterThanOrEqual(Math.min(0.97, (cases.length - 1) / cases.length));
+      const r = await againstReference(engine, cases, ref.eos, unit);
+      expect(r.worst, r.summary).toBeLessThan(1e-3);
+      expect(r.exact / cases.length, `${r.summary}\n${r.misses.join('\n')}`).toBeGreaterThanOrEqual(Math.min(0.97, (cases.length - 1) / cases.length));
     });
   }
 
