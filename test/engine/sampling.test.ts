@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSyntheticModel } from '../../scripts/bench/synth.ts';
 import { Engine, type GenerateParams, type GenerationResult } from '../../src/engine/index.ts';
-import { loadEngine, loadReference, testBackend } from '../helpers.ts';
+import { loadEngine, loadReference, rowsAsAlone, testBackend } from '../helpers.ts';
 
 const prompts = [...new Set(loadReference('tiny-qa').cases.map((c) => c.prompt))].slice(0, 4);
 
@@ -27,7 +27,7 @@ function steps(r: GenerationResult, eos: number) {
 describe('sampling', () => {
   let engine: Engine;
   beforeAll(async () => {
-    engine = await loadEngine('tiny-qa', { slots: 8, samplingThreads: 2 });
+    engine = await loadEngine('tiny-qa', { slots: 8, samplingThreads: 2, ...rowsAsAlone });
   });
   afterAll(() => engine?.close());
 
@@ -104,11 +104,12 @@ describe('sampling', () => {
 
 describe('sampling many streams side by side', () => {
   // The fixtures' vocabularies (448 and 600 tokens) are too small for the scheduler to hand a step's
-  // sampling to its pool; a synthetic model with llama.cpp's 32 000-token vocabulary is not.
+  // sampling to its pool; 16 streams of a synthetic model with llama.cpp's 32 000-token vocabulary
+  // are not (the pool takes steps from 12 such rows).
   const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-sampling-'));
   const modelPath = path.join(dir, 'tiny-32k.gguf');
   const load = (samplingThreads: number) =>
-    Engine.load({ modelPath, backend: testBackend, threads: 1, samplingThreads, slots: 8, contextSize: 128 });
+    Engine.load({ modelPath, backend: testBackend, threads: 1, samplingThreads, slots: 16, contextSize: 128, ...rowsAsAlone });
   beforeAll(async () => {
     await writeSyntheticModel({ shape: { hidden: 128, layers: 2, ffn: 256, heads: 4, kvHeads: 2 }, type: 'q8_0', out: modelPath });
   });
@@ -124,9 +125,9 @@ describe('sampling many streams side by side', () => {
     { temperature: 2, topK: 3, repetitionPenalty: 0.9, seed: 5 },
     { temperature: 0.8, topK: 50, topP: 1, repetitionPenalty: 1.1, seed: 6, logprobs: 3 },
   ];
-  const requests = mixes.map((p, i) => ({ prompt: `Stream ${i}: the quick brown fox`, params: { ...p, maxTokens: 24, ignoreEos: true } }));
+  const requests = [...mixes, ...mixes].map((p, i) => ({ prompt: `Stream ${i}: the quick brown fox`, params: { ...p, maxTokens: 24, ignoreEos: true } }));
 
-  it('eight streams sampled on two threads give what each gives alone on one', async () => {
+  it('sixteen streams sampled on two threads give what each gives alone on one', async () => {
     const one = await load(1);
     const alone = [];
     for (const r of requests) alone.push(await one.generate(r.prompt, r.params).result);
@@ -135,6 +136,6 @@ describe('sampling many streams side by side', () => {
     const together = await Promise.all(requests.map((r) => two.generate(r.prompt, r.params).result));
     await two.close();
     expect(together.map((r) => r.tokens)).toEqual(alone.map((r) => r.tokens));
-    expect(together[7]!.logprobs).toEqual(alone[7]!.logprobs);
+    expect(together[15]!.logprobs).toEqual(alone[15]!.logprobs);
   });
 });
