@@ -26,20 +26,24 @@ void WorkerPool::drain() {
   }
 }
 
+// The caller works through the items too and then waits only for the threads that joined in: one
+// that wakes after the items are gone leaves the job alone. Waiting for every thread to wake cost
+// a step 120-160 µs on a VM (H200), several times the sampling itself at 8 streams.
 void WorkerPool::run(int32_t n, const std::function<void(int32_t)>& fn) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     job_ = &fn;
     n_ = n;
     next_.store(0);
-    working_ = static_cast<int32_t>(threads_.size());
+    open_ = true;
     error_ = nullptr;
     ++generation_;
   }
   start_cv_.notify_all();
   drain();
   std::unique_lock<std::mutex> lk(mu_);
-  done_cv_.wait(lk, [&] { return working_ == 0; });
+  open_ = false;
+  done_cv_.wait(lk, [&] { return inside_ == 0; });
   job_ = nullptr;
   if (error_) std::rethrow_exception(error_);
 }
@@ -52,10 +56,12 @@ void WorkerPool::work() {
       start_cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
+      if (!open_) continue;
+      ++inside_;
     }
     drain();
     std::lock_guard<std::mutex> lk(mu_);
-    if (--working_ == 0) done_cv_.notify_one();
+    if (--inside_ == 0) done_cv_.notify_one();
   }
 }
 
