@@ -4,7 +4,7 @@
 // prefers it when an NVIDIA driver is present. Takes ~5 minutes on 16 cores for one architecture.
 //   CMAKE_CUDA_ARCHITECTURES  GPU architectures (default 90: H100/H200)
 //   CML_CUDA=OFF              build the same addon for CPU only (checks this path without a GPU)
-//   CML_TOOLS=OFF             skip llama-bench / llama-batched-bench (the benchmark's baselines)
+//   CML_TOOLS=OFF             skip llama-bench / llama-batched-bench / llama-completion (the benchmark's baselines)
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
@@ -37,7 +37,7 @@ execFileSync(process.execPath, args, { cwd: root, env, stdio: 'inherit' });
 // The benchmark's llama.cpp baselines, from the same tree and the same shared libraries (seconds
 // once ggml is compiled); CML_TOOLS=OFF skips them.
 if ((process.env.CML_TOOLS ?? 'ON').toUpperCase() !== 'OFF') {
-  execFileSync('cmake', ['--build', 'build-cuda', '--config', 'Release', '--target', 'llama-bench', 'llama-batched-bench',
+  execFileSync('cmake', ['--build', 'build-cuda', '--config', 'Release', '--target', 'llama-bench', 'llama-batched-bench', 'llama-completion',
     '-j', String(os.availableParallelism())], { cwd: root, env, stdio: 'inherit' });
 }
 console.log('build-cuda: built build-cuda/Release/cml_llama.node (llama.cpp in build-cuda/bin)');

@@ -94,18 +94,37 @@ function findTool(dir: string, name: string): string | null {
   return null;
 }
 
-/** llama-bench and llama-batched-bench from the CUDA build tree (npm run build:cuda), built on demand. */
-export function llamaTools(buildDir: string, progress: (m: string) => void): { bench: string; batched: string } | Skipped {
-  let bench = findTool(buildDir, 'llama-bench');
-  let batched = findTool(buildDir, 'llama-batched-bench');
-  if (bench && batched) return { bench, batched };
+const TOOLS = ['llama-bench', 'llama-batched-bench', 'llama-completion'] as const;
+
+/** llama.cpp's llama-bench, llama-batched-bench and llama-completion from the CUDA build tree (npm run build:cuda), built on demand. */
+export function llamaTools(buildDir: string, progress: (m: string) => void): { bench: string; batched: string; completion: string } | Skipped {
+  const find = () => TOOLS.map((t) => findTool(buildDir, t));
+  let [bench, batched, completion] = find();
+  if (bench && batched && completion) return { bench, batched, completion };
   if (!existsSync(path.join(buildDir, 'CMakeCache.txt'))) return { skipped: `no build tree at ${buildDir}: run npm run build:cuda first` };
-  progress('building llama-bench and llama-batched-bench (same tree as the CUDA addon)');
-  const r = spawnSync('cmake', ['--build', buildDir, '--target', 'llama-bench', 'llama-batched-bench', '-j'], { stdio: 'ignore' });
+  progress(`building ${TOOLS.join(', ')} (same tree as the CUDA addon)`);
+  const r = spawnSync('cmake', ['--build', buildDir, '--target', ...TOOLS, '-j'], { stdio: 'ignore' });
   if (r.status !== 0) return { skipped: `building the llama.cpp tools failed (cmake exit ${r.status})` };
-  bench = findTool(buildDir, 'llama-bench');
-  batched = findTool(buildDir, 'llama-batched-bench');
-  return bench && batched ? { bench, batched } : { skipped: 'the llama.cpp tools were not found after building' };
+  [bench, batched, completion] = find();
+  return bench && batched && completion ? { bench, batched, completion } : { skipped: 'the llama.cpp tools were not found after building' };
+}
+
+/**
+ * llama.cpp's own generation loop (llama-completion: greedy, one stream), with or without a LoRA
+ * applied unmerged: what an adapter costs llama.cpp itself. (llama-batched-bench takes --lora but
+ * never applies it to the context it makes.)
+ */
+export function llamaCompletion(bin: string, o: { model: string; lora?: string; promptTokens: number; genTokens: number; gpu: boolean; threads?: number }): { tgTokS: number } {
+  const prompt = 'The quick brown fox jumps over the lazy dog. '.repeat(Math.ceil(o.promptTokens / 11));
+  const args = ['-m', o.model, '-p', prompt, '-n', String(o.genTokens), '--temp', '0', '--ignore-eos', '-no-cnv', '-fa', 'on',
+    '-c', String(2 * o.promptTokens + o.genTokens + 64), '-ngl', o.gpu ? '99' : '0'];
+  if (o.threads) args.push('-t', String(o.threads));
+  if (o.lora) args.push('--lora', o.lora);
+  const r = spawnSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
+  // "<prefix>_print:        eval time = ... ms / N runs (... ms per token, R tokens per second)"
+  const m = /print:\s+eval time = .*?([\d.]+) tokens per second/.exec(r.stderr ?? '');
+  if (!m) throw new Error(`llama-completion gave no timing (exit ${r.status}): ${(r.stderr ?? '').trim().split('\n').slice(-2).join(' ')}`);
+  return { tgTokS: Number(m[1]) };
 }
 
 export function llamaBench(bin: string, o: { model: string; promptTokens: number; genTokens: number; gpu: boolean; threads?: number }): { tgTokS: number; ppTokS: number } {

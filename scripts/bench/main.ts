@@ -8,7 +8,7 @@ import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
-import { bandwidthBound, batchedBench, llamaBench, llamaTools, measureNodeLlamaCppApart } from './baselines.ts';
+import { bandwidthBound, batchedBench, llamaBench, llamaCompletion, llamaTools, measureNodeLlamaCppApart } from './baselines.ts';
 import { measureOurs, type SingleStream, type StepProfile } from './ours.ts';
 import { barChart, lineChart, table } from './report.ts';
 import { withPeakRss } from './stats.ts';
@@ -122,6 +122,16 @@ if (baselines.has('llama-bench') || baselines.has('batched-bench')) {
       try { results.batchedBench = batchedBench(tools.batched, { ...o, streams }); } catch (e) { results.batchedBench = { skipped: (e as Error).message.split('\n')[0] }; }
       note(`llama-batched-bench: ${JSON.stringify(results.batchedBench)}`);
     }
+    if (adapters.length > 0) {
+      // llama.cpp's own cost of an unmerged LoRA, to hold ours against.
+      progress('llama-completion, one stream, without and with adapter a');
+      try {
+        results.llamaCompletion = { base: llamaCompletion(tools.completion, o).tgTokS, lora: llamaCompletion(tools.completion, { ...o, lora: adapters[0]! }).tgTokS };
+      } catch (e) {
+        results.llamaCompletion = { skipped: (e as Error).message.split('\n')[0] };
+      }
+      note(`llama-completion: ${JSON.stringify(results.llamaCompletion)}`);
+    }
   }
 }
 if (a.bandwidth) {
@@ -148,6 +158,10 @@ ratio('HTTP over engine (decode time)', ours.engine.decodeTokS, ours.http?.decod
 // The same requests seen by the engine and by the client: what delivery costs, free of run-to-run noise.
 ratio('HTTP over engine, same requests (decode time)', ours.http?.serverDecodeTokS, ours.http?.decodeTokS);
 if (ours.lora.oneStream) ratio('LoRA on, one stream (lora / base)', ours.lora.oneStream.decodeTokS, ours.engine.decodeTokS);
+const lc = results.llamaCompletion as { base?: number; lora?: number } | undefined;
+ratio('llama.cpp LoRA on, one stream (llama-completion lora / base)', lc?.lora, lc?.base);
+ratio('LoRA on, one stream: ours / llama-completion with the LoRA', ours.lora.oneStream?.decodeTokS, lc?.lora);
+ratio('one stream: ours engine / llama-completion', ours.engine.decodeTokS, lc?.base);
 if (ours.lora.merged) {
   ratio('LoRA merged, one stream (merged / base)', ours.lora.merged.oneStream.decodeTokS, ours.engine.decodeTokS);
   ratio('base requests on the merged model, one stream (/ base)', ours.lora.merged.baseOnMerged.decodeTokS, ours.engine.decodeTokS);
@@ -210,6 +224,7 @@ const md = [
   table(['system', 'result'], [
     ['node-llama-cpp', nlc?.oneStreamTokS ? `1 stream ${Math.round(nlc.oneStreamTokS)} tok/s, 8 sequences ${Math.round(nlc.eightStreamsTokS!)} tok/s` : JSON.stringify(results.nodeLlamaCpp ?? 'not run')],
     ['llama-bench tg', lb?.tgTokS ? `${Math.round(lb.tgTokS)} tok/s` : JSON.stringify(results.llamaBench ?? 'not run')],
+    ['llama-completion, one stream (base / adapter a unmerged)', lc?.base ? `${Math.round(lc.base)} / ${Math.round(lc.lora!)} tok/s` : JSON.stringify(results.llamaCompletion ?? 'not run')],
     ['bandwidth bound', results.bandwidthBoundTokS ? `${Math.round(results.bandwidthBoundTokS as number)} tok/s at ${a.bandwidth} GB/s` : 'not given (--bandwidth)'],
   ]),
   '',

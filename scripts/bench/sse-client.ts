@@ -31,6 +31,8 @@ export async function streamPredict(url: string, request: Record<string, unknown
     }
   }
   if (!done) throw new Error(`no final event from ${url} (status ${res.status}): ${buf.slice(0, 200)}`);
+  // Tokens that print nothing (control or byte pieces) send no event: there is nothing to time.
+  if (times.length < 2) throw new Error(`${times.length} of ${done.usage.completion_tokens} tokens streamed text: the model's output has nothing to time`);
   return { start, times, done };
 }
 

@@ -36,7 +36,7 @@ function projectionShape(s: Shape, p: Projection): [number, number] {
 /** llama.cpp's SentencePiece test vocabulary (32000 tokens), shipped in node-llama-cpp's checkout. */
 export const DEFAULT_VOCAB = path.resolve('node_modules/node-llama-cpp/llama/llama.cpp/models/ggml-vocab-llama-spm.gguf');
 
-async function vocabKvs(file: string): Promise<{ kv: [string, KvValue][]; size: number }> {
+async function vocabKvs(file: string): Promise<{ kv: [string, KvValue][]; size: number; types: number[] }> {
   const h = await readGgufHeader(file);
   const get = (k: string) => h.metadata.get(k);
   const tokens = get('tokenizer.ggml.tokens') as string[];
@@ -47,14 +47,15 @@ async function vocabKvs(file: string): Promise<{ kv: [string, KvValue][]; size: 
   ];
   const scores = get('tokenizer.ggml.scores') as number[] | undefined;
   if (scores) kv.push(['tokenizer.ggml.scores', { type: 'f32[]', value: scores }]);
-  kv.push(['tokenizer.ggml.token_type', { type: 'i32[]', value: get('tokenizer.ggml.token_type') as number[] }]);
+  const types = get('tokenizer.ggml.token_type') as number[];
+  kv.push(['tokenizer.ggml.token_type', { type: 'i32[]', value: types }]);
   for (const k of ['bos', 'eos', 'unknown', 'padding']) {
     const v: GgufValue | undefined = get(`tokenizer.ggml.${k}_token_id`);
     if (v !== undefined) kv.push([`tokenizer.ggml.${k}_token_id`, { type: 'u32', value: Number(v) }]);
   }
   const merges = get('tokenizer.ggml.merges') as string[] | undefined;
   if (merges) kv.push(['tokenizer.ggml.merges', { type: 'string[]', value: merges }]);
-  return { kv, size: tokens.length };
+  return { kv, size: tokens.length, types };
 }
 
 function gaussianish(n: number, std: number, seed: number): Float32Array {
@@ -106,7 +107,7 @@ function iq2xxs(rows: number, cols: number, seed: number): () => Promise<Uint8Ar
 export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0' | 'q4_0' | 'iq2_xxs'; out: string; vocab?: string }): Promise<void> {
   const { shape: s } = o;
   const type = o.type === 'iq2_xxs' ? 'f16' : o.type;
-  const { kv, size: vocab } = await vocabKvs(o.vocab ?? DEFAULT_VOCAB);
+  const { kv, size: vocab, types } = await vocabKvs(o.vocab ?? DEFAULT_VOCAB);
   const headDim = s.hidden / s.heads;
   const w = new GgufWriter()
     .kv('general.architecture', { type: 'string', value: 'llama' })
@@ -138,7 +139,16 @@ export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0
     }
   }
   w.tensor('output_norm.weight', [s.hidden], 'f32', ones(s.hidden));
-  w.tensor('output.weight', [vocab, s.hidden], type, tiled(vocab, s.hidden, type, 0.02, seed++));
+  // Tiled rows make the logits periodic, so greedy would always pick a low id: a control or byte
+  // token, which streams no text. Zero rows (logit 0, below each period's maximum) for every token
+  // that is not a normal one make it pick text, which the HTTP measure needs to time.
+  const output = tiled(vocab, s.hidden, type, 0.02, seed++);
+  const rowBytes = byteSize(s.hidden, type);
+  w.tensor('output.weight', [vocab, s.hidden], type, async () => {
+    const bytes = await output();
+    types.forEach((t, id) => { if (t !== 1) bytes.fill(0, id * rowBytes, (id + 1) * rowBytes); });
+    return bytes;
+  });
   await w.write(o.out);
 }
 
