@@ -33,7 +33,7 @@ if [ "$phase" = pack ]; then # here, after npm run build:cuda
   LD_LIBRARY_PATH=/usr/local/cuda/lib64/stubs:/usr/local/cuda/lib/stubs:${LD_LIBRARY_PATH:-} npm run --silent build:cuda > /dev/null || exit 1
   t=$(mktemp -d) && cp -a build-cuda/bin build-cuda/Release "$t"/
   # Symbols and debug info are a third of the size; the device needs neither.
-  strip --strip-unneeded "$t"/bin/*.so.* "$t"/bin/llama-bench "$t"/bin/llama-batched-bench "$t"/bin/*-impl.so "$t"/Release/*.node
+  strip --strip-unneeded "$t"/bin/*.so.* "$t"/bin/llama-bench "$t"/bin/llama-batched-bench "$t"/bin/llama-completion "$t"/bin/*-impl.so "$t"/Release/*.node
   mkdir -p .cudapack && tar -C "$t" -cf - bin Release | xz -T0 -9e > .cudapack/build-cuda.tar.xz && rm -rf "$t"
   stamp > .cudapack/stamp
   du -b .cudapack/* | awk '{printf "%8.1f MiB  %s\n", $1/1048576, $2}'
@@ -119,6 +119,9 @@ bench() { # name, then bench flags
   save
 }
 bench 1b-f16 --shape 1b --type f16 --streams 1,4,8,16,32,64 --tokens 128 --runs 2
+# Where a step's time goes at many streams, under a few thread settings (same model).
+[ "$(left)" -gt 200 ] && timeout 90 npx tsx scripts/bench/probe-steps.ts --model /tmp/bench-models/synthetic-1b-f16.gguf --backend cuda \
+  --streams 8,16,64 2> "$OUT/probe-steps.log" | tee "$OUT/probe-steps.md"
 rm -f /tmp/bench-models/*1b*
 [ "$(left)" -gt 150 ] && bench 8b-q4_0 --shape 8b --type q4_0 --streams 1,8,32 --tokens 128 --runs 2 --no-http
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
