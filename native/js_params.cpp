@@ -58,7 +58,7 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   }
   e.context_size = integer(env, o, "contextSize", 2048, 16, 1 << 20);
   e.sched.n_slots = integer(env, o, "slots", 4, 1, 256);
-  // Small batches are allowed: up to 8 tokens keep ggml-cuda's f32 products on its exact fp32 kernels.
+  // Batches go down to 1: up to 3 rows keep ggml-cuda's f32 products on its exact fp32 kernel.
   e.sched.n_batch = integer(env, o, "batchSize", 512, 1, 1 << 16);
   e.sched.max_queue = integer(env, o, "maxQueue", 64, 0, 1 << 20);
   e.sched.fill_gap = integer(env, o, "fillGap", -1, -1, 256);  // -1: decided at load
