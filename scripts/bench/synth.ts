@@ -47,7 +47,7 @@ async function vocabKvs(file: string): Promise<{ kv: [string, KvValue][]; size: 
   ];
   const scores = get('tokenizer.ggml.scores') as number[] | undefined;
   if (scores) kv.push(['tokenizer.ggml.scores', { type: 'f32[]', value: scores }]);
-  const types = get('tokenizer.ggml.token_type') as number[];
+  const types = (get('tokenizer.ggml.token_type') as number[] | undefined) ?? tokens.map(() => 1);
   kv.push(['tokenizer.ggml.token_type', { type: 'i32[]', value: types }]);
   for (const k of ['bos', 'eos', 'unknown', 'padding']) {
     const v: GgufValue | undefined = get(`tokenizer.ggml.${k}_token_id`);
