@@ -11,6 +11,7 @@
         "native/engine.cpp",
         "native/engine_requests.cpp",
         "native/js_params.cpp",
+        "native/params.cpp",
         "native/scheduler.cpp",
         "native/slots.cpp",
         "native/sampling.cpp",

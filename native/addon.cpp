@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "engine.h"
+#include "params.h"
 #include "ggml-backend.h"
 #include "llama.h"
 #include "llama_log.h"
@@ -62,6 +63,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadBackends", Napi::Function::New(env, LoadBackends));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
   exports.Set("mergeLora", Napi::Function::New(env, cml::MergeLora));
+  exports.Set("paramBounds", Napi::Function::New(env, cml::ParamBounds));
 #ifndef CML_DYNAMIC_BACKENDS
 #define CML_DYNAMIC_BACKENDS 1
 #endif

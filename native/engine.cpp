@@ -4,6 +4,7 @@
 #include <cstring>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -39,6 +40,20 @@ void check_gguf_file(const std::string& path) {
   }
 }
 
+// The longest text one token stands for, special tokens included, for vocabularies whose tokens'
+// texts concatenate back to the input (SPM, BPE); 0 for others (WPM and UGM normalize it away).
+int32_t max_piece_bytes(const llama_vocab* vocab) {
+  const auto type = llama_vocab_type(vocab);
+  if (type != LLAMA_VOCAB_TYPE_SPM && type != LLAMA_VOCAB_TYPE_BPE) return 0;
+  int32_t most = 1;
+  char buf[256];
+  for (llama_token t = 0; t < llama_vocab_n_tokens(vocab); ++t) {
+    const int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, /*special=*/true);
+    most = std::max(most, n < 0 ? -n : n);
+  }
+  return most;
+}
+
 // Whether the model's layers run on a GPU: gpuLayers asks for it and such a device is there.
 bool offloaded(int32_t gpu_layers) {
   if (gpu_layers == 0) return false;
@@ -62,6 +77,7 @@ class LoadWorker : public Napi::AsyncWorker {
       LogCapture capture;
       auto mp = llama_model_default_params();
       mp.n_gpu_layers = engine_->opts_.gpu_layers;
+      mp.check_tensors = engine_->opts_.check_tensors;
       mp.progress_callback = &LoadWorker::on_progress;
       mp.progress_callback_user_data = this;
       model_ = llama_model_load_from_file(engine_->opts_.model_path.c_str(), mp);
@@ -71,9 +87,14 @@ class LoadWorker : public Napi::AsyncWorker {
                                                    (why.empty() ? "no reason given" : why)};
       }
       const auto& o = engine_->opts_;
+      // Past its trained context a model's positions are ones it never saw: its output is garbage,
+      // so the context per slot stops there (info() reports both numbers).
+      const int32_t train = llama_model_n_ctx_train(model_);
+      context_size_ = train > 0 ? std::min(o.context_size, train) : o.context_size;
+      max_piece_bytes_ = max_piece_bytes(llama_model_get_vocab(model_));
       auto cp = llama_context_default_params();
       cp.n_seq_max = o.sched.n_slots;
-      cp.n_ctx = static_cast<uint32_t>(o.context_size) * o.sched.n_slots;
+      cp.n_ctx = static_cast<uint32_t>(context_size_) * o.sched.n_slots;
       cp.n_batch = std::max(o.sched.n_batch, o.sched.n_slots);
       cp.n_ubatch = cp.n_batch;
       cp.n_threads = o.threads;
@@ -106,6 +127,9 @@ class LoadWorker : public Napi::AsyncWorker {
     }
     engine_->model_ = model_;
     engine_->ctx_ = ctx_;
+    engine_->context_requested_ = engine_->opts_.context_size;
+    engine_->opts_.context_size = context_size_;
+    engine_->max_piece_bytes_ = max_piece_bytes_;
     engine_->adapters_ = std::make_unique<AdapterRegistry>(model_);
     // Fillers pay off where a pass over the weights costs far more than a token's row (a GPU);
     // recurrent state cannot take a token back.
@@ -140,6 +164,8 @@ class LoadWorker : public Napi::AsyncWorker {
   llama_context* ctx_ = nullptr;
   LoadFailure failure_;
   float last_progress_ = -1.0f;
+  int32_t context_size_ = 0;
+  int32_t max_piece_bytes_ = 0;
 };
 
 // Joining the scheduler can wait for a decode step, so closing happens off the JS thread.
@@ -172,6 +198,7 @@ Napi::Function Engine::Define(Napi::Env env) {
                          InstanceMethod<&Engine::SetAdapterScale>("setAdapterScale"),
                          InstanceMethod<&Engine::Adapters>("adapters"),
                          InstanceMethod<&Engine::Submit>("submit"),
+                         InstanceMethod<&Engine::Validate>("validate"),
                          InstanceMethod<&Engine::Cancel>("cancel"),
                          InstanceMethod<&Engine::Stats>("stats"),
                          InstanceMethod<&Engine::Close>("close"),
@@ -243,6 +270,7 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("eos", llama_vocab_eos(vocab));
   o.Set("addBos", llama_vocab_get_add_bos(vocab));
   o.Set("contextPerSlot", scheduler_->n_ctx_seq());
+  o.Set("contextRequested", context_requested_);
   o.Set("slots", opts_.sched.n_slots);
   o.Set("maxQueue", opts_.sched.max_queue);
   o.Set("threads", opts_.threads);

@@ -21,6 +21,7 @@ struct EngineOptions {
   int32_t context_size = 2048;  // per slot
   int32_t flash_attention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
   ggml_type kv_type = GGML_TYPE_F16;
+  bool check_tensors = true;  // llama.cpp validates every weight at load: NaN/inf weights fail the load
   SchedulerConfig sched;
 };
 
@@ -43,11 +44,13 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value SetAdapterScale(const Napi::CallbackInfo& info);
   Napi::Value Adapters(const Napi::CallbackInfo& info);
   Napi::Value Submit(const Napi::CallbackInfo& info);
+  Napi::Value Validate(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   void require_loaded(Napi::Env env) const;
+  std::shared_ptr<Request> prepare(Napi::Env env, const Napi::Value& prompt, const Napi::Object& params);
   void deliver(std::vector<Event>&& events);
   void teardown();  // any thread but the scheduler's; idempotent
 
@@ -62,6 +65,10 @@ class Engine : public Napi::ObjectWrap<Engine> {
   bool loading_ = false;
   bool closed_ = false;
   uint64_t next_id_ = 1;
+  int32_t context_requested_ = 0;  // contextSize as asked, before the cap at the trained context
+  // The most bytes one token's text covers, for SPM and BPE vocabularies (0: unknown): a prompt
+  // longer than that times what fits is refused without tokenizing it on the JS thread.
+  int32_t max_piece_bytes_ = 0;
   int64_t in_flight_ = 0;  // JS thread only: keeps the event loop alive while requests run
 };
 

@@ -150,21 +150,34 @@ Napi::Value Engine::Adapters(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// submit(prompt: string | number[], params) -> request id. Errors are thrown here, synchronously,
-// for anything knowable before the request runs; later failures arrive as 'error' events.
-Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+// The request a submit() would run, checked: parameters, prompt and context. Throws what submit()
+// throws for anything knowable before the request runs.
+std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& prompt, const Napi::Object& params) {
   require_loaded(env);
   auto req = std::make_shared<Request>();
-  const Napi::Object params = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
   const llama_vocab* vocab = llama_model_get_vocab(model_);
   read_request_params(env, params, *adapters_, llama_vocab_n_tokens(vocab), *req);
+  const int32_t n_ctx = scheduler_->n_ctx_seq();
+  auto overflow = [&](const std::string& prompt_size) {
+    return coded_error(env, "CONTEXT_OVERFLOW",
+                       "prompt (" + prompt_size + ") + max new tokens (" + std::to_string(req->max_new_tokens) +
+                           ") exceeds the context of " + std::to_string(n_ctx) + " tokens per slot");
+  };
 
-  if (info[0].IsString()) {
+  if (prompt.IsString()) {
+    const std::string text = prompt.As<Napi::String>().Utf8Value();
+    // No token covers more than max_piece_bytes_ bytes of text, so this many bytes cannot fit:
+    // refused before tokenizing megabytes on the JS thread.
+    if (max_piece_bytes_ > 0) {
+      const int64_t at_least = (static_cast<int64_t>(text.size()) + max_piece_bytes_ - 1) / max_piece_bytes_;
+      if (at_least + req->max_new_tokens > n_ctx) {
+        throw overflow(std::to_string(text.size()) + " bytes: at least " + std::to_string(at_least) + " tokens");
+      }
+    }
     const bool add_special = !params.Has("addSpecial") || params.Get("addSpecial").ToBoolean().Value();
-    req->prompt = tokenize_text(env, vocab, info[0].As<Napi::String>().Utf8Value(), add_special, false);
-  } else if (info[0].IsArray()) {
-    const Napi::Array a = info[0].As<Napi::Array>();
+    req->prompt = tokenize_text(env, vocab, text, add_special, false);
+  } else if (prompt.IsArray()) {
+    const Napi::Array a = prompt.As<Napi::Array>();
     const int32_t n_vocab = llama_vocab_n_tokens(vocab);
     for (uint32_t i = 0; i < a.Length(); ++i) {
       const Napi::Value v = a.Get(i);
@@ -178,14 +191,18 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
     throw coded_error(env, "INVALID_PARAMS", "prompt must be a string or an array of token ids");
   }
   if (req->prompt.empty()) throw coded_error(env, "INVALID_PARAMS", "prompt is empty (and the model adds no BOS)");
-
-  const int64_t need = static_cast<int64_t>(req->prompt.size()) + req->max_new_tokens;
-  if (need > scheduler_->n_ctx_seq()) {
-    throw coded_error(env, "CONTEXT_OVERFLOW",
-                      "prompt (" + std::to_string(req->prompt.size()) + " tokens) + max new tokens (" +
-                          std::to_string(req->max_new_tokens) + ") exceeds the context of " +
-                          std::to_string(scheduler_->n_ctx_seq()) + " tokens per slot");
+  if (static_cast<int64_t>(req->prompt.size()) + req->max_new_tokens > n_ctx) {
+    throw overflow(std::to_string(req->prompt.size()) + " tokens");
   }
+  return req;
+}
+
+// submit(prompt: string | number[], params) -> request id. Errors are thrown here, synchronously,
+// for anything knowable before the request runs; later failures arrive as 'error' events.
+Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Napi::Object params = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+  auto req = prepare(env, info[0], params);
   req->id = next_id_++;
   req->t_submit_us = now_us();
   const uint64_t id = req->id;
@@ -195,6 +212,14 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   }
   if (in_flight_++ == 0) events_.Ref(env);
   return Napi::Number::New(env, static_cast<double>(id));
+}
+
+// validate(prompt, params): throws what submit() would, runs nothing (start-up checks of a config).
+Napi::Value Engine::Validate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Napi::Object params = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+  prepare(env, info[0], params);
+  return env.Undefined();
 }
 
 Napi::Value Engine::Cancel(const Napi::CallbackInfo& info) {
@@ -211,6 +236,7 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
   o.Set("busySlots", live ? scheduler_->busy() : 0);
   o.Set("queued", live ? scheduler_->queued() : 0);
   o.Set("inFlight", Napi::Number::New(env, static_cast<double>(in_flight_)));
+  o.Set("quarantinedSlots", live ? scheduler_->quarantined() : 0);
   if (live) {
     const Scheduler::Profile p = scheduler_->profile();
     Napi::Object prof = Napi::Object::New(env);
@@ -222,6 +248,8 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
     prof.Set("fillerTokens", Napi::Number::New(env, static_cast<double>(p.filler_tokens)));
     prof.Set("adapterSwitches", Napi::Number::New(env, static_cast<double>(p.adapter_switches)));
     prof.Set("switchCostUs", Napi::Number::New(env, static_cast<double>(p.switch_cost_us)));
+    prof.Set("nonFinite", Napi::Number::New(env, static_cast<double>(p.non_finite)));
+    prof.Set("kvScrubs", Napi::Number::New(env, static_cast<double>(p.kv_scrubs)));
     o.Set("profile", prof);
   }
   return o;

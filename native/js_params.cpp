@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "params.h"
+
 namespace cml {
 namespace {
 
@@ -32,6 +34,14 @@ int32_t integer(Napi::Env env, const Napi::Object& o, const char* key, int32_t f
     bad(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   }
   return static_cast<int32_t>(d);
+}
+
+// A request parameter checked against its row of the bounds table (params.cpp).
+double bounded(Napi::Env env, const Napi::Object& o, const char* key, double fallback) {
+  if (!has(o, key)) return fallback;
+  const Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) bad(env, std::string(key) + " must be a number");
+  return check_param(env, key, v.As<Napi::Number>().DoubleValue());
 }
 
 bool boolean(Napi::Env env, const Napi::Object& o, const char* key, bool fallback) {
@@ -69,6 +79,7 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
     else if (fa == "off") e.flash_attention = 0;
     else bad(env, "flashAttention must be 'auto', 'on' or 'off'");
   }
+  e.check_tensors = boolean(env, o, "checkTensors", true);
   if (has(o, "kvCacheType")) {
     const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
     if (t == "f16") e.kv_type = GGML_TYPE_F16;
@@ -82,23 +93,19 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
 void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, int32_t n_vocab,
                          Request& r) {
   SamplingParams& s = r.sampling;
-  r.max_new_tokens = integer(env, o, "maxTokens", 256, 1, 1 << 24);
+  r.max_new_tokens = static_cast<int32_t>(bounded(env, o, "maxTokens", 256));
   s.greedy = boolean(env, o, "greedy", false);
-  s.temperature = static_cast<float>(number(env, o, "temperature", 0.8));
-  s.top_k = integer(env, o, "topK", 0, 0, 1 << 24);
-  s.top_p = static_cast<float>(number(env, o, "topP", 1.0));
-  s.min_p = static_cast<float>(number(env, o, "minP", 0.0));
-  s.repetition_penalty = static_cast<float>(number(env, o, "repetitionPenalty", 1.0));
-  s.presence_penalty = static_cast<float>(number(env, o, "presencePenalty", 0.0));
-  s.frequency_penalty = static_cast<float>(number(env, o, "frequencyPenalty", 0.0));
-  s.logprobs = integer(env, o, "logprobs", 0, 0, 20);
-  r.min_new_tokens = integer(env, o, "minTokens", 0, 0, 1 << 24);
+  s.temperature = static_cast<float>(bounded(env, o, "temperature", 0.8));
+  s.top_k = static_cast<int32_t>(bounded(env, o, "topK", 0));
+  s.top_p = static_cast<float>(bounded(env, o, "topP", 1.0));
+  s.min_p = static_cast<float>(bounded(env, o, "minP", 0.0));
+  s.repetition_penalty = static_cast<float>(bounded(env, o, "repetitionPenalty", 1.0));
+  s.presence_penalty = static_cast<float>(bounded(env, o, "presencePenalty", 0.0));
+  s.frequency_penalty = static_cast<float>(bounded(env, o, "frequencyPenalty", 0.0));
+  s.logprobs = static_cast<int32_t>(bounded(env, o, "logprobs", 0));
+  r.min_new_tokens = static_cast<int32_t>(bounded(env, o, "minTokens", 0));
   if (boolean(env, o, "ignoreEos", false)) r.min_new_tokens = r.max_new_tokens;
-  if (has(o, "seed")) {
-    const double seed = number(env, o, "seed", 0);
-    if (std::floor(seed) != seed || seed < 0 || seed > 4294967295.0) bad(env, "seed must be an integer in [0, 2^32)");
-    s.seed = static_cast<uint32_t>(seed);
-  }
+  if (has(o, "seed")) s.seed = static_cast<uint32_t>(bounded(env, o, "seed", 0));
   const std::string why = validate(s);
   if (!why.empty()) bad(env, why);
 
@@ -116,8 +123,9 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
         bad(env, "logitBias key '" + key + "' is not a token id in [0, " + std::to_string(n_vocab) + ")");
       }
       const Napi::Value b = m.Get(keys.Get(i));
-      if (!b.IsNumber() || !std::isfinite(b.As<Napi::Number>().DoubleValue())) bad(env, "logitBias values must be finite numbers");
-      s.logit_bias.push_back({static_cast<llama_token>(id), b.As<Napi::Number>().FloatValue()});
+      if (!b.IsNumber()) bad(env, "logitBias values must be numbers");
+      const double bias = check_param(env, "logitBias", b.As<Napi::Number>().DoubleValue(), ("logitBias['" + key + "']").c_str());
+      s.logit_bias.push_back({static_cast<llama_token>(id), static_cast<float>(bias)});
     }
   }
 
@@ -142,7 +150,14 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
       const std::string name = item.Get("name").As<Napi::String>().Utf8Value();
       auto adapter = registry.find(name);
       if (!adapter) throw coded_error(env, "UNKNOWN_ADAPTER", "no adapter named '" + name + "' is loaded");
+      // The effective scale: a merged adapter's difference from its merged scale may reach twice the
+      // table's bound (engine.ts checks the requested one against the bound itself).
+      const ParamBound* sb = param_bound("adapterScale");
       const float scale = static_cast<float>(number(env, item, "scale", adapter->default_scale.load()));
+      if (std::fabs(scale) > 2 * sb->hi) {
+        const std::string lim = std::to_string(static_cast<int>(2 * sb->hi));
+        bad(env, "adapter '" + name + "' scale must be a number in [-" + lim + ", " + lim + "]");
+      }
       if (scale == 0.0f) continue;  // scale 0 is the base model for that adapter
       for (const auto& u : r.adapters) {
         if (u.adapter == adapter) bad(env, "adapter '" + name + "' is named twice");

@@ -70,16 +70,19 @@ namespace {
 inline bool better(float va, llama_token a, float vb, llama_token b) { return va > vb || (va == vb && a < b); }
 }  // namespace
 
-llama_token Sampler::pick_top_k(const float* row) {
+llama_token Sampler::pick_top_k(const float* row, bool& bad) {
   // Two streaming passes instead of a heap fed the whole vocabulary. The k-th largest of the
   // maxima of 64-entry blocks is a floor for the k-th largest entry (those k maxima are entries),
   // so every top-k entry is at or above it; the few entries there are then sorted.
   constexpr int32_t kBlock = 64;
   const int32_t n_blocks = (n_vocab_ + kBlock - 1) / kBlock;
   float floor = -INFINITY;
+  if (n_blocks < top_k_) row_max(row, n_vocab_, &bad);  // the pass below takes every entry: check them here
+  if (bad) return -1;
   if (n_blocks >= top_k_) {
     block_max_.resize(n_blocks);
-    for (int32_t b = 0; b < n_blocks; ++b) block_max_[b] = row_max(row + b * kBlock, std::min(kBlock, n_vocab_ - b * kBlock));
+    for (int32_t b = 0; b < n_blocks; ++b) block_max_[b] = row_max(row + b * kBlock, std::min(kBlock, n_vocab_ - b * kBlock), &bad);
+    if (bad) return -1;
     std::nth_element(block_max_.begin(), block_max_.begin() + (top_k_ - 1), block_max_.end(), std::greater<float>());
     floor = block_max_[top_k_ - 1];
   }
@@ -98,6 +101,10 @@ llama_token Sampler::pick_top_k(const float* row) {
   for (; t < n_vocab_; ++t) {
     if (row[t] >= floor) cand_.push_back({t, row[t], 0.0f});
   }
+  if (cand_.empty()) {  // only NaN at or above the floor: nothing to draw from
+    bad = true;
+    return -1;
+  }
   const size_t k = std::min<size_t>(top_k_, cand_.size());
   std::partial_sort(cand_.begin(), cand_.begin() + k, cand_.end(),
                     [](const llama_token_data& a, const llama_token_data& b) { return better(a.logit, a.id, b.logit, b.id); });
@@ -109,12 +116,13 @@ llama_token Sampler::pick_top_k(const float* row) {
 
 llama_token Sampler::sample(float* row) {
   adjust(row);
-  llama_token t;
+  llama_token t = -1;
+  bool bad = false;
   if (greedy_) {
-    t = argmax(row, n_vocab_);
+    t = argmax(row, n_vocab_, &bad);
   } else if (top_k_ > 0) {
-    t = pick_top_k(row);
-  } else {
+    t = pick_top_k(row, bad);
+  } else if (row_max(row, n_vocab_, &bad), !bad) {
     cand_.resize(n_vocab_);
     for (llama_token i = 0; i < n_vocab_; ++i) cand_[i] = {i, row[i], 0.0f};
     llama_token_data_array arr{cand_.data(), cand_.size(), -1, false};
@@ -122,35 +130,45 @@ llama_token Sampler::sample(float* row) {
     t = arr.data[arr.selected].id;
   }
   restore(row);
+  if (bad) return -1;
   accept(t);
   return t;
 }
 
 // The largest value of a row, four lanes at a time where SSE exists (every x86-64 CPU has it).
 // NaN never wins: max(NaN, m) keeps m.
-float row_max(const float* x, int32_t n) {
+float row_max(const float* x, int32_t n, bool* bad) {
   int32_t i = 0;
   float m = -INFINITY;
+  bool nan = false;
 #if defined(__SSE__)
   __m128 a = _mm_set1_ps(-INFINITY), b = a, c = a, d = a;
+  __m128 u = _mm_setzero_ps();  // lanes that met a NaN: the check rides on the loads the maximum makes
   for (; i + 16 <= n; i += 16) {
-    a = _mm_max_ps(_mm_loadu_ps(x + i), a);
-    b = _mm_max_ps(_mm_loadu_ps(x + i + 4), b);
-    c = _mm_max_ps(_mm_loadu_ps(x + i + 8), c);
-    d = _mm_max_ps(_mm_loadu_ps(x + i + 12), d);
+    const __m128 x0 = _mm_loadu_ps(x + i), x1 = _mm_loadu_ps(x + i + 4), x2 = _mm_loadu_ps(x + i + 8), x3 = _mm_loadu_ps(x + i + 12);
+    a = _mm_max_ps(x0, a);
+    b = _mm_max_ps(x1, b);
+    c = _mm_max_ps(x2, c);
+    d = _mm_max_ps(x3, d);
+    if (bad) u = _mm_or_ps(u, _mm_or_ps(_mm_cmpunord_ps(x0, x1), _mm_cmpunord_ps(x2, x3)));
   }
   alignas(16) float lanes[4];
   _mm_store_ps(lanes, _mm_max_ps(_mm_max_ps(a, b), _mm_max_ps(c, d)));
   for (float l : lanes) m = l > m ? l : m;
+  nan = _mm_movemask_ps(u) != 0;
 #endif
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (; i < n; ++i) {
+    m = x[i] > m ? x[i] : m;
+    nan = nan || x[i] != x[i];
+  }
+  if (bad != nullptr && (nan || m == INFINITY)) *bad = true;
   return m;
 }
 
-int32_t argmax(const float* x, int32_t n) {
+int32_t argmax(const float* x, int32_t n, bool* bad) {
   // The maximum first, then its first position: two streaming passes beat one that carries an
   // index through a dependency chain.
-  const float m = row_max(x, n);
+  const float m = row_max(x, n, bad);
   int32_t i = 0;
 #if defined(__SSE__)
   const __m128 mm = _mm_set1_ps(m);

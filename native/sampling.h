@@ -46,12 +46,13 @@ class Sampler {
   void accept_prompt(const std::vector<llama_token>& prompt);
   // Picks the next token from a raw logits row and records it for the penalties. The row is
   // adjusted in place where bias and penalties apply, and restored before this returns.
+  // Returns -1, recording nothing, when the row holds a NaN or +inf: no token can be drawn from it.
   llama_token sample(float* logits);
 
  private:
   void adjust(float* row);
   void restore(float* row);
-  llama_token pick_top_k(const float* row);
+  llama_token pick_top_k(const float* row, bool& bad);
   void accept(llama_token t);
 
   int32_t n_vocab_;
@@ -70,10 +71,11 @@ class Sampler {
   llama_sampler* tail_ = nullptr;  // temperature, top-p, min-p, draw: on the k candidates
 };
 
-// The largest value of a row (NaN never wins).
-float row_max(const float* x, int32_t n);
+// The largest value of a row (NaN never wins). With `bad`, also whether the row holds a NaN or
+// +inf (set, never cleared): a model whose numbers overflowed. A -inf is a masked token, not bad.
+float row_max(const float* x, int32_t n, bool* bad = nullptr);
 // Index of the largest value, the first one on ties (as llama_sampler_init_greedy picks).
-int32_t argmax(const float* x, int32_t n);
+int32_t argmax(const float* x, int32_t n, bool* bad = nullptr);
 
 struct LogprobRow {
   float log_z = 0.0f;              // log of the softmax denominator

@@ -64,7 +64,7 @@ bool Scheduler::submit(std::shared_ptr<Request> req) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (stopping_) return false;
-    const int32_t free_slots = cfg_.n_slots - busy_.load();
+    const int32_t free_slots = cfg_.n_slots - busy_.load() - quarantined_.load();
     if (static_cast<int32_t>(pending_.size()) >= free_slots + cfg_.max_queue) return false;
     live_[req->id] = req;
     pending_.push_back(std::move(req));
@@ -108,6 +108,9 @@ void Scheduler::run() {
       if (s.req && s.req->cancelled) finish(s, "cancelled", events);
     }
     if (active_ > 0) step(events);
+    // Poisoned cells are scrubbed as soon as nothing runs: at once with one slot (a CML replica),
+    // and under load when the other slots next drain (all of them poisoned means none runs).
+    if (quarantined_.load() > 0 && active_ == 0) scrub_kv();
     // Counted before the events go out, so whoever reads the profile after an event sees its step.
     p_loop_us_ += now_us() - t_loop;
     if (!events.empty()) sink_(std::move(events));
@@ -206,7 +209,9 @@ bool Scheduler::plan_step(int32_t& lo, int32_t& hi) {
     int32_t j = i;
     while (j < hi && !(slots_[j].req && in_current_set(*slots_[j].req))) ++j;
     bool room = j - i <= cfg_.fill_gap;
-    for (int32_t k = i; k < j && room; ++k) room = static_cast<int32_t>(slots_[k].kv_tokens.size()) < n_ctx_seq_;
+    for (int32_t k = i; k < j && room; ++k) {
+      room = !slots_[k].quarantined && static_cast<int32_t>(slots_[k].kv_tokens.size()) < n_ctx_seq_;
+    }
     for (int32_t k = i; k < j && room; ++k) slots_[k].filler = true;
     if (room) {
       budget -= j - i;
@@ -251,9 +256,13 @@ void Scheduler::build_batch(int32_t lo, int32_t hi) {
       if (s.t_prefill_start == 0) s.t_prefill_start = now;
       for (int32_t k = 0; k < s.take; ++k) {
         const bool last = s.n_prefilled + 1 == s.req->prompt.size();
+        // A chunk's last token attends to every cell before it: its logits show whether any of
+        // them went non-finite, before a cancel could leave them behind unchecked.
+        const bool chunk_end = k + 1 == s.take;
         s.kv_tokens.push_back(s.req->prompt[s.n_prefilled]);
-        const int32_t idx = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last);
+        const int32_t idx = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last || chunk_end);
         if (last) s.out_idx = idx;
+        else if (chunk_end) s.check_idx = idx;
       }
       in_batch_.push_back(&s);
     }
@@ -283,8 +292,14 @@ void Scheduler::step(std::vector<Event>& out) {
   }
   std::vector<Slot*>& ready = ready_;
   ready.clear();
+  bool any_bad = false;
   for (Slot* s : in_batch) {
     s->last_step = step_no_;
+    if (s->check_idx >= 0) {
+      row_max(llama_get_logits_ith(ctx_, s->check_idx), n_vocab_, &s->bad);
+      s->check_idx = -1;
+      any_bad = any_bad || s->bad;
+    }
     if (s->out_idx < 0) continue;
     s->row = llama_get_logits_ith(ctx_, s->out_idx);  // here: it synchronizes the context
     ready.push_back(s);
@@ -316,7 +331,12 @@ void Scheduler::step(std::vector<Event>& out) {
     for (Slot* s : ready) pick(*s);
   }
   const int64_t t_emit = now_us();
-  for (Slot* s : ready) emit(*s, out);
+  for (Slot* s : ready) {
+    s->bad = s->bad || s->picked < 0;
+    any_bad = any_bad || s->bad;
+    if (!s->bad) emit(*s, out);
+  }
+  if (any_bad) fail_non_finite(out);
   p_decode_us_ += t_sample - t_decode;
   p_sample_us_ += t_emit - t_sample;
   p_emit_us_ += now_us() - t_emit;
@@ -331,7 +351,7 @@ void Scheduler::pick(Slot& s) {
   if (s.n_generated < s.req->min_new_tokens) {
     for (llama_token t : eog_) s.row[t] = -INFINITY;
   }
-  s.picked = s.sampler->sample(s.row);
+  s.picked = s.sampler->sample(s.row);  // -1: the row holds a NaN or +inf
 }
 
 void Scheduler::emit(Slot& s, std::vector<Event>& out) {

@@ -46,18 +46,22 @@ class Scheduler {
   int32_t n_ctx_seq() const { return n_ctx_seq_; }
   int32_t queued() const;
   int32_t busy() const { return busy_.load(); }
+  // Slots kept out of use until their KV cells are scrubbed (see quarantine()).
+  int32_t quarantined() const { return quarantined_.load(); }
 
   // Where the scheduler thread's time went, summed since it started (readable from any thread):
   // decode includes waiting for the device's results; loop is every working iteration up to the
   // hand-off of its events (counted before it, so a reader that saw an event sees its step).
   // Also counted: throwaway tokens that joined runs of sequences, and changes of adapter set, with
   // the last change's measured cost (what sets the length of a turn).
+  // Also counted: requests failed for non-finite logits, and scrubs of the KV cells they left.
   struct Profile {
-    int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches, switch_cost_us;
+    int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches, switch_cost_us, non_finite,
+        kv_scrubs;
   };
   Profile profile() const {
     return {p_steps_.load(), p_decode_us_.load(), p_sample_us_.load(), p_emit_us_.load(), p_loop_us_.load(),
-            p_fillers_.load(), p_switches_.load(), p_switch_cost_.load()};
+            p_fillers_.load(), p_switches_.load(), p_switch_cost_.load(), p_non_finite_.load(), p_scrubs_.load()};
   }
 
  private:
@@ -71,6 +75,11 @@ class Scheduler {
     llama_token next = -1;  // sampled last step, fed this step
     int32_t n_generated = 0;
     int32_t out_idx = -1;   // row of this slot's logits in the current batch
+    int32_t check_idx = -1; // row of the last token of a prompt chunk that is not the prompt's last
+    bool bad = false;       // its logits held a NaN or +inf this step
+    // Its cells may hold NaN or inf: out of use until scrub_kv() (a masked cell still enters
+    // attention's products, and 0 x NaN is NaN, so a stale poisoned cell spoils the next request).
+    bool quarantined = false;
     int32_t take = 0;       // prompt tokens it prefills this step
     bool filler = false;    // holds a throwaway token this step (see SchedulerConfig::fill_gap)
     float* row = nullptr;   // those logits, once the decode is done
@@ -100,6 +109,9 @@ class Scheduler {
   void fail(Slot& s, const std::string& code, const std::string& message, std::vector<Event>& out);
   void release(Slot& s);
   void forget_kv(Slot& s);
+  void fail_non_finite(std::vector<Event>& out);
+  void quarantine(Slot& s);
+  void scrub_kv();
   std::pair<Slot*, size_t> slot_for(const Request& r);
   void apply_adapters(const Request& r);
   bool in_current_set(const Request& r) const { return r.has_adapters(current_set_); }
@@ -128,8 +140,9 @@ class Scheduler {
   int64_t decode_avg_us_ = 0;   // of steps without a change
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};
+  std::atomic<int32_t> quarantined_{0};
   std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0}, p_fillers_{0},
-      p_switches_{0}, p_switch_cost_{0};
+      p_switches_{0}, p_switch_cost_{0}, p_non_finite_{0}, p_scrubs_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -25,7 +25,7 @@ void Scheduler::admit(std::vector<Event>& out) {
         ++it;
       }
     }
-    const int32_t free_slots = cfg_.n_slots - active_;
+    const int32_t free_slots = cfg_.n_slots - active_ - quarantined_.load();
     while (!pending_.empty() && static_cast<int32_t>(admitted.size()) < free_slots) {
       admitted.push_back(std::move(pending_.front()));
       pending_.pop_front();
@@ -52,6 +52,8 @@ void Scheduler::admit(std::vector<Event>& out) {
     s.n_prefilled = keep;
     s.n_past = static_cast<llama_pos>(keep);
     s.n_generated = 0;
+    s.bad = false;
+    s.check_idx = -1;
     s.next = -1;
     s.last_step = 0;
     s.t_prefill_start = s.t_prefill_end = s.t_first = s.t_last = 0;
@@ -67,7 +69,7 @@ std::pair<Scheduler::Slot*, size_t> Scheduler::slot_for(const Request& r) {
   Slot* best = nullptr;
   size_t best_rank = 0, best_common = 0;
   for (auto& s : slots_) {
-    if (s.req) continue;
+    if (s.req || s.quarantined) continue;
     size_t common = 0;
     if (cfg_.prompt_cache && r.has_adapters(s.kv_set)) {
       while (common < s.kv_tokens.size() && common < r.prompt.size() && s.kv_tokens[common] == r.prompt[common]) ++common;
@@ -86,6 +88,44 @@ void Scheduler::forget_kv(Slot& s) {
   llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
   s.kv_tokens.clear();
   s.kv_set.clear();
+}
+
+// The step's slots whose logits went non-finite fail, and every stream the step wrote into may now
+// hold NaN or inf: theirs, and the idle slots that took throwaway tokens beside them.
+void Scheduler::fail_non_finite(std::vector<Event>& out) {
+  for (auto& s : slots_) {
+    if (s.req && s.bad) {
+      ++p_non_finite_;
+      fail(s, "NON_FINITE",
+           "the model's output for this request became NaN or infinite (its adapter scale or the weights overflow "
+           "float arithmetic); the request was stopped and other requests are unaffected",
+           out);
+      quarantine(s);
+    } else if (!s.req && s.filler) {
+      quarantine(s);
+    }
+    s.bad = false;
+  }
+}
+
+void Scheduler::quarantine(Slot& s) {
+  forget_kv(s);
+  if (!s.quarantined) {
+    s.quarantined = true;
+    ++quarantined_;
+  }
+}
+
+// llama.cpp can clear cell data only for the whole memory, so this waits until no slot runs.
+void Scheduler::scrub_kv() {
+  llama_memory_clear(llama_get_memory(ctx_), /*data=*/true);
+  for (auto& s : slots_) {
+    s.kv_tokens.clear();
+    s.kv_set.clear();
+    s.quarantined = false;
+  }
+  quarantined_ = 0;
+  ++p_scrubs_;
 }
 
 void Scheduler::finish(Slot& s, const std::string& reason, std::vector<Event>& out, const std::string& stop) {

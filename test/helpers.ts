@@ -1,8 +1,9 @@
 // Shared by the tests: the project's copies of the fixtures and small helpers over Generation.
-import { readFileSync } from 'node:fs';
+import { copyFileSync, openSync, readFileSync, readSync, closeSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine, type EngineOptions, type GenerateParams, type Generation } from '../src/engine/index.ts';
+import { readGgufHeader } from '../src/intake/gguf-header.ts';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const modelDir = (name: Fixture) => path.join(root, 'models', name);
@@ -117,4 +118,27 @@ export async function againstReference(engine: Engine, cases: ReferenceCase[], e
   }
   const summary = `${exact}/${cases.length} greedy exact, worst first-step log-probability gap ${worst.toExponential(2)}`;
   return { exact, worst, misses, summary };
+}
+
+/**
+ * A copy of a GGUF file whose F32 tensors `patch` may change in place (it returns true when it did):
+ * the header stays as it was, so llama.cpp loads the copy as it loads the original.
+ */
+export async function patchGguf(src: string, out: string, patch: (name: string, values: Float32Array) => boolean): Promise<string> {
+  const { tensors } = await readGgufHeader(src);
+  copyFileSync(src, out);
+  const fd = openSync(out, 'r+');
+  try {
+    for (const t of tensors) {
+      if (t.type !== 0) continue; // F32 only
+      const count = t.ne.reduce((a, b) => a * b, 1);
+      const buf = Buffer.alloc(count * 4);
+      readSync(fd, buf, 0, buf.length, t.offset);
+      const values = new Float32Array(buf.buffer, buf.byteOffset, count);
+      if (patch(t.name, values)) writeSync(fd, buf, 0, buf.length, t.offset);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
 }

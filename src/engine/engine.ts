@@ -1,9 +1,10 @@
 // The typed facade over the native engine: load a model, register adapters, generate.
 import os from 'node:os';
 import { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
-import { AbortedError, AdapterError, EngineClosedError, fromNative } from './errors.ts';
+import { AbortedError, AdapterError, EngineClosedError, InvalidParamsError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
 import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
+import { boundMessage, withinBound, type ParamBounds } from './params.ts';
 
 export interface EngineOptions {
   modelPath: string;
@@ -39,6 +40,11 @@ export interface EngineOptions {
   flashAttention?: 'auto' | 'on' | 'off';
   kvCacheType?: 'f16' | 'f32' | 'q8_0';
   /**
+   * llama.cpp checks every weight for NaN and inf while loading, so a corrupt file fails its load
+   * instead of its first request. Default true; off saves a pass over the weights at start-up.
+   */
+  checkTensors?: boolean;
+  /**
    * The adapter already merged into modelPath (mergeAdapter) at `scale`. It is registered under
    * `name` too, so requests for it at that scale run on the merged weights alone, and any other
    * scale, or the base model, applies it unmerged at the difference.
@@ -66,11 +72,16 @@ export class Engine {
   private closed = false;
   private merged: { name: string; scale: number; defaultScale: number } | null = null;
 
+  /** The bounds of every numeric request parameter, as the native checks enforce them. */
+  readonly bounds: ParamBounds;
+
   private constructor(
     private readonly native: NativeEngine,
     readonly backend: ResolvedBackend,
     readonly model: NativeModelInfo,
-  ) {}
+  ) {
+    this.bounds = backend.addon.paramBounds();
+  }
 
   /** Loads the model; rejects with ModelLoadError (or BackendError) carrying llama.cpp's reason. */
   static async load(opts: EngineOptions): Promise<Engine> {
@@ -93,6 +104,7 @@ export class Engine {
           ...(opts.fillGap !== undefined ? { fillGap: opts.fillGap } : {}),
           flashAttention: opts.flashAttention ?? 'auto',
           kvCacheType: opts.kvCacheType ?? 'f16',
+          ...(opts.checkTensors !== undefined ? { checkTensors: opts.checkTensors } : {}),
         },
         (events) => self?.dispatch(events),
       );
@@ -204,7 +216,7 @@ export class Engine {
   generate(prompt: string | number[], params: GenerateParams = {}, opts: { signal?: AbortSignal } = {}): Generation {
     const signal = opts.signal;
     if (signal?.aborted) throw new AbortedError('the request was aborted before it started', 'ABORTED');
-    const native = this.merged ? { ...params, adapters: this.unmergedAdapters(params.adapters) } : params;
+    const native = this.toNative(params);
     const id = this.call(() => this.native.submit(prompt, native));
     const g = new Generation(id, (i) => this.native.cancel(i));
     this.live.set(id, g);
@@ -214,6 +226,24 @@ export class Engine {
       g.result.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {});
     }
     return g;
+  }
+
+  /** Throws what generate() would throw for this prompt and these parameters, and runs nothing. */
+  validate(prompt: string | number[], params: GenerateParams = {}): void {
+    const native = this.toNative(params);
+    this.call(() => this.native.validate(prompt, native));
+  }
+
+  private toNative(params: GenerateParams): GenerateParams {
+    // The native check of a merged adapter sees only the difference from its merged scale, so the
+    // scales asked for are held to the bound here.
+    const bound = this.bounds.adapterScale;
+    for (const a of Array.isArray(params.adapters) ? params.adapters : []) {
+      if (typeof a?.scale === 'number' && !withinBound(bound, a.scale)) {
+        throw new InvalidParamsError(boundMessage(bound, `adapter '${a.name}' scale`, a.scale), 'INVALID_PARAMS');
+      }
+    }
+    return this.merged ? { ...params, adapters: this.unmergedAdapters(params.adapters) } : params;
   }
 
   /** Ends every request (they fail with EngineClosedError) and frees the model. */

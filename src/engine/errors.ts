@@ -29,6 +29,8 @@ export class BackendError extends EngineError {}
 export class AbortedError extends EngineError {}
 /** llama_decode failed while the request ran. */
 export class DecodeError extends EngineError {}
+/** The request's logits became NaN or infinite (an adapter scale or weights beyond float range); the request stopped, nothing else did. */
+export class NonFiniteError extends EngineError {}
 /** Writing a merged model failed (I/O); bad inputs are ModelLoadError or AdapterError. */
 export class MergeError extends EngineError {}
 
@@ -45,6 +47,7 @@ const byCode: Record<string, new (message: string, code: string) => EngineError>
   ENGINE_CLOSED: EngineClosedError,
   NOT_LOADED: EngineClosedError,
   DECODE_FAILED: DecodeError,
+  NON_FINITE: NonFiniteError,
   MERGE_FAILED: MergeError,
 };
 

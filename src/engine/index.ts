@@ -4,3 +4,4 @@ export { resolveBackend, type BackendChoice, type ResolvedBackend } from './back
 export { mergeAdapter, type MergeInfo, type MergeOptions } from './merge.ts';
 export * from './errors.ts';
 export type { NativeAdapterInfo as AdapterInfo, NativeModelInfo as ModelInfo, NativeStats as EngineStats, TopLogprob } from './native.ts';
+export { boundMessage, withinBound, type ParamBound, type ParamBounds, type ParamKey } from './params.ts';

@@ -20,7 +20,26 @@ export interface NativeEngineOptions {
   flashAttention?: 'auto' | 'on' | 'off';
   /** KV cache precision: f16 (llama.cpp's default), f32 (exact, twice the memory), q8_0. */
   kvCacheType?: 'f16' | 'f32' | 'q8_0';
+  /** llama.cpp validates every weight at load (NaN/inf fail the load). Default true. */
+  checkTensors?: boolean;
 }
+
+/** One row of the native bounds table (native/params.cpp): what every layer checks a value against. */
+export interface ParamBound {
+  min: number;
+  max: number;
+  minExclusive: boolean;
+  maxExclusive: boolean;
+  integer: boolean;
+  /** Positive values below this are refused; 0 stays allowed (0 when there is no such gap). */
+  positiveMin: number;
+  /** The rule in words, as the native messages say it: "a number in (0, 1]". */
+  rule: string;
+}
+
+export type ParamKey =
+  | 'maxTokens' | 'minTokens' | 'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty'
+  | 'presencePenalty' | 'frequencyPenalty' | 'logprobs' | 'seed' | 'logitBias' | 'adapterScale';
 
 export interface NativeRequestParams {
   maxTokens?: number;
@@ -81,6 +100,8 @@ export interface NativeModelInfo {
   eos: number;
   addBos: boolean;
   contextPerSlot: number;
+  /** contextSize as asked; contextPerSlot is less when that was past trainContext. */
+  contextRequested: number;
   slots: number;
   maxQueue: number;
   threads: number;
@@ -106,6 +127,8 @@ export interface NativeEngine {
   setAdapterScale(name: string, scale: number): boolean;
   adapters(): NativeAdapterInfo[];
   submit(prompt: string | number[], params: NativeRequestParams): number;
+  /** Throws what submit() would for this prompt and these parameters; runs nothing. */
+  validate(prompt: string | number[], params: NativeRequestParams): void;
   cancel(id: number): boolean;
   stats(): NativeStats;
   close(): Promise<void>;
@@ -128,6 +151,7 @@ export interface NativeAddon {
   /** false for a build that links its backends statically (the CUDA build). */
   dynamicBackends: boolean;
   /** Writes base + scale·alpha/rank·B·A as a new GGUF at `out` (see native/merge.h). */
+  paramBounds(): Record<ParamKey, ParamBound>;
   mergeLora(options: { base: string; adapter: string; out: string; scale?: number; threads?: number }, onProgress?: (fraction: number) => void): Promise<NativeMergeInfo>;
 }
 
@@ -150,14 +174,20 @@ export interface NativeStats {
   busySlots: number;
   queued: number;
   inFlight: number;
+  /** Slots whose KV cells a non-finite request may have poisoned, out of use until they are scrubbed. */
+  quarantinedSlots: number;
   /**
    * The scheduler thread's time since load, summed (µs): decode (llama_decode and the wait for its
    * results), sample, emit (text and events), and loop (every working iteration, up to handing its
    * events to JS: the rest is admitting requests and building batches). Also counted: fillerTokens,
    * throwaway tokens given to idle slots between busy ones so that a step decodes in one pass, and
    * adapterSwitches, changes of the context's adapter set, and switchCostUs, the last change's
-   * measured cost (its turn's first decodes over the usual), which sets how long turns last. Absent
-   * once closed.
+   * measured cost (its turn's first decodes over the usual), which sets how long turns last; and
+   * nonFinite, requests failed because their logits became NaN or infinite, and kvScrubs, clears of
+   * the KV cells such requests may have left behind. Absent once closed.
    */
-  profile?: { steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number; fillerTokens: number; adapterSwitches: number; switchCostUs: number };
+  profile?: {
+    steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number; fillerTokens: number;
+    adapterSwitches: number; switchCostUs: number; nonFinite: number; kvScrubs: number;
+  };
 }

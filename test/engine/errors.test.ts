@@ -96,11 +96,11 @@ describe('requests and adapters', () => {
   it.each([
     [{ temperature: -1 }, /temperature/],
     [{ temperature: Number.NaN }, /temperature/],
-    [{ topP: 0 }, /top_p/],
+    [{ topP: 0 }, /topP/],
     [{ topK: -3 }, /topK/],
     [{ maxTokens: 0 }, /maxTokens/],
     [{ maxTokens: 1.5 }, /maxTokens/],
-    [{ repetitionPenalty: 0 }, /repetition_penalty/],
+    [{ repetitionPenalty: 0 }, /repetitionPenalty/],
     [{ seed: -1 }, /seed/],
     [{ stop: 'x' }, /stop/],
     [{ logprobs: 99 }, /logprobs/],
@@ -161,7 +161,7 @@ describe('UTF-8 and stop strings', () => {
     const ids = engine.tokenize('€', false);
     expect(ids).toHaveLength(3);
     const logitBias = Object.fromEntries(ids.map((t, i) => [t, 60 - 10 * i]));
-    const g = engine.generate(prompt, { greedy: true, maxTokens: 6, logitBias, repetitionPenalty: 1e6 });
+    const g = engine.generate(prompt, { greedy: true, maxTokens: 6, logitBias, repetitionPenalty: 1000 });
     const chunks: { text: string; token: number | null }[] = [];
     for await (const c of g) chunks.push(c);
     expect(chunks.slice(0, 3)).toEqual([

@@ -76,7 +76,7 @@ describe('sampling', () => {
 
   it('a strong repetition penalty never repeats a prompt or generated token', async () => {
     for (const prompt of prompts) {
-      const r = await run(prompt, { greedy: true, repetitionPenalty: 1e6 });
+      const r = await run(prompt, { greedy: true, repetitionPenalty: 1000 });
       const seen = new Set(engine.tokenize(prompt));
       for (const t of r.tokens) {
         expect(seen.has(t)).toBe(false);
@@ -87,7 +87,7 @@ describe('sampling', () => {
 
   it('logit bias moves the tokens it names, on top of the penalties', async () => {
     const [a, b] = [300, 350]; // ordinary SentencePiece pieces (the byte tokens are 3-258)
-    const r = await run(prompts[0]!, { greedy: true, maxTokens: 6, logitBias: { [a]: 100, [b]: 90 }, repetitionPenalty: 1e6 });
+    const r = await run(prompts[0]!, { greedy: true, maxTokens: 6, logitBias: { [a]: 100, [b]: 90 }, repetitionPenalty: 1000 });
     // a wins once; the penalty then sinks it below b, and b below everything else after its turn.
     expect(r.tokens.slice(0, 2)).toEqual([a, b]);
     expect(r.tokens.slice(2)).not.toContain(a);
