@@ -2,7 +2,7 @@
 
 #include <cmath>
 #include <cstring>
-#include <sstream>
+#include <cstdio>
 
 #include "engine.h"
 
@@ -29,9 +29,9 @@ constexpr ParamBound kBounds[] = {
 };
 
 std::string fmt(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.15g", v);
+  return buf;
 }
 
 std::string rule(const ParamBound& b) {

@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { Predictor } from '../../src/cml/predict.ts';
 import { Engine, mergeAdapter, type BackendChoice, type EngineOptions, type EngineStats, type GenerateParams } from '../../src/engine/index.ts';
 import { createApp } from '../../src/server/app.ts';
+import { newAppContext } from '../../src/server/context.ts';
 import { Metrics } from '../../src/server/metrics.ts';
 import { streamDecodeRate, streamPredict } from './sse-client.ts';
 import { gaps, median, percentile, steadyRate } from './stats.ts';
@@ -260,7 +261,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
 /** The same single-stream run over HTTP, timed by the client from the SSE token events. */
 async function measureHttp(engine: Engine, promptLen: number, o: OursOptions): Promise<SingleStream> {
   const state = { status: 'ready' as const, predictor: new Predictor(engine, {}, null), modelName: 'bench', adapterName: null };
-  const app = createApp({ state, metrics: new Metrics(() => engine.stats()), apiKey: null, log: pino({ level: 'silent' }) });
+  const app = createApp(newAppContext(state, new Metrics(() => engine.stats()), null, pino({ level: 'silent' })));
   const server = app.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/predict`;

@@ -5,6 +5,14 @@ import { runConvertLora, runConvertModel, runMergeLora } from './convert.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
+function secondsArg(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number of seconds > 0`);
+    return n;
+  };
+}
+
 const program = new Command()
   .name('cml-lora-serve')
   .description('Serve a GGUF base model + LoRA adapter on llama.cpp, speaking the CML model contract')
@@ -62,12 +70,18 @@ const serveOptions = (cmd: Command) =>
     .option('--context <n>', 'context tokens per slot (env CONTEXT_SIZE, default 2048)', intArg('--context', 16))
     .option('--threads <n>', 'CPU threads (env THREADS)', intArg('--threads', 1))
     .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)')
-    .option('--no-merge', 'apply the adapter per token instead of merging it into the weights (env MERGE_ADAPTER=off)');
+    .option('--no-merge', 'apply the adapter per token instead of merging it into the weights (env MERGE_ADAPTER=off)')
+    .option('--no-check-tensors', 'skip the check of every weight for NaN/inf at load (env CHECK_TENSORS=off)');
 
 serveOptions(program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'))
   .option('--port <n>', 'port (env PORT, default 8080)', intArg('--port', 0))
   .option('--host <h>', 'address (env HOST, default 127.0.0.1)')
   .option('--api-key <key>', 'require Authorization: Bearer <key> (env API_KEY)')
+  .option('--headers-timeout <s>', 'seconds a client has to send its request headers (env HEADERS_TIMEOUT, default 10)', secondsArg('--headers-timeout'))
+  .option('--body-timeout <s>', 'seconds a client has to send its whole request (env BODY_TIMEOUT, default 30)', secondsArg('--body-timeout'))
+  .option('--keep-alive-timeout <s>', 'seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default 5)', secondsArg('--keep-alive-timeout'))
+  .option('--max-connections <n>', 'open connections at most; more are refused (env MAX_CONNECTIONS, default 512)', intArg('--max-connections', 1))
+  .option('--drain-timeout <s>', 'on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default 25)', secondsArg('--drain-timeout'))
   .action(runServe);
 
 program

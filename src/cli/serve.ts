@@ -21,6 +21,13 @@ export interface ServeFlags {
   genConfig?: string;
   /** commander's --no-merge: false when given. */
   merge?: boolean;
+  /** commander's --no-check-tensors: false when given. */
+  checkTensors?: boolean;
+  headersTimeout?: number;
+  bodyTimeout?: number;
+  keepAliveTimeout?: number;
+  maxConnections?: number;
+  drainTimeout?: number;
 }
 
 function overrides(f: ServeFlags): Overrides {
@@ -39,6 +46,14 @@ function overrides(f: ServeFlags): Overrides {
   if (f.backend !== undefined) o.backend = f.backend as Overrides['backend'];
   if (f.genConfig !== undefined) o.genConfigString = f.genConfig;
   if (f.merge === false) o.mergeAdapter = false;
+  if (f.checkTensors === false) o.checkTensors = false;
+  if (f.drainTimeout !== undefined) o.drainTimeoutS = f.drainTimeout;
+  const http: NonNullable<Overrides['http']> = {};
+  if (f.headersTimeout !== undefined) http.headersTimeoutS = f.headersTimeout;
+  if (f.bodyTimeout !== undefined) http.bodyTimeoutS = f.bodyTimeout;
+  if (f.keepAliveTimeout !== undefined) http.keepAliveTimeoutS = f.keepAliveTimeout;
+  if (f.maxConnections !== undefined) http.maxConnections = f.maxConnections;
+  if (Object.keys(http).length > 0) o.http = http;
   return o;
 }
 
@@ -58,21 +73,40 @@ export async function runServe(flags: ServeFlags): Promise<void> {
   const log = pino({ name: 'cml-lora-serve' });
   const progress = loadProgress();
   const running = await startServer(cfg, log, progress.onProgress);
+  // From the start, loading included: SIGTERM drains (/health 503 at once, requests in flight
+  // finish up to the drain timeout), then exits 0. A second signal exits at once.
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting without waiting');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal, drainTimeoutS: cfg.drainTimeoutS }, 'draining');
+    running
+      .drain(cfg.drainTimeoutS * 1000)
+      .then((report) => {
+        log.info(report, 'drained');
+        // A model still loading is not waited for: nothing was served from it.
+        return running.state.status === 'failed' || running.state.predictor ? running.close() : undefined;
+      })
+      .then(() => process.exit(0), (err: Error) => {
+        log.error({ err: err.message }, 'shutdown failed');
+        process.exit(1);
+      });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
   try {
     await running.ready;
   } catch (err) {
     progress.done();
+    if (stopping) return; // a shutdown during the load: the handler exits
     log.error({ err: (err as Error).message }, 'model failed to load');
     await running.close();
     throw err;
   }
   progress.done();
-  const stop = (signal: string) => {
-    log.info({ signal }, 'shutting down');
-    running.close().then(() => process.exit(0), () => process.exit(1));
-  };
-  process.once('SIGINT', () => stop('SIGINT'));
-  process.once('SIGTERM', () => stop('SIGTERM'));
 }
 
 export async function runPredict(flags: ServeFlags & { prompt: string; request?: string }): Promise<void> {

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BackendChoice } from '../engine/index.ts';
-import { coerceEnvLayer, parseGenConfigString } from './gen-config.ts';
+import { coerceLayer, parseGenConfigString } from './gen-config.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -15,7 +15,7 @@ export const EMBEDDED = {
 export interface ServeConfig {
   baseModel: string;
   adapter: string | null;
-  /** The env generation config, validated (bad keys dropped). */
+  /** The env generation config, its types checked (a bad key stops the start). */
   genConfig: Record<string, unknown>;
   /** What was wrong with the env (bad JSON, bad values), for the start-up log. */
   warnings: string[];
@@ -30,11 +30,49 @@ export interface ServeConfig {
   backend: BackendChoice;
   /** Merge the adapter into the weights (cached in CACHE_DIR) so its requests cost what the base costs. */
   mergeAdapter: boolean;
+  /** Validate every weight at load (CHECK_TENSORS, default on). */
+  checkTensors: boolean;
+  http: HttpLimits;
+  /** On SIGTERM/SIGINT, how long requests in flight may finish before they are ended. */
+  drainTimeoutS: number;
 }
 
-export type Overrides = Partial<Omit<ServeConfig, 'genConfig' | 'warnings'>> & { genConfigString?: string };
+export type Overrides = Partial<Omit<ServeConfig, 'genConfig' | 'warnings' | 'http'>> & { genConfigString?: string; http?: Partial<HttpLimits> };
 
 export class ConfigError extends Error {}
+
+/** The HTTP server's own limits; none of them bounds how long a response may stream. */
+export interface HttpLimits {
+  /** A client must have sent its request headers within this (slowloris). */
+  headersTimeoutS: number;
+  /** ... and its whole request, body included (a Content-Length that lies). */
+  bodyTimeoutS: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutS: number;
+  /** Connections beyond this are refused at once. */
+  maxConnections: number;
+}
+
+export const GEN_CONFIG_VAR = 'FINE_TUNING_STUDIO_GEN_CONFIG_STRING';
+
+/**
+ * The env generation config, each key of the wrong type refused by name: a config that would break
+ * every request must stop the start, not pass as ready. (Its ranges, and whether its adapter and
+ * max_new_tokens fit the model, are checked once the engine is loaded: see open.ts.)
+ */
+function envGenConfig(config: Record<string, unknown>): Record<string, unknown> {
+  const values: Record<string, unknown> = {};
+  const bad: string[] = [];
+  for (const [key, value] of Object.entries(config)) {
+    try {
+      Object.assign(values, coerceLayer({ [key]: value }));
+    } catch (e) {
+      bad.push((e as Error).message);
+    }
+  }
+  if (bad.length > 0) throw new ConfigError(`generation config (${GEN_CONFIG_VAR}): ${bad.join('; ')}`);
+  return values;
+}
 
 function intFrom(name: string, raw: string | undefined, fallback: number, min: number): number {
   if (raw === undefined || raw === '') return fallback;
@@ -42,6 +80,22 @@ function intFrom(name: string, raw: string | undefined, fallback: number, min: n
   if (!Number.isInteger(n) || n < min) throw new ConfigError(`${name} must be an integer >= ${min}, got '${raw}'`);
   return n;
 }
+
+function secondsFrom(name: string, raw: string | undefined, fallback: number): number {
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0 || n > 86400) throw new ConfigError(`${name} must be a number of seconds in (0, 86400], got '${raw}'`);
+  return n;
+}
+
+function onOff(name: string, raw: string | undefined, fallback: boolean): boolean {
+  const v = (raw ?? (fallback ? 'on' : 'off')).toLowerCase();
+  if (!['on', 'off', 'true', 'false', '1', '0'].includes(v)) throw new ConfigError(`${name} must be on or off, got '${raw}'`);
+  return ['on', 'true', '1'].includes(v);
+}
+
+/** The HTTP limits' defaults: generous for any real client, short for one that holds a socket. */
+export const HTTP_DEFAULTS: HttpLimits = { headersTimeoutS: 10, bodyTimeoutS: 30, keepAliveTimeoutS: 5, maxConnections: 512 };
 
 export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConfig {
   const pick = (...names: string[]) => names.map((n) => env[n]).find((v) => v !== undefined && v !== '');
@@ -51,17 +105,16 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
   // Nothing configured at all: the embedded tiny-qa base + adapter.
   const embedded = base === undefined && o.adapter === undefined && adapterEnv === undefined;
   const parsed = parseGenConfigString(o.genConfigString ?? pick('FINE_TUNING_STUDIO_GEN_CONFIG_STRING', 'GEN_CONFIG_STRING'));
-  const { values, warnings } = coerceEnvLayer(parsed.config);
+  const values = envGenConfig(parsed.config);
   const backend = (o.backend ?? pick('BACKEND') ?? 'auto') as BackendChoice;
   if (!['cpu', 'cuda', 'auto'].includes(backend)) throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
   const threads = o.threads ?? (pick('THREADS') ? intFrom('THREADS', pick('THREADS'), 1, 1) : undefined);
-  const mergeEnv = (pick('MERGE_ADAPTER') ?? 'on').toLowerCase();
-  if (!['on', 'off', 'true', 'false', '1', '0'].includes(mergeEnv)) throw new ConfigError(`MERGE_ADAPTER must be on or off, got '${mergeEnv}'`);
+  const h = o.http ?? {};
   return {
     baseModel: base ?? EMBEDDED.baseModel,
     adapter: o.adapter !== undefined ? o.adapter : embedded ? EMBEDDED.adapter : (adapterEnv ?? null),
     genConfig: values,
-    warnings: [...(parsed.warning ? [parsed.warning] : []), ...warnings],
+    warnings: parsed.warning ? [parsed.warning] : [],
     port: o.port ?? intFrom('PORT', pick('PORT'), 8080, 0),
     host: o.host ?? pick('HOST') ?? '127.0.0.1',
     modelsDir: path.resolve(o.modelsDir ?? pick('MODELS_DIR') ?? path.join(root, 'models')),
@@ -71,6 +124,14 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     contextSize: o.contextSize ?? intFrom('CONTEXT_SIZE', pick('CONTEXT_SIZE'), 2048, 16),
     ...(threads !== undefined ? { threads } : {}),
     backend,
-    mergeAdapter: o.mergeAdapter ?? ['on', 'true', '1'].includes(mergeEnv),
+    mergeAdapter: o.mergeAdapter ?? onOff('MERGE_ADAPTER', pick('MERGE_ADAPTER'), true),
+    checkTensors: o.checkTensors ?? onOff('CHECK_TENSORS', pick('CHECK_TENSORS'), true),
+    http: {
+      headersTimeoutS: h.headersTimeoutS ?? secondsFrom('HEADERS_TIMEOUT', pick('HEADERS_TIMEOUT'), HTTP_DEFAULTS.headersTimeoutS),
+      bodyTimeoutS: h.bodyTimeoutS ?? secondsFrom('BODY_TIMEOUT', pick('BODY_TIMEOUT'), HTTP_DEFAULTS.bodyTimeoutS),
+      keepAliveTimeoutS: h.keepAliveTimeoutS ?? secondsFrom('KEEP_ALIVE_TIMEOUT', pick('KEEP_ALIVE_TIMEOUT'), HTTP_DEFAULTS.keepAliveTimeoutS),
+      maxConnections: h.maxConnections ?? intFrom('MAX_CONNECTIONS', pick('MAX_CONNECTIONS'), HTTP_DEFAULTS.maxConnections, 1),
+    },
+    drainTimeoutS: o.drainTimeoutS ?? secondsFrom('DRAIN_TIMEOUT', pick('DRAIN_TIMEOUT'), 25),
   };
 }

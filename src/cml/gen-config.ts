@@ -1,7 +1,7 @@
 // Fine Tuning Studio's generation config: parsed like the original predict script, merged
 // request > env > defaults, and turned into engine parameters. Values coerce as Python would
 // ("0.5" -> 0.5); anything else is a BadRequestError naming the parameter.
-import type { GenerateParams } from '../engine/index.ts';
+import { boundMessage, withinBound, type GenerateParams, type ParamBounds, type ParamKey } from '../engine/index.ts';
 
 /** DEFAULT_GENERATIONAL_CONFIG of the studio (ft/consts.py). */
 export const STUDIO_DEFAULTS = Object.freeze({
@@ -45,21 +45,21 @@ export function parseGenConfigString(raw: string | undefined): GenConfigParse {
   return { config: {}, warning: `generation config ignored, using the studio defaults: ${first.message}` };
 }
 
+/** Turns one value into its type; ranges come from the engine's bounds table (see coerceLayer). */
 type Coerce = (name: string, v: unknown) => unknown;
 
 const num =
-  (check: (n: number) => boolean, rule: string): Coerce =>
+  (integer = false): Coerce =>
   (name, v) => {
     const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : Number.NaN;
-    if (typeof v === 'boolean' || !Number.isFinite(n) || !check(n)) {
-      throw new BadRequestError(`${name} must be ${rule}, got ${JSON.stringify(v)}`);
+    if (typeof v === 'boolean' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+      throw new BadRequestError(`${name} must be ${integer ? 'an integer' : 'a number'}, got ${JSON.stringify(v)}`);
     }
     return n;
   };
 
-const int = (min: number): Coerce => num((n) => Number.isInteger(n) && n >= min, `an integer >= ${min}`);
-
-const bool: Coerce = (name, v) => {
+/** Python's truthy spellings of a boolean: true/false, 1/0, "true"/"false". */
+export const coerceBool: Coerce = (name, v) => {
   if (typeof v === 'boolean') return v;
   if (v === 0 || v === 1) return v === 1;
   if (typeof v === 'string' && /^(true|false)$/i.test(v.trim())) return v.trim().toLowerCase() === 'true';
@@ -80,20 +80,20 @@ const adapterName: Coerce = (name, v) => {
   return v;
 };
 
-/** The parameters a request (or the env config) may set, and how each coerces. */
-const PARAMS: Record<string, Coerce> = {
-  temperature: num((n) => n >= 0, 'a number >= 0'),
-  top_p: num((n) => n > 0 && n <= 1, 'a number in (0, 1]'),
-  top_k: int(0),
-  repetition_penalty: num((n) => n > 0, 'a number > 0'),
-  max_new_tokens: int(1),
-  min_new_tokens: int(0),
-  num_beams: int(1),
-  do_sample: bool,
-  seed: num((n) => Number.isInteger(n) && n >= 0 && n < 2 ** 32, 'an integer in [0, 2^32)'),
-  stop: stopList,
-  adapter: adapterName,
-  adapter_scale: num(() => true, 'a finite number'),
+/** The parameters a request (or the env config) may set, how each coerces, and its row in the bounds table. */
+const PARAMS: Record<string, { coerce: Coerce; bound?: ParamKey }> = {
+  temperature: { coerce: num(), bound: 'temperature' },
+  top_p: { coerce: num(), bound: 'topP' },
+  top_k: { coerce: num(true), bound: 'topK' },
+  repetition_penalty: { coerce: num(), bound: 'repetitionPenalty' },
+  max_new_tokens: { coerce: num(true), bound: 'maxTokens' },
+  min_new_tokens: { coerce: num(true), bound: 'minTokens' },
+  num_beams: { coerce: num(true) },
+  do_sample: { coerce: coerceBool },
+  seed: { coerce: num(true), bound: 'seed' },
+  stop: { coerce: stopList },
+  adapter: { coerce: adapterName },
+  adapter_scale: { coerce: num(), bound: 'adapterScale' },
 };
 
 export interface ResolvedGeneration {
@@ -103,31 +103,22 @@ export interface ResolvedGeneration {
 }
 
 /**
- * Validates the known keys of one layer; unknown keys are ignored (the studio passes others, such as
+ * Validates the known keys of one layer: their types, and with `bounds` (the engine's table) their
+ * ranges, under the studio's names. Unknown keys are ignored (the studio passes others, such as
  * max_length, that the original ignores too).
  */
-export function coerceLayer(layer: Record<string, unknown>): Record<string, unknown> {
+export function coerceLayer(layer: Record<string, unknown>, bounds?: ParamBounds): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [key, coerce] of Object.entries(PARAMS)) {
+  for (const [key, { coerce, bound }] of Object.entries(PARAMS)) {
     if (!(key in layer) || layer[key] === undefined) continue;
     if (layer[key] === null && key !== 'adapter') continue; // Python's None: not set
-    out[key] = coerce(key, layer[key]);
+    const v = coerce(key, layer[key]);
+    const b = bound && bounds?.[bound];
+    if (b && !withinBound(b, v as number)) throw new BadRequestError(boundMessage(b, key, layer[key]));
+    if (key === 'num_beams' && (v as number) < 1) throw new BadRequestError(`num_beams must be an integer >= 1, got ${JSON.stringify(layer[key])}`);
+    out[key] = v;
   }
   return out;
-}
-
-/** Like coerceLayer, but drops each bad key with a warning instead of failing (for the env config). */
-export function coerceEnvLayer(layer: Record<string, unknown>): { values: Record<string, unknown>; warnings: string[] } {
-  const values: Record<string, unknown> = {};
-  const warnings: string[] = [];
-  for (const key of Object.keys(PARAMS)) {
-    try {
-      Object.assign(values, coerceLayer({ [key]: layer[key] }));
-    } catch (e) {
-      warnings.push(`generation config: ${(e as Error).message}; using the default`);
-    }
-  }
-  return { values, warnings };
 }
 
 /**
@@ -137,8 +128,9 @@ export function resolveGeneration(
   request: Record<string, unknown>,
   env: Record<string, unknown>,
   defaultAdapter: string | null,
+  bounds?: ParamBounds,
 ): ResolvedGeneration {
-  const merged: Record<string, unknown> = { ...STUDIO_DEFAULTS, ...env, ...coerceLayer(request) };
+  const merged: Record<string, unknown> = { ...STUDIO_DEFAULTS, ...coerceLayer(env, bounds), ...coerceLayer(request, bounds) };
   if ((merged.num_beams as number) > 1) {
     throw new BadRequestError('num_beams > 1 (beam search) is not supported; use num_beams 1');
   }

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Engine, mergeAdapter } from '../engine/index.ts';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
-import type { ServeConfig } from './config.ts';
+import { ConfigError, GEN_CONFIG_VAR, type ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
 import { DEFAULT_ADAPTER, Predictor } from './predict.ts';
 
@@ -32,6 +32,7 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
     slots: cfg.slots,
     maxQueue: cfg.maxQueue,
     contextSize: cfg.contextSize,
+    checkTensors: cfg.checkTensors,
     ...(cfg.threads !== undefined ? { threads: cfg.threads } : {}),
     ...(ev.onProgress ? { onProgress: ev.onProgress } : {}),
   });
@@ -43,7 +44,14 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
     await engine.close();
     throw e;
   }
-  return new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null);
+  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null);
+  try {
+    predictor.checkGenConfig();
+  } catch (e) {
+    await engine.close();
+    throw new ConfigError(`generation config (${GEN_CONFIG_VAR}) cannot serve a request: ${(e as Error).message}`);
+  }
+  return predictor;
 }
 
 /**

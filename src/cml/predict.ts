@@ -25,7 +25,7 @@ export class Predictor {
     }
     const r = request as Record<string, unknown>;
     if (typeof r.prompt !== 'string') throw new BadRequestError('request.prompt must be a string');
-    const { params } = resolveGeneration(r, this.genConfig, this.defaultAdapter);
+    const { params } = resolveGeneration(r, this.genConfig, this.defaultAdapter, this.engine.bounds);
     return { prompt: r.prompt, params };
   }
 
@@ -33,6 +33,15 @@ export class Predictor {
   start(request: unknown, signal?: AbortSignal): Generation {
     const { prompt, params } = this.prepare(request);
     return this.engine.generate(prompt, params, signal ? { signal } : {});
+  }
+
+  /**
+   * Checks the env generation config against the loaded model: its ranges, its adapter, and that
+   * max_new_tokens fits the context. Throws what a request using it alone would meet.
+   */
+  checkGenConfig(): void {
+    const { params } = resolveGeneration({}, this.genConfig, this.defaultAdapter, this.engine.bounds);
+    this.engine.validate([Math.max(this.engine.model.bos, 0)], params);
   }
 
   /** api_wrapper(args): the bare continuation string. */

@@ -1,10 +1,14 @@
 // The Express app: body parsing with CML's 5 MB limit, the API key, the routes, /health, /metrics,
 // and the one error handler. No generation logic here.
+import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { completionRoutes } from './completions-route.ts';
 import type { AppContext } from './context.ts';
-import { HttpError, errorHandler } from './errors.ts';
+import { HttpError, RETRY_AFTER_S, errorHandler } from './errors.ts';
 import { predictRoutes } from './predict-route.ts';
+
+/** Every path the app serves: the only values of the metrics' `route` label, besides 'other'. */
+const ROUTES = new Set(['/health', '/metrics', '/predict', '/v1/completions']);
 
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
@@ -13,9 +17,11 @@ export function createApp(ctx: AppContext): express.Express {
   app.use((req: Request, res: Response, next: NextFunction) => {
     const started = process.hrtime.bigint();
     res.on('close', () => {
-      const route = req.route?.path ?? (req.path.startsWith('/v1/') || req.path === '/predict' ? req.path : 'other');
+      // Never the raw path: a client could mint a label series per request.
+      const route = ROUTES.has(req.path) ? req.path : 'other';
       const f = res.locals.failure as { status: number } | undefined;
-      const status = String(f?.status ?? res.statusCode);
+      // 499 (nginx's "client closed request"): the client left before the response was complete.
+      const status = String(res.writableFinished ? (f?.status ?? res.statusCode) : 499);
       ctx.metrics.requests.inc({ route, status });
       if (f || res.statusCode >= 400) ctx.metrics.errors.inc({ route, status });
       if (route !== '/metrics' && route !== '/health') {
@@ -28,6 +34,7 @@ export function createApp(ctx: AppContext): express.Express {
   app.get('/health', (_req, res) => {
     const s = ctx.state;
     const stats = s.predictor?.engine.stats();
+    if (s.status !== 'ready') res.set('Retry-After', String(RETRY_AFTER_S));
     res.status(s.status === 'ready' ? 200 : 503).json({
       status: s.status,
       model: s.modelName,
@@ -48,14 +55,20 @@ export function createApp(ctx: AppContext): express.Express {
     res.set('Content-Type', ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
   });
 
-  app.use(express.json({ limit: '5mb', type: () => true }));
-
+  // The key is checked before the body is read: an unauthenticated client costs no parsing. CML's
+  // accessKey (query or body) names the model at CML's gateway, which checks it there; it is
+  // accepted and never stands in for this key.
   if (ctx.apiKey) {
-    const expected = `Bearer ${ctx.apiKey}`;
-    app.use((req, _res, next) => {
-      next(req.get('authorization') === expected ? undefined : new HttpError(401, 'missing or wrong API key (Authorization: Bearer <key>)'));
+    const expected = Buffer.from(`Bearer ${ctx.apiKey}`);
+    app.use((req, res, next) => {
+      const given = Buffer.from(req.get('authorization') ?? '');
+      if (given.length === expected.length && timingSafeEqual(given, expected)) return next();
+      res.set('WWW-Authenticate', 'Bearer realm="cml-lora-serve"');
+      next(new HttpError(401, 'missing or wrong API key (Authorization: Bearer <key>)'));
     });
   }
+
+  app.use(express.json({ limit: '5mb', type: () => true }));
 
   app.use(predictRoutes(ctx));
   app.use(completionRoutes(ctx));

@@ -6,7 +6,7 @@ import { Router } from 'express';
 import { BadRequestError } from '../cml/gen-config.ts';
 import type { Chunk, GenerateParams, GenerationResult } from '../engine/index.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
-import { readyPredictor, type AppContext } from './context.ts';
+import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
 import { cancelOnClose, streamGeneration, usageOf, wantsStream } from './sse.ts';
 
 function paramsFrom(b: Record<string, unknown>, adapter: string | null): GenerateParams {
@@ -53,7 +53,8 @@ export function completionRoutes(ctx: AppContext): Router {
     const names = predictor.engine.adapters().map((a) => a.name);
     const adapter = b.model === 'base' ? null : typeof b.model === 'string' && names.includes(b.model) ? b.model : ctx.state.adapterName;
     const params = paramsFrom(b, adapter);
-    const gen = predictor.engine.generate(prompt, params);
+    if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw new BadRequestError('stream must be true or false');
+    const gen = track(ctx, predictor.engine.generate(prompt, params));
     cancelOnClose(res, gen);
 
     const id = `cmpl-${randomUUID()}`;
@@ -74,6 +75,8 @@ export function completionRoutes(ctx: AppContext): Router {
       const chunks: Chunk[] = [];
       for await (const c of gen) if (c.token !== null) chunks.push(c);
       const r = await gen.result;
+      const cut = endedByShutdown(ctx, r);
+      if (cut) throw cut;
       ctx.metrics.observe(r);
       res.json({
         id, object: 'text_completion', created, model,
@@ -88,7 +91,7 @@ export function completionRoutes(ctx: AppContext): Router {
       chunk: (c) => (c.text || c.logprob !== undefined ? frame(c.text, null, c.token !== null ? logprobsOf([c]) : null) : undefined),
       done: (r) => [frame('', finishReason(r)), '[DONE]'],
       failure: openAiEnvelope,
-    });
+    }, (r) => endedByShutdown(ctx, r));
     if (r) ctx.metrics.observe(r);
   });
   return router;

@@ -1,6 +1,6 @@
 // One place that maps every failure to an HTTP status and CML's error envelope.
 import type { ErrorRequestHandler } from 'express';
-import { AdapterError, ContextOverflowError, EngineClosedError, InvalidParamsError, QueueFullError } from '../engine/index.ts';
+import { AdapterError, ContextOverflowError, EngineClosedError, InvalidParamsError, NonFiniteError, QueueFullError } from '../engine/index.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
 
 export class HttpError extends Error {
@@ -23,6 +23,9 @@ export function toHttp(err: unknown): HttpFailure {
     return { status: 400, message: err.message };
   }
   if (err instanceof AdapterError) return { status: 400, message: err.message };
+  // The request's own numbers overflowed (its adapter scale, or weights it alone reaches): nothing
+  // else was hurt, and the same request would fail again.
+  if (err instanceof NonFiniteError) return { status: 422, message: err.message };
   if (err instanceof QueueFullError) return { status: 429, message: `model.busy: ${err.message}` };
   if (err instanceof EngineClosedError) return { status: 503, message: err.message };
   // body-parser's own errors carry a type and a 4xx status
@@ -34,6 +37,9 @@ export function toHttp(err: unknown): HttpFailure {
   }
   return { status: 500, message: 'internal error' };
 }
+
+/** What 429 and 503 answers tell a client to wait before it tries again, in seconds. */
+export const RETRY_AFTER_S = 1;
 
 export const cmlEnvelope = (f: HttpFailure) => ({ success: false, errors: [f.message] });
 
@@ -52,6 +58,7 @@ export function errorHandler(onInternal: (err: unknown) => void): ErrorRequestHa
       res.end();
       return;
     }
+    if (f.status === 429 || f.status === 503) res.set('Retry-After', String(RETRY_AFTER_S));
     const body = req.path.startsWith('/v1/') ? openAiEnvelope(f) : cmlEnvelope(f);
     res.status(f.status).json(body);
   };

@@ -38,7 +38,12 @@ export interface SseFormat {
 }
 
 /** Streams a generation in a route's own format; resolves with the result, or null after a failure. */
-export async function streamGeneration(res: Response, gen: Generation, format: SseFormat): Promise<GenerationResult | null> {
+export async function streamGeneration(
+  res: Response,
+  gen: Generation,
+  format: SseFormat,
+  endedBy: (r: GenerationResult) => Error | null = () => null,
+): Promise<GenerationResult | null> {
   openSse(res);
   try {
     for await (const c of gen) {
@@ -46,6 +51,8 @@ export async function streamGeneration(res: Response, gen: Generation, format: S
       if (ev !== undefined) sendEvent(res, ev);
     }
     const r = await gen.result;
+    const cut = endedBy(r); // a shutdown, not the client, cancelled it: the stream ends in an error event
+    if (cut) throw cut;
     for (const ev of format.done(r)) sendEvent(res, ev);
     return r;
   } catch (err) {

@@ -41,7 +41,7 @@ describe('CML entry point (python3, standard library only)', () => {
       decorated: true,
       answer: ' The capital of Belithne is Ulqua!',
       again: ' Vegri.',
-      error: expect.stringMatching(/max_new_tokens must be an integer >= 1/),
+      error: expect.stringMatching(/max_new_tokens must be an integer in \[1, 16777216\], got -1/),
     });
   });
 });

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/cml/config.ts';
+import { resolveBackend } from '../../src/engine/index.ts';
 import {
   BadRequestError,
   STUDIO_DEFAULTS,
-  coerceEnvLayer,
   parseGenConfigString,
   resolveGeneration,
 } from '../../src/cml/gen-config.ts';
@@ -28,10 +29,13 @@ describe('parseGenConfigString (like the studio, but it says what went wrong)', 
     expect(parseGenConfigString('')).toEqual({ config: {} });
     expect(parseGenConfigString(undefined)).toEqual({ config: {} });
   });
-  it('bad values in the env config are dropped with a warning', () => {
-    const r = coerceEnvLayer({ temperature: 'hot', top_k: '7', max_length: 99 });
-    expect(r.values).toEqual({ top_k: 7 });
-    expect(r.warnings).toEqual([expect.stringMatching(/temperature must be a number >= 0, got "hot"/)]);
+  it('values of the wrong type in the env config stop the start, each named', () => {
+    const env = { FINE_TUNING_STUDIO_GEN_CONFIG_STRING: '{"temperature": "hot", "top_k": "7", "do_sample": "maybe", "max_length": 99}' };
+    expect(() => loadConfig(env)).toThrow(ConfigError);
+    expect(() => loadConfig(env)).toThrow(
+      'generation config (FINE_TUNING_STUDIO_GEN_CONFIG_STRING): temperature must be a number, got "hot"; do_sample must be true or false, got "maybe"',
+    );
+    expect(loadConfig({ GEN_CONFIG_STRING: '{"top_k": "7", "max_length": 99}' }).genConfig).toEqual({ top_k: 7 });
   });
 });
 
@@ -70,10 +74,17 @@ describe('resolveGeneration: request > env > studio defaults', () => {
     expect(resolveGeneration({ adapter_scale: '0.5' }, {}, 'default').params.adapters).toEqual([{ name: 'default', scale: 0.5 }]);
     expect(resolveGeneration({ min_new_tokens: 9 }, {}, null).params.minTokens).toBe(9);
   });
+  // The engine's bounds table, under the studio's names.
+  const bounds = resolveBackend('cpu').addon.paramBounds();
   it.each([
     [{ temperature: Number.NaN }, /temperature/],
-    [{ temperature: 'hot' }, /temperature must be a number >= 0, got "hot"/],
-    [{ max_new_tokens: -1 }, /max_new_tokens must be an integer >= 1/],
+    [{ temperature: 'hot' }, /temperature must be a number, got "hot"/],
+    [{ temperature: 1e-45 }, 'temperature must be 0 or a number in [1e-06, 100], got 1e-45'],
+    [{ temperature: '1e39' }, 'temperature must be 0 or a number in [1e-06, 100], got "1e39"'],
+    [{ max_new_tokens: -1 }, 'max_new_tokens must be an integer in [1, 16777216], got -1'],
+    [{ adapter_scale: 1e5 }, 'adapter_scale must be a number in [-16, 16], got 100000'],
+    [{ repetition_penalty: 0 }, /repetition_penalty must be a number in \[0.001, 1000\]/],
+    [{ seed: 2 ** 32 }, /seed must be an integer in \[0, 4294967295\]/],
     [{ max_new_tokens: '3.5' }, /max_new_tokens/],
     [{ top_k: true }, /top_k/],
     [{ top_p: 0 }, /top_p/],
@@ -82,7 +93,7 @@ describe('resolveGeneration: request > env > studio defaults', () => {
     [{ adapter: 3 }, /adapter/],
     [{ num_beams: 4 }, /num_beams > 1 .*not supported/],
   ])('%j is a 400', (request, message) => {
-    expect(() => resolveGeneration(request, {}, null)).toThrow(BadRequestError);
-    expect(() => resolveGeneration(request, {}, null)).toThrow(message);
+    expect(() => resolveGeneration(request, {}, null, bounds)).toThrow(BadRequestError);
+    expect(() => resolveGeneration(request, {}, null, bounds)).toThrow(message);
   });
 });

@@ -6,6 +6,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/cml/config.ts';
 import { createApp } from '../../src/server/app.ts';
+import { newAppContext } from '../../src/server/context.ts';
 import { Metrics } from '../../src/server/metrics.ts';
 import { startServer, type RunningServer } from '../../src/server/server.ts';
 import { loadReference } from '../helpers.ts';
@@ -259,7 +260,7 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot
 describe('before the model is ready', () => {
   it('/health and /predict answer 503 while loading', async () => {
     const state = { status: 'loading' as const, predictor: null, modelName: 'm', adapterName: null };
-    const app = createApp({ state, metrics: new Metrics(() => null), apiKey: null, log });
+    const app = createApp(newAppContext(state, new Metrics(() => null), null, log));
     const server = app.listen(0, '127.0.0.1');
     await new Promise((r) => server.once('listening', r));
     const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
