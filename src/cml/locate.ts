@@ -1,11 +1,11 @@
 // Turns Fine Tuning Studio's model and adapter locations into GGUF files, saying which rule won and,
 // when none did, every place that was tried. No network: a Hub id must already be on disk.
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ggufKind, readGgufHeader } from '../intake/gguf-header.ts';
 import { convertHfModel } from '../intake/hf-model.ts';
+import { hfCacheSnapshots } from '../intake/hf-cache.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 
 export class LocateError extends Error {}
@@ -48,12 +48,6 @@ async function fromDir(dir: string, kind: 'model' | 'adapter', rule: string, tri
   }
   tried.push(`${dir} (no ${kind} GGUF inside)`);
   return null;
-}
-
-function hfCacheSnapshots(id: string): string[] {
-  const hub = process.env.HF_HUB_CACHE ?? path.join(process.env.HF_HOME ?? path.join(os.homedir(), '.cache/huggingface'), 'hub');
-  const snaps = path.join(hub, `models--${id.replaceAll('/', '--')}`, 'snapshots');
-  return isDir(snaps) ? readdirSync(snaps).map((s) => path.join(snaps, s)) : [];
 }
 
 /** A Hugging Face checkpoint becomes a GGUF in the cache once; later starts reuse it. */

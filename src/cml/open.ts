@@ -1,9 +1,9 @@
 // From configuration to a ready Predictor: locate the files, load the model and the adapter.
 // Shared by `serve` and the one-shot `predict` command.
-import { statfsSync, statSync } from 'node:fs';
+import { rmSync, statfsSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Engine, mergeAdapter } from '../engine/index.ts';
+import { Engine, ModelLoadError, mergeAdapter } from '../engine/index.ts';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ConfigError, GEN_CONFIG_VAR, type ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
@@ -24,18 +24,38 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
   if (adapter) ev.info?.({ path: adapter.path, rule: adapter.rule, from: cfg.adapter }, 'adapter located');
   else ev.info?.({}, 'no adapter configured: serving the base model');
 
-  const merged = adapter && cfg.mergeAdapter ? await mergedModel(base.path, adapter.path, cfg, ev) : null;
-  const engine = await Engine.load({
-    modelPath: merged ?? base.path,
-    ...(merged && adapter ? { mergedAdapter: { name: DEFAULT_ADAPTER, path: adapter.path, scale: 1 } } : {}),
-    backend: cfg.backend,
-    slots: cfg.slots,
-    maxQueue: cfg.maxQueue,
-    contextSize: cfg.contextSize,
-    checkTensors: cfg.checkTensors,
-    ...(cfg.threads !== undefined ? { threads: cfg.threads } : {}),
-    ...(ev.onProgress ? { onProgress: ev.onProgress } : {}),
-  });
+  const load = (modelPath: string, merged: boolean) =>
+    Engine.load({
+      modelPath,
+      ...(merged && adapter ? { mergedAdapter: { name: DEFAULT_ADAPTER, path: adapter.path, scale: 1 } } : {}),
+      backend: cfg.backend,
+      slots: cfg.slots,
+      maxQueue: cfg.maxQueue,
+      contextSize: cfg.contextSize,
+      checkTensors: cfg.checkTensors,
+      ...(cfg.threads !== undefined ? { threads: cfg.threads } : {}),
+      ...(ev.onProgress ? { onProgress: ev.onProgress } : {}),
+    });
+  let merged = adapter && cfg.mergeAdapter ? await mergedModel(base.path, adapter.path, cfg, ev) : null;
+  let engine: Engine;
+  try {
+    engine = await load(merged ?? base.path, merged !== null);
+  } catch (e) {
+    if (merged === null || !(e instanceof ModelLoadError)) throw e;
+    // A cached merged model that does not load (truncated, corrupted on disk): made again once,
+    // and if that does not load either, the adapter is served unmerged.
+    ev.warn?.({ path: merged, error: e.message }, 'the cached merged model does not load: merging again');
+    rmSync(merged, { force: true });
+    merged = await mergedModel(base.path, adapter!.path, cfg, ev);
+    try {
+      engine = await load(merged ?? base.path, merged !== null);
+    } catch (again) {
+      if (merged === null || !(again instanceof ModelLoadError)) throw again;
+      ev.warn?.({ path: merged, error: again.message }, 'the merged model does not load: serving the adapter unmerged (slower per token)');
+      merged = null;
+      engine = await load(base.path, false);
+    }
+  }
   ev.info?.({ backend: engine.backend.name, reason: engine.backend.reason, devices: engine.backend.devices.map((d) => d.description) }, 'backend');
   ev.info?.({ ...engine.model }, 'model loaded');
   try {

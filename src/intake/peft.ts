@@ -4,6 +4,7 @@
 // alpha_pattern) is folded into lora_b so llama.cpp's alpha/rank reproduces it exactly.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { HF_ARCH, checkAdapterFamily } from './adapter-family.ts';
 import { ggufKind, readGgufHeader } from './gguf-header.ts';
 import { GgufWriter, type OutType } from './gguf-writer.ts';
 import { IntakeError } from './errors.ts';
@@ -22,12 +23,6 @@ export interface BaseShape {
   permuteQK: boolean;
 }
 
-const HF_ARCH: Record<string, BaseShape['arch']> = {
-  LlamaForCausalLM: 'llama',
-  MistralForCausalLM: 'llama',
-  Qwen2ForCausalLM: 'qwen2',
-  BloomForCausalLM: 'bloom',
-};
 
 /** From a Hugging Face config.json directory or a base GGUF file. */
 export async function baseShape(base: string): Promise<BaseShape> {
@@ -150,6 +145,7 @@ export async function convertPeftAdapter(o: ConvertLoraOptions): Promise<{ tenso
     throw new IntakeError(`no adapter_model.safetensors in ${o.peftDir}`);
   }
   const shape = await baseShape(o.base);
+  await checkAdapterFamily(o.peftDir, cfg.base_model_name_or_path, o.base, shape.arch);
   const st = await SafetensorsFile.open(file);
   try {
     const modules = new Map<string, { a?: string; b?: string }>();

@@ -159,6 +159,36 @@ describe('convert-lora', () => {
   });
 });
 
+describe('an adapter trained on another family', () => {
+  // tiny-qwen2's adapter (as the studio saves it: with the tokenizer beside it) on tiny-qa's Llama base.
+  const qwen = modelDir('tiny-qwen2');
+  const qwenAdapter = (name: string, config: Record<string, unknown>) => {
+    const dir = path.join(tmp, name);
+    mkdirSync(dir);
+    const base = JSON.parse(readFileSync(path.join(qwen, 'adapter-peft/adapter_config.json'), 'utf8')) as Record<string, unknown>;
+    writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...base, ...config }));
+    copyFileSync(path.join(qwen, 'adapter-peft/adapter_model.safetensors'), path.join(dir, 'adapter_model.safetensors'));
+    return dir;
+  };
+
+  it('is refused by the tokenizer saved beside it', async () => {
+    const dir = qwenAdapter('qwen-tok', {});
+    copyFileSync(path.join(qwen, 'base-hf/tokenizer.json'), path.join(dir, 'tokenizer.json'));
+    for (const base of [path.join(qa, 'base-f32.gguf'), path.join(qa, 'base-hf')]) {
+      await expect(convertPeftAdapter({ peftDir: dir, base, out: path.join(tmp, 'x.gguf') })).rejects.toThrow(/the adapter's tokenizer .* is not the base's .*trained on another model/);
+    }
+    // On its own base, the same folder converts.
+    await expect(convertPeftAdapter({ peftDir: dir, base: path.join(qwen, 'base-f32.gguf'), out: path.join(tmp, 'qwen-ok.gguf') })).resolves.toBeDefined();
+  });
+
+  it('is refused by the base_model_name_or_path it names, when that model is on disk', async () => {
+    const dir = qwenAdapter('qwen-named', { base_model_name_or_path: path.join(qwen, 'base-hf') });
+    await expect(convertPeftAdapter({ peftDir: dir, base: path.join(qa, 'base-f32.gguf'), out: path.join(tmp, 'x.gguf') })).rejects.toThrow(
+      /trained on '.*tiny-qwen2\/base-hf' \(Qwen2ForCausalLM\), but the base is a llama model/,
+    );
+  });
+});
+
 describe('serving a PEFT directory', () => {
   it('converts once into the cache, reuses it, and rebuilds when the adapter changes', async () => {
     const cache = path.join(tmp, 'cache');
