@@ -10,6 +10,7 @@ loopback port; each call forwards `args` to POST /predict and returns the bare c
 import atexit
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def _start():
     with _lock:
         if _server is None or _server.poll() is not None:
             port = _free_port()
-            env = dict(os.environ, PORT=str(port), HOST="127.0.0.1")
+            # The server drains and exits once this process is gone, however it went (SIGKILL too).
+            env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", CML_LORA_SERVE_PARENT_PID=str(os.getpid()))
             cmd = [NODE, os.path.join(ROOT, "bin", "cml-lora-serve.mjs"), "serve"]
             # The server's log goes to stderr, so the caller's stdout carries only its own output.
             _server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sys.stderr.fileno())
@@ -62,15 +64,28 @@ def _start():
 
 
 def _stop():
+    """SIGTERM makes the server drain: requests in flight finish (DRAIN_TIMEOUT, 25 s), then it exits."""
     if _server is not None and _server.poll() is None:
         _server.terminate()
         try:
-            _server.wait(timeout=10)
+            _server.wait(timeout=float(os.environ.get("DRAIN_TIMEOUT", "25")) + 5)
         except subprocess.TimeoutExpired:
             _server.kill()
 
 
 atexit.register(_stop)
+
+
+def _on_sigterm(signum, _frame):
+    # Python's default for SIGTERM ends the process without atexit: pass the signal on first.
+    _stop()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+# Only where nobody else (the CML runtime, the caller) has claimed the signal.
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _predict(args):

@@ -97,6 +97,14 @@ export async function runServe(flags: ServeFlags): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // Started by a parent that owns this server (the CML model script): once that parent is gone,
+  // however it went (SIGKILL too), this process is reparented and drains as on SIGTERM.
+  const parent = Number(process.env.CML_LORA_SERVE_PARENT_PID);
+  if (Number.isInteger(parent) && parent > 1) {
+    setInterval(() => {
+      if (!stopping && process.ppid !== parent) stop('parent exited');
+    }, 500).unref();
+  }
   try {
     await running.ready;
   } catch (err) {

@@ -95,9 +95,9 @@ export async function startServer(cfg: ServeConfig, log: Logger, onProgress?: (f
     ready,
     async drain(timeoutMs) {
       const t0 = performance.now();
+      // Still listening: a balancer that has not yet seen /health fail gets 503 + Retry-After for
+      // what it sends meanwhile, not refused connections.
       state.status = 'draining';
-      server.close(); // no new connections; open ones get 503 until they go
-      server.closeIdleConnections();
       const inFlight = ctx.live.size;
       const settled = Promise.allSettled([...ctx.live].map((g) => g.result));
       let timer: NodeJS.Timeout | undefined;

@@ -1,5 +1,5 @@
 // The CML model script (scripts/cml_model_predict_script.py), run by python3 against the real server.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -44,4 +44,39 @@ describe('CML entry point (python3, standard library only)', () => {
       error: expect.stringMatching(/max_new_tokens must be an integer in \[1, 16777216\], got -1/),
     });
   });
+});
+
+describe('the CML entry point and its server end together', () => {
+  // A replica's Python process, started as CML starts it; it prints its server's pid and waits.
+  const replica = `
+import json, sys, time
+sys.path.insert(0, ${JSON.stringify(path.join(root, 'scripts'))})
+import cml_model_predict_script as m
+m.api_wrapper({"prompt": "x", "max_new_tokens": 1})
+print(json.dumps({"server": m._server.pid}), flush=True)
+time.sleep(600)
+`;
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it.each(['SIGTERM', 'SIGKILL'] as const)('%s to the Python process: the server drains and exits', async (signal) => {
+    const py = spawn('python3', ['-c', replica], { cwd: root, env: { ...process.env, PYTHONPATH: fakeCml, THREADS: '1', SLOTS: '1' }, stdio: ['ignore', 'pipe', 'ignore'] });
+    const line = await new Promise<string>((resolve, reject) => {
+      py.stdout.once('data', (d: Buffer) => resolve(d.toString()));
+      py.once('exit', (code) => reject(new Error(`python exited with ${code}`)));
+    });
+    const server = (JSON.parse(line) as { server: number }).server;
+    expect(alive(server)).toBe(true);
+    const exited = new Promise((resolve) => py.once('exit', (code, sig) => resolve(sig ?? code)));
+    py.kill(signal);
+    expect(await exited).toBe(signal);
+    for (let i = 0; i < 100 && alive(server); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(alive(server)).toBe(false);
+  }, 60_000);
 });
