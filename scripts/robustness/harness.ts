@@ -189,6 +189,26 @@ export async function send(url: string, s: Send): Promise<Sent> {
   }
 }
 
+/**
+ * A streamed /predict whose first token event is awaited apart from its end: a request known to
+ * be running (or queued with its headers out) when something else happens, such as a SIGTERM.
+ */
+export function streamed(url: string, request: Record<string, unknown>): { started: Promise<void>; ended: Promise<{ done: boolean; error: boolean; text: string }> } {
+  let markStarted!: () => void;
+  const started = new Promise<void>((r) => (markStarted = r));
+  const ended = (async () => {
+    const res = await fetch(`${url}/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ request: { ...request, stream: true } }) });
+    markStarted();
+    const text = await res.text();
+    const events = text.split('\n\n').filter((f) => f.startsWith('data: ')).map((f) => JSON.parse(f.slice(6)) as Record<string, unknown>);
+    return { done: events.some((e) => e.done === true), error: events.some((e) => e.success === false), text };
+  })().catch((e: Error) => {
+    markStarted();
+    return { done: false, error: true, text: String(e.cause ?? e) };
+  });
+  return { started, ended };
+}
+
 /** MB per minute over the samples after the warm-up fraction (least squares). */
 export function rssSlope(samples: { t: number; mb: number }[], warmup = 0.2): number {
   const from = samples.length ? samples[0]!.t + (samples.at(-1)!.t - samples[0]!.t) * warmup : 0;

@@ -4,7 +4,7 @@
 // Passes with 0 crashes, 0 answers >= 500, 0 mismatches and no slot left busy.
 import { pathToFileURL } from 'node:url';
 import { Command } from 'commander';
-import { greedyPool, pick, rng, rssRows, rssSlope, send, ServerProcess, table } from './harness.ts';
+import { greedyPool, pick, rng, rssRows, rssSlope, send, ServerProcess, streamed, table } from './harness.ts';
 
 export interface SoakOptions {
   clients: number;
@@ -27,6 +27,8 @@ export interface SoakReport {
   mismatches: string[];
   busyAtEnd: number;
   rssSlopeMbPerMin: number;
+  /** The closing SIGTERM, sent with `clients` streams in flight (most of them queued). */
+  drain: { inFlight: number; done: number; cut: number; exitCode: number | null; ms: number };
   table: string;
 }
 
@@ -76,7 +78,13 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   await Promise.all(Array.from({ length: o.clients }, client));
   await new Promise((res) => setTimeout(res, 500)); // abandoned requests leave their slots
   const busyAtEnd = Number((await server.health())?.busy_slots ?? -1);
-  const exit = await server.stop();
+  // Then the shutdown: a stream per client, SIGTERM once all have their headers, and how each ends.
+  const burst = Array.from({ length: o.clients }, () => streamed(server.url, { ...pick(r, pool).request }));
+  await Promise.all(burst.map((b) => b.started));
+  const t0 = performance.now();
+  const exitCode = await server.stop();
+  const ends = await Promise.all(burst.map((b) => b.ended));
+  const drain = { inFlight: burst.length, done: ends.filter((e) => e.done).length, cut: ends.filter((e) => !e.done).length, exitCode, ms: Math.round(performance.now() - t0) };
   const slope = rssSlope(server.rss);
   const rows: [string, string | number][] = [
     ['clients / seconds / disconnect', `${o.clients} / ${o.seconds} / ${o.disconnect}`],
@@ -87,9 +95,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     ['mismatches with the same prompt alone', `${mismatches.length} of ${completed} completed`],
     ...rssRows(server.rss),
     ['slots busy at the end', busyAtEnd],
-    ['server exit code after SIGTERM', String(exit)],
+    ['SIGTERM with streams in flight', `${drain.inFlight}: ${drain.done} ended with done, ${drain.cut} cut; exit ${drain.exitCode} after ${drain.ms} ms`],
   ];
-  return { requests, completed, disconnected, byStatus, crashes: server.crashes, serverErrors, mismatches, busyAtEnd, rssSlopeMbPerMin: slope, table: table(rows) };
+  return { requests, completed, disconnected, byStatus, crashes: server.crashes, serverErrors, mismatches, busyAtEnd, rssSlopeMbPerMin: slope, drain, table: table(rows) };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
@@ -105,5 +113,6 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const rep = await runSoak({ ...f, seconds: f.minutes * 60, log: (l) => console.error(l) });
   console.log(rep.table);
   for (const line of [...rep.crashes, ...rep.serverErrors, ...rep.mismatches].slice(0, 20)) console.log(line);
-  process.exitCode = rep.crashes.length === 0 && rep.serverErrors.length === 0 && rep.mismatches.length === 0 && rep.busyAtEnd === 0 ? 0 : 1;
+  const drained = rep.drain.cut === 0 && rep.drain.exitCode === 0;
+  process.exitCode = rep.crashes.length === 0 && rep.serverErrors.length === 0 && rep.mismatches.length === 0 && rep.busyAtEnd === 0 && drained ? 0 : 1;
 }

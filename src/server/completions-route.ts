@@ -4,12 +4,12 @@
 import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { BadRequestError } from '../cml/gen-config.ts';
-import type { Chunk, GenerateParams, GenerationResult } from '../engine/index.ts';
+import { boundMessage, withinBound, type Chunk, type GenerateParams, type GenerationResult, type ParamBounds } from '../engine/index.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
 import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
 import { cancelOnClose, streamGeneration, usageOf, wantsStream } from './sse.ts';
 
-function paramsFrom(b: Record<string, unknown>, adapter: string | null): GenerateParams {
+function paramsFrom(b: Record<string, unknown>, adapter: string | null, bounds: ParamBounds): GenerateParams {
   const num = (k: string, ok: (n: number) => boolean = () => true): number | undefined => {
     const v = b[k];
     if (v === undefined || v === null) return undefined;
@@ -24,7 +24,7 @@ function paramsFrom(b: Record<string, unknown>, adapter: string | null): Generat
   }
   const temperature = num('temperature', (n) => n >= 0 && n <= 2) ?? 1;
   const p: GenerateParams = {
-    maxTokens: num('max_tokens', (n) => Number.isInteger(n) && n >= 1) ?? 16,
+    maxTokens: num('max_tokens', (n) => withinBound(bounds.maxTokens, n)) ?? 16,
     temperature,
     greedy: temperature === 0,
     topP: num('top_p', (n) => n > 0 && n <= 1) ?? 1,
@@ -35,7 +35,14 @@ function paramsFrom(b: Record<string, unknown>, adapter: string | null): Generat
   const seed = num('seed', (n) => Number.isInteger(n) && n >= 0 && n < 2 ** 32);
   if (seed !== undefined) p.seed = seed;
   if (stop) p.stop = stop as string[];
-  if (b.logit_bias !== undefined && b.logit_bias !== null) p.logitBias = b.logit_bias as Record<number, number>;
+  if (b.logit_bias !== undefined && b.logit_bias !== null) {
+    const lb = b.logit_bias;
+    if (typeof lb !== 'object' || Array.isArray(lb)) throw new BadRequestError('logit_bias must be an object of token id -> bias');
+    for (const [id, v] of Object.entries(lb)) {
+      if (typeof v !== 'number' || !withinBound(bounds.logitBias, v)) throw new BadRequestError(boundMessage(bounds.logitBias, `logit_bias['${id}']`, v));
+    }
+    p.logitBias = lb as Record<number, number>;
+  }
   if (adapter) p.adapters = [{ name: adapter }];
   return p;
 }
@@ -52,7 +59,7 @@ export function completionRoutes(ctx: AppContext): Router {
     if (typeof prompt !== 'string') throw new BadRequestError('prompt must be a string (or an array of one string)');
     const names = predictor.engine.adapters().map((a) => a.name);
     const adapter = b.model === 'base' ? null : typeof b.model === 'string' && names.includes(b.model) ? b.model : ctx.state.adapterName;
-    const params = paramsFrom(b, adapter);
+    const params = paramsFrom(b, adapter, predictor.engine.bounds);
     if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw new BadRequestError('stream must be true or false');
     const gen = track(ctx, predictor.engine.generate(prompt, params));
     cancelOnClose(res, gen);

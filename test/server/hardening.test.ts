@@ -46,6 +46,14 @@ describe('values past their bounds', () => {
     expect(await predict(s.url, { prompt: question, ...params })).toEqual({ status: 400, body: { success: false, errors: [message] } });
   });
 
+  it('the OpenAI route names its own parameters', async () => {
+    const res = await post(`${s.url}/v1/completions`, { prompt: question, logit_bias: { 3: 1e39 } });
+    expect(res.status).toBe(400);
+    expect((await res.json()).errors).toEqual(["logit_bias['3'] must be a number in [-100, 100], got 1e+39"]);
+    const stream = await post(`${s.url}/v1/completions`, { prompt: question, stream: 'yes' });
+    expect((await stream.json()).errors).toEqual(['stream must be true or false']);
+  });
+
   it('a 4.8 MB prompt is refused by its size, before it is tokenized', async () => {
     const r = await predict(s.url, { prompt: 'x'.repeat(4_800_000) });
     expect(r.status).toBe(400);
