@@ -1,6 +1,6 @@
 // What a careless or hostile client, or a bad config, must not do to the server: crash it, spoil
 // another request, hold its sockets, mint metric series, or pass a config that breaks every request.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -208,5 +208,37 @@ describe('sockets held open', () => {
       status = await fetch(`${s.url}/health`).then((r) => r.status, () => 0);
     }
     expect(status).toBe(200);
+  });
+});
+
+describe('a cached merged model that no longer loads', () => {
+  it('is merged again at the next start, and served merged', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merged-cache-'));
+    const saved = process.env.CACHE_DIR;
+    process.env.CACHE_DIR = dir;
+    try {
+      const first = await start();
+      await first.close();
+      const merged = readdirSync(dir).find((f) => f.startsWith('merged-'))!;
+      const size = statSync(path.join(dir, merged)).size;
+      truncateSync(path.join(dir, merged), Math.floor(size / 2)); // a disk that filled, a copy cut short
+      const lines: string[] = [];
+      const logged = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
+      const s = await startServer(loadConfig({}, { port: 0, threads: 1, slots: 1 }), logged);
+      await s.ready;
+      try {
+        const url = `http://127.0.0.1:${s.port}`;
+        expect(await (await fetch(`${url}/health`)).json()).toMatchObject({ status: 'ready', adapter_merged: true });
+        expect(await predict(url, { prompt: question, do_sample: false })).toEqual({ status: 200, body: { success: true, response: ' The capital of Belithne is Ulqua!' } });
+        expect(lines.join('')).toMatch(/the cached merged model does not load: merging again/);
+        expect(statSync(path.join(dir, merged)).size).toBe(size);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      if (saved === undefined) delete process.env.CACHE_DIR;
+      else process.env.CACHE_DIR = saved;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
