@@ -22,6 +22,12 @@ export interface ServeConfig {
   port: number;
   host: string;
   modelsDir: string;
+  /**
+   * The CML project's root, which the studio's relative locations (`data/adapters/...`) are
+   * relative to: CDSW_PROJECT_DIR where set, else the working directory (a CML model's is the
+   * project; the CML script starts the server there).
+   */
+  projectRoot: string;
   apiKey: string | null;
   slots: number;
   maxQueue: number;
@@ -118,6 +124,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     port: o.port ?? intFrom('PORT', pick('PORT'), 8080, 0),
     host: o.host ?? pick('HOST') ?? '127.0.0.1',
     modelsDir: path.resolve(o.modelsDir ?? pick('MODELS_DIR') ?? path.join(root, 'models')),
+    projectRoot: path.resolve(o.projectRoot ?? pick('CDSW_PROJECT_DIR') ?? process.cwd()),
     apiKey: o.apiKey ?? pick('API_KEY') ?? null,
     slots: o.slots ?? intFrom('SLOTS', pick('SLOTS'), 8, 1),
     maxQueue: o.maxQueue ?? intFrom('MAX_QUEUE', pick('MAX_QUEUE'), 64, 0),

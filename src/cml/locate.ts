@@ -57,10 +57,13 @@ async function converted(dir: string, what: string, cache: string): Promise<Loca
   return { path: made.path, rule: `${what}, ${made.reused ? 'reused from' : 'converted into'} the cache` };
 }
 
-/** FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME → a GGUF model file. */
-export async function locateBaseModel(value: string, modelsDir: string, cache = cacheDir()): Promise<Located> {
+/**
+ * FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME → a GGUF model file. Relative paths are the project's:
+ * they resolve against `projectRoot` (see ServeConfig.projectRoot), never against this checkout.
+ */
+export async function locateBaseModel(value: string, modelsDir: string, cache = cacheDir(), projectRoot = process.cwd()): Promise<Located> {
   const tried: string[] = [];
-  const p = path.resolve(value);
+  const p = path.resolve(projectRoot, value);
   if (value.endsWith('.gguf')) {
     if (isFile(p)) return { path: p, rule: 'a .gguf file path' };
     tried.push(`${p} (no such file)`);
@@ -86,8 +89,8 @@ export async function locateBaseModel(value: string, modelsDir: string, cache = 
 }
 
 /** FINE_TUNING_STUDIO_ADAPTER_LOCATION → a GGUF LoRA file; a PEFT directory is converted (cached). */
-export async function locateAdapter(value: string, baseGguf?: string, cache = cacheDir()): Promise<Located> {
-  const p = path.resolve(value);
+export async function locateAdapter(value: string, baseGguf?: string, cache = cacheDir(), projectRoot = process.cwd()): Promise<Located> {
+  const p = path.resolve(projectRoot, value);
   if (isFile(p)) {
     if (!value.endsWith('.gguf')) throw new LocateError(`adapter ${p} is not a .gguf file`);
     return { path: p, rule: 'a GGUF LoRA file' };

@@ -18,9 +18,9 @@ export interface OpenEvents {
 }
 
 export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Promise<Predictor> {
-  const base = await locateBaseModel(cfg.baseModel, cfg.modelsDir);
+  const base = await locateBaseModel(cfg.baseModel, cfg.modelsDir, cacheDir(), cfg.projectRoot);
   ev.info?.({ path: base.path, rule: base.rule, from: cfg.baseModel }, 'base model located');
-  const adapter = cfg.adapter ? await locateAdapter(cfg.adapter, base.path) : null;
+  const adapter = cfg.adapter ? await locateAdapter(cfg.adapter, base.path, cacheDir(), cfg.projectRoot) : null;
   if (adapter) ev.info?.({ path: adapter.path, rule: adapter.rule, from: cfg.adapter }, 'adapter located');
   else ev.info?.({}, 'no adapter configured: serving the base model');
 
