@@ -5,7 +5,8 @@ import path from 'node:path';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ggufKind, readGgufHeader } from '../intake/gguf-header.ts';
 import { convertHfModel } from '../intake/hf-model.ts';
-import { hfCacheSnapshots } from '../intake/hf-cache.ts';
+import { hfCacheSnapshots, hfHubCache } from '../intake/hf-cache.ts';
+import { downloadHfModel, hubEnv } from '../intake/hub-download.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 
 export class LocateError extends Error {}
@@ -61,7 +62,13 @@ async function converted(dir: string, what: string, cache: string): Promise<Loca
  * FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME → a GGUF model file. Relative paths are the project's:
  * they resolve against `projectRoot` (see ServeConfig.projectRoot), never against this checkout.
  */
-export async function locateBaseModel(value: string, modelsDir: string, cache = cacheDir(), projectRoot = process.cwd()): Promise<Located> {
+export async function locateBaseModel(
+  value: string,
+  modelsDir: string,
+  cache = cacheDir(),
+  projectRoot = process.cwd(),
+  onDownload?: (done: number, total: number) => void,
+): Promise<Located> {
   const tried: string[] = [];
   const p = path.resolve(projectRoot, value);
   if (value.endsWith('.gguf')) {
@@ -83,9 +90,27 @@ export async function locateBaseModel(value: string, modelsDir: string, cache = 
       if (inSnap) return inSnap;
       if (isFile(path.join(s, 'config.json'))) return converted(s, 'a Hugging Face cache snapshot', cache);
     }
-    if (snaps.length === 0) tried.push(`the Hugging Face cache (no snapshot of ${value})`);
+    if (snaps.length === 0) tried.push(`the Hugging Face cache ${hfHubCache()} (no snapshot of ${value})`);
+    if (HUB_ID.test(value)) return fromHub(value, cache, tried, onDownload);
   }
   throw new LocateError(`base model '${value}' not found; tried: ${tried.join('; ')}`);
+}
+
+const HUB_ID = /^[\w.-]+\/[\w.-]+$/;
+
+/** A Hub id found nowhere on disk: fetched into the HF cache (unless HF_HUB_OFFLINE), then converted. */
+async function fromHub(id: string, cache: string, tried: string[], onDownload?: (done: number, total: number) => void): Promise<Located> {
+  const hub = hubEnv();
+  if (hub.offline) {
+    throw new LocateError(`base model '${id}' not found, and HF_HUB_OFFLINE=1 forbids fetching it from the Hub; tried: ${tried.join('; ')}`);
+  }
+  let snapshot: string;
+  try {
+    snapshot = await downloadHfModel(id, { endpoint: hub.endpoint, ...(hub.token ? { token: hub.token } : {}), cacheDir: hfHubCache(), ...(onDownload ? { onProgress: onDownload } : {}) });
+  } catch (e) {
+    throw new LocateError(`base model '${id}' not found on disk (tried: ${tried.join('; ')}), and fetching it failed: ${(e as Error).message}`);
+  }
+  return converted(snapshot, `fetched from ${hub.endpoint} into the Hugging Face cache`, cache);
 }
 
 /** FINE_TUNING_STUDIO_ADAPTER_LOCATION → a GGUF LoRA file; a PEFT directory is converted (cached). */

@@ -15,10 +15,12 @@ export interface OpenEvents {
   /** Something did not go as configured but serving goes on (an adapter that could not be merged). */
   warn?: (fields: Record<string, unknown>, message: string) => void;
   onProgress?: (fraction: number) => void;
+  /** Bytes fetched so far of a base model downloaded from the Hub. */
+  onDownload?: (done: number, total: number) => void;
 }
 
 export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Promise<Predictor> {
-  const base = await locateBaseModel(cfg.baseModel, cfg.modelsDir, cacheDir(), cfg.projectRoot);
+  const base = await locateBaseModel(cfg.baseModel, cfg.modelsDir, cacheDir(), cfg.projectRoot, ev.onDownload);
   ev.info?.({ path: base.path, rule: base.rule, from: cfg.baseModel }, 'base model located');
   const adapter = cfg.adapter ? await locateAdapter(cfg.adapter, base.path, cacheDir(), cfg.projectRoot) : null;
   if (adapter) ev.info?.({ path: adapter.path, rule: adapter.rule, from: cfg.adapter }, 'adapter located');

@@ -69,7 +69,16 @@ export async function startServer(cfg: ServeConfig, log: Logger, onProgress?: (f
   const port = (server.address() as AddressInfo).port;
   log.info({ host: cfg.host, port, ...l }, 'listening');
 
-  const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), warn: (f, m) => log.warn(f, m), ...(onProgress ? { onProgress } : {}) }).then(
+  // A base model fetched from the Hub: a log line at each tenth (a replica's log is no terminal).
+  let tenth = -1;
+  const onDownload = (done: number, total: number) => {
+    const t = total > 0 ? Math.floor((done / total) * 10) : 10;
+    if (t > tenth) {
+      tenth = t;
+      log.info({ mb: Math.round(done / 2 ** 20), totalMb: Math.round(total / 2 ** 20) }, `fetching the base model from the Hub: ${t * 10}%`);
+    }
+  };
+  const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), warn: (f, m) => log.warn(f, m), onDownload, ...(onProgress ? { onProgress } : {}) }).then(
     (predictor) => {
       state.predictor = predictor;
       state.adapterName = predictor.engine.adapters()[0]?.name ?? null;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { modelDir, root } from '../helpers.ts';
+import { startFakeHub } from './fake-hub.ts';
 
 const run = promisify(execFile);
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-project-'));
@@ -71,6 +72,23 @@ describe('as CML deploys it', () => {
       timeout: 300_000,
     });
     expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toBe(' The capital of Belithne is Ulqua!');
+  }, 300_000);
+
+  it('a Hub id in no cache is fetched from the Hub (HF_ENDPOINT) at the replica\'s start; offline, the import fails saying so', async () => {
+    const hubServer = await startFakeHub({ repo: 'tiny-org/remote-qa', dir: path.join(modelDir('tiny-qa'), 'base-hf'), commit: 'b'.repeat(40) });
+    try {
+      const env = { FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/remote-qa', FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/qa-adapter', HF_ENDPOINT: hubServer.url };
+      const offline = await run('python3', ['-c', replica('"imported"')], { cwd: project, env: studioEnv({ ...env, HF_HUB_OFFLINE: '1' }), timeout: 300_000 });
+      expect(JSON.parse(offline.stdout.trim().split('\n').at(-1)!)).toEqual({
+        import_error: expect.stringMatching(/^cml-lora-serve could not start: error: base model 'tiny-org\/remote-qa' not found, and HF_HUB_OFFLINE=1 forbids fetching it/),
+      });
+      expect(hubServer.requests).toEqual([]);
+      const { stdout } = await run('python3', ['-c', replica('ns["api_wrapper"]({"prompt": "Question: What is the capital of Belithne?\\nAnswer:"})')], { cwd: project, env: studioEnv(env), timeout: 300_000 });
+      expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toBe(' The capital of Belithne is Ulqua!');
+      expect(hubServer.unexpected).toEqual([]);
+    } finally {
+      await hubServer.close();
+    }
   }, 300_000);
 
   it('a start that cannot succeed fails the import, with the server\'s own reason', async () => {
