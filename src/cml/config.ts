@@ -121,7 +121,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     adapter: o.adapter !== undefined ? o.adapter : embedded ? EMBEDDED.adapter : (adapterEnv ?? null),
     genConfig: values,
     warnings: parsed.warning ? [parsed.warning] : [],
-    port: o.port ?? intFrom('PORT', pick('PORT'), 8080, 0),
+    // A CML Application must listen on 127.0.0.1:$CDSW_APP_PORT: that port wins over PORT.
+    port: o.port ?? (pick('CDSW_APP_PORT') ? intFrom('CDSW_APP_PORT', pick('CDSW_APP_PORT'), 8080, 1) : intFrom('PORT', pick('PORT'), 8080, 0)),
     host: o.host ?? pick('HOST') ?? '127.0.0.1',
     modelsDir: path.resolve(o.modelsDir ?? pick('MODELS_DIR') ?? path.join(root, 'models')),
     projectRoot: path.resolve(o.projectRoot ?? pick('CDSW_PROJECT_DIR') ?? process.cwd()),

@@ -5,10 +5,11 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { completionRoutes } from './completions-route.ts';
 import type { AppContext } from './context.ts';
 import { HttpError, RETRY_AFTER_S, errorHandler } from './errors.ts';
+import { PLAYGROUND_ROUTES, playgroundRoutes } from './playground-route.ts';
 import { predictRoutes } from './predict-route.ts';
 
 /** Every path the app serves: the only values of the metrics' `route` label, besides 'other'. */
-const ROUTES = new Set(['/health', '/metrics', '/predict', '/v1/completions']);
+const ROUTES = new Set(['/health', '/metrics', '/predict', '/v1/completions', ...PLAYGROUND_ROUTES]);
 
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
@@ -54,6 +55,8 @@ export function createApp(ctx: AppContext): express.Express {
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
   });
+
+  app.use(playgroundRoutes());
 
   // The key is checked before the body is read: an unauthenticated client costs no parsing. CML's
   // accessKey (query or body) names the model at CML's gateway, which checks it there; it is

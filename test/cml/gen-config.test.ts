@@ -97,3 +97,16 @@ describe('resolveGeneration: request > env > studio defaults', () => {
     expect(() => resolveGeneration(request, {}, null, bounds)).toThrow(message);
   });
 });
+
+describe('loadConfig: where it listens', () => {
+  it('a CML Application listens on 127.0.0.1:$CDSW_APP_PORT, over PORT; a flag wins over both', () => {
+    expect(loadConfig({ CDSW_APP_PORT: '8123', PORT: '9000' })).toMatchObject({ port: 8123, host: '127.0.0.1' });
+    expect(loadConfig({ PORT: '9000' }).port).toBe(9000);
+    expect(loadConfig({ CDSW_APP_PORT: '8123' }, { port: 7000 }).port).toBe(7000);
+    expect(() => loadConfig({ CDSW_APP_PORT: 'x' })).toThrow("CDSW_APP_PORT must be an integer >= 1, got 'x'");
+  });
+  it('relative locations are the project\'s: CDSW_PROJECT_DIR, else the working directory', () => {
+    expect(loadConfig({ CDSW_PROJECT_DIR: '/home/cdsw' }).projectRoot).toBe('/home/cdsw');
+    expect(loadConfig({}).projectRoot).toBe(process.cwd());
+  });
+});
