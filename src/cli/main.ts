@@ -2,6 +2,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { EngineError } from '../engine/index.ts';
 import { runConvertLora, runConvertModel, runMergeLora } from './convert.ts';
+import { runDeploy } from './deploy.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
@@ -116,6 +117,33 @@ serveOptions(program.command('predict').description('one prompt through the CML 
   .requiredOption('--prompt <text>', 'prompt text')
   .option('--request <json>', 'other request fields, as JSON (e.g. \'{"do_sample": false}\')')
   .action(runPredict);
+
+const collect = (v: string, all: string[]) => [...all, v];
+program
+  .command('deploy-cml')
+  .description("deploy to Cloudera ML as Fine Tuning Studio does (a Model built from this checkout's predict script), or as an Application")
+  .option('--api-url <url>', 'CML workspace URL, scheme and host used (env CDSW_API_URL)')
+  .option('--api-key <key>', 'CML API v2 key (env CDSW_APIV2_KEY)')
+  .option('--project <id>', 'project id (env CDSW_PROJECT_ID)')
+  .requiredOption('--name <name>', 'model (or application) name; a model of that name is reused')
+  .option('--description <text>', 'description')
+  .option('--model <hub-id>', 'base model (env FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME)')
+  .option('--adapter <path>', 'adapter location, relative to the project root (env FINE_TUNING_STUDIO_ADAPTER_LOCATION)')
+  .option('--gen-config <json>', 'generation config (env FINE_TUNING_STUDIO_GEN_CONFIG_STRING)')
+  .option('--cpu <n>', 'vCPUs', numArg('--cpu'), 2)
+  .option('--memory <gb>', 'memory in GB', numArg('--memory'), 8)
+  .option('--gpus <n>', 'NVIDIA GPUs', intArg('--gpus', 0), 1)
+  .option('--replicas <n>', 'replicas (each serves one request at a time)', intArg('--replicas', 1), 1)
+  .option('--runtime <id>', "runtime identifier (default: the runtime of the job named like 'Finetuning_Base_Job', as the studio does)")
+  .option('--env <KEY=VALUE>', 'another environment variable for the deployment (repeatable)', collect, [])
+  .option('--application', 'create a CML Application (the server with batching, streaming and the playground) instead of a Model')
+  .option('--wait', 'follow the build to built and the deployment to deployed (or the application to running)')
+  .option('--dry-run', 'print the exact requests and send nothing')
+  .option('--file-path <path>', "the predict script's path from the project root", 'scripts/cml_model_predict_script.py')
+  .option('--app-script <path>', "the Application's launcher, from the project root", 'scripts/cml_application.py')
+  .option('--poll <s>', 'seconds between status checks with --wait', numArg('--poll'), 5)
+  .option('--timeout <min>', 'minutes --wait waits at most', numArg('--timeout'), 30)
+  .action(runDeploy);
 
 try {
   await program.parseAsync(process.argv);

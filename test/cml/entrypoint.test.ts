@@ -1,6 +1,7 @@
 // The CML model script (scripts/cml_model_predict_script.py), run by python3 against the real server.
 import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -78,5 +79,28 @@ time.sleep(600)
     expect(await exited).toBe(signal);
     for (let i = 0; i < 100 && alive(server); i++) await new Promise((r) => setTimeout(r, 100));
     expect(alive(server)).toBe(false);
+  }, 60_000);
+});
+
+describe('the CML Application launcher (scripts/cml_application.py)', () => {
+  it('becomes the server on 127.0.0.1:$CDSW_APP_PORT, with the playground at /', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const app = spawn('python3', [path.join(root, 'scripts/cml_application.py')], { cwd: root, env: { ...process.env, CDSW_APP_PORT: String(port), THREADS: '1', SLOTS: '2' }, stdio: 'ignore' });
+    try {
+      let status = 0;
+      for (let i = 0; i < 200 && status !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        status = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.status, () => 0);
+      }
+      expect(status).toBe(200);
+      expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toContain('<title>cml-lora-serve playground</title>');
+    } finally {
+      app.kill('SIGTERM');
+    }
   }, 60_000);
 });
