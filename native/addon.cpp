@@ -53,6 +53,19 @@ Napi::Value LoadBackends(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, capture.text());
 }
 
+// loadBackend(path): loads one ggml backend library (a CUDA 12 build beside the CUDA 13 one).
+// Returns llama.cpp's warnings, empty when it loaded.
+Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw cml::coded_error(env, "INVALID_PARAMS", "loadBackend(path): path must be a string");
+  cml::install_log_hook();
+  cml::LogCapture capture;
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  ggml_backend_reg_t reg = ggml_backend_load(path.c_str());
+  const std::string why = capture.text();
+  return Napi::String::New(env, reg != nullptr ? "" : (why.empty() ? "could not load " + path : why));
+}
+
 Napi::Value SystemInfo(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), llama_print_system_info());
 }
@@ -61,6 +74,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", cml::Engine::Define(env));
   exports.Set("devices", Napi::Function::New(env, Devices));
   exports.Set("loadBackends", Napi::Function::New(env, LoadBackends));
+  exports.Set("loadBackend", Napi::Function::New(env, LoadBackend));
   exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
   exports.Set("mergeLora", Napi::Function::New(env, cml::MergeLora));
   exports.Set("paramBounds", Napi::Function::New(env, cml::ParamBounds));

@@ -147,6 +147,8 @@ export interface NativeAddon {
   devices(): NativeDevice[];
   /** Loads the ggml backend libraries in dir; returns llama.cpp's warnings about any that failed. */
   loadBackends(dir: string): string;
+  /** Loads one backend library; returns llama.cpp's warnings, empty when it loaded. */
+  loadBackend(path: string): string;
   systemInfo(): string;
   /** false for a build that links its backends statically (the CUDA build). */
   dynamicBackends: boolean;
