@@ -75,6 +75,7 @@ export async function runDeploy(f: DeployFlags): Promise<void> {
     }
     if (r.kind === 'application') {
       console.log(`application: ${r.applicationId}${r.status ? ` (${r.status})` : ''}`);
+      if (r.endpoint) console.log(`url: ${r.endpoint} (the playground; POST /predict, /v1/completions)`);
       return;
     }
     console.log(`model: ${r.modelId}  build: ${r.buildId}${r.deploymentId ? `  deployment: ${r.deploymentId} (${r.status})` : ' (building; --wait follows it)'}`);

@@ -57,22 +57,39 @@ function overrides(f: ServeFlags): Overrides {
   return o;
 }
 
-/** A progress bar on a terminal; nothing otherwise (the logs say when loading ends). */
-function loadProgress(): { onProgress?: (f: number) => void; done: () => void } {
+/** Progress bars on a terminal (a fetch from the Hub, then the load); nothing otherwise (the logs say). */
+function loadProgress(): { onProgress?: (f: number) => void; onFetch?: (done: number, total: number) => void; done: () => void } {
   if (!process.stderr.isTTY) return { done: () => {} };
-  const bar = new cliProgress.SingleBar(
-    { format: 'loading model [{bar}] {percentage}%', stream: process.stderr, hideCursor: true, clearOnComplete: true },
-    cliProgress.Presets.shades_classic,
-  );
-  bar.start(100, 0);
-  return { onProgress: (f) => bar.update(Math.round(f * 100)), done: () => bar.stop() };
+  const bar = (format: string) =>
+    new cliProgress.SingleBar({ format, stream: process.stderr, hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic);
+  const load = bar('loading model [{bar}] {percentage}%');
+  const fetch = bar('fetching from the Hub [{bar}] {percentage}% {value}/{total} MB');
+  let fetching = false;
+  let loading = false;
+  return {
+    onFetch: (done, total) => {
+      if (!fetching) fetch.start(Math.max(1, Math.round(total / 2 ** 20)), 0);
+      fetching = true;
+      fetch.update(Math.round(done / 2 ** 20));
+      if (done >= total) fetch.stop();
+    },
+    onProgress: (f) => {
+      if (!loading) load.start(100, 0);
+      loading = true;
+      load.update(Math.round(f * 100));
+    },
+    done: () => {
+      fetch.stop();
+      load.stop();
+    },
+  };
 }
 
 export async function runServe(flags: ServeFlags): Promise<void> {
   const cfg = loadConfig(process.env, overrides(flags));
   const log = pino({ name: 'cml-lora-serve' });
   const progress = loadProgress();
-  const running = await startServer(cfg, log, progress.onProgress);
+  const running = await startServer(cfg, log, progress.onProgress, progress.onFetch);
   // From the start, loading included: SIGTERM drains (/health 503 at once, requests in flight
   // finish up to the drain timeout), then exits 0. A second signal exits at once.
   let stopping = false;

@@ -181,7 +181,8 @@ export async function deploy(o: DeployOptions, log: (line: string) => void = () 
     const final = o.wait
       ? await poll(() => api.call<{ status?: string }>('GET', `${p}/applications/${app.id}`), `application ${app.id}`, (s) => s === 'running', (s) => /failed|stopped/.test(s), o, log)
       : app;
-    return { kind: 'application', requests: api.sent, applicationId: app.id, ...(final.status ? { status: final.status } : {}) };
+    const host = new URL(o.apiUrl).host;
+    return { kind: 'application', requests: api.sent, applicationId: app.id, endpoint: `https://${app.subdomain ?? body.subdomain}.${host}`, ...(final.status ? { status: final.status } : {}) };
   }
 
   // The model: reused by name, as a redeploy of the same adapter should be.

@@ -42,7 +42,13 @@ function listen(server: Server, port: number, host: string): Promise<void> {
   });
 }
 
-export async function startServer(cfg: ServeConfig, log: Logger, onProgress?: (f: number) => void): Promise<RunningServer> {
+export async function startServer(
+  cfg: ServeConfig,
+  log: Logger,
+  onProgress?: (f: number) => void,
+  /** A base model fetched from the Hub, bytes so far (a terminal's progress bar); else log lines. */
+  onFetch?: (done: number, total: number) => void,
+): Promise<RunningServer> {
   const state: ServerState = {
     status: 'loading',
     predictor: null,
@@ -71,13 +77,13 @@ export async function startServer(cfg: ServeConfig, log: Logger, onProgress?: (f
 
   // A base model fetched from the Hub: a log line at each tenth (a replica's log is no terminal).
   let tenth = -1;
-  const onDownload = (done: number, total: number) => {
+  const onDownload = onFetch ?? ((done: number, total: number) => {
     const t = total > 0 ? Math.floor((done / total) * 10) : 10;
     if (t > tenth) {
       tenth = t;
       log.info({ mb: Math.round(done / 2 ** 20), totalMb: Math.round(total / 2 ** 20) }, `fetching the base model from the Hub: ${t * 10}%`);
     }
-  };
+  });
   const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), warn: (f, m) => log.warn(f, m), onDownload, ...(onProgress ? { onProgress } : {}) }).then(
     (predictor) => {
       state.predictor = predictor;

@@ -91,7 +91,7 @@ describe('deploy-cml', () => {
   it('an Application, followed to running', async () => {
     const f = await withFake();
     const r = await deploy(options(f.url, { application: true, name: 'QA Playground!' }));
-    expect(r).toMatchObject({ kind: 'application', applicationId: 'app-1', status: 'running' });
+    expect(r).toMatchObject({ kind: 'application', applicationId: 'app-1', status: 'running', endpoint: `https://qa-playground.${new URL(f.url).host}` });
     expect(f.requests.find((q) => q.method === 'POST')!.body).toMatchObject({
       subdomain: 'qa-playground', script: 'scripts/cml_application.py', nvidia_gpu: 1, kernel: 'python3', bypass_authentication: false, runtime_identifier: runtime,
     });
