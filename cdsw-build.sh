@@ -26,8 +26,14 @@ if [[ -z "$node_bin" || "$(node_major "$node_bin")" -lt 20 ]]; then
 fi
 echo "cdsw-build: node $("$node_bin" --version) at $node_bin"
 
-# npm ci: exactly the lockfile; --omit=dev: no compiler toolchain for TypeScript or tests. The
-# package's install script builds the CPU addon (node-gyp, a C++ compiler: the runtimes have g++).
-npm ci --omit=dev --no-audit --no-fund
+# npm: on PATH, else the npm inside the wheel (pip's `npm` entry point may be off PATH).
+npm_cmd=(npm)
+if ! command -v npm >/dev/null 2>&1; then
+  npm_cmd=("$node_bin" "$(dirname "$(dirname "$node_bin")")/lib/node_modules/npm/bin/npm-cli.js")
+fi
+
+# npm ci: exactly the lockfile, from npm's registry; --omit=dev: no TypeScript, test or browser
+# tooling. The package's install script builds the CPU addon (node-gyp and g++, which the runtimes have).
+"${npm_cmd[@]}" ci --omit=dev --no-audit --no-fund
 test -f build/Release/cml_llama.node || { echo "cdsw-build: the addon was not built" >&2; exit 1; }
 echo "cdsw-build: ready (scripts/cml_model_predict_script.py, function api_wrapper)"
