@@ -67,6 +67,24 @@ describe('concurrent requests', () => {
     expect(r.tokens.length).toBeLessThan(200);
   });
 
+  it('the adapter set holding the context yields its turn: a request of another set does not wait for it', async () => {
+    // A long adapter request holds the context; a short base request arrives. Turns last 8 steps
+    // or 200 ms, so the short one finishes long before the long one: a set that never yielded
+    // would make it wait all 200 tokens.
+    const long = engine.generate(prompts[0]!, { greedy: true, maxTokens: 200, ignoreEos: true, adapters: [{ name: 'qa', scale: 1 }] });
+    let streamed = 0;
+    const counting = (async () => {
+      for await (const c of long) if (c.token !== null) streamed++;
+    })();
+    while (streamed < 3) await new Promise((r) => setTimeout(r, 1));
+    const short = await engine.generate(prompts[1]!, { greedy: true, maxTokens: 8, ignoreEos: true }).result;
+    const longAtShortsEnd = streamed;
+    await counting;
+    expect(short.usage.generatedTokens).toBe(8);
+    expect(longAtShortsEnd).toBeLessThan(150);
+    expect((await long.result).usage.generatedTokens).toBe(200);
+  });
+
   it('adapters can be unloaded and reloaded while requests run', async () => {
     const running = engine.generate(requests[1]!.prompt, requests[1]!.params); // uses 'qa'
     expect(engine.unloadAdapter('qa')).toBe(true);

@@ -9,6 +9,9 @@ describe.each([
   { fixture: 'tiny-qa' as Fixture, unit: 1 },
   { fixture: 'tiny-qwen2' as Fixture, unit: Math.sqrt(8) },
 ])('$fixture parity with transformers + PEFT', ({ fixture, unit }) => {
+  // Measured worst gaps: 4.2e-6 to 1.36e-5 on the CPU (this VM, both fixtures, all three modes); a
+  // GPU's kernels differ (the H200 run stayed within 1e-3).
+  const tolerance = testBackend === 'cpu' ? 5e-5 : 1e-3;
   const ref = loadReference(fixture);
   let engine: Engine;
 
@@ -29,7 +32,7 @@ describe.each([
     it(`greedy ids and first-step log-probabilities match (${mode})`, async () => {
       const cases = ref.cases.filter((c) => c.mode === mode);
       const r = await againstReference(engine, cases, ref.eos, unit);
-      expect(r.worst, r.summary).toBeLessThan(1e-3);
+      expect(r.worst, r.summary).toBeLessThan(tolerance);
       // At most one near-tie miss per mode (the fixtures' own measurement: 92/93 with llama.cpp).
       expect(r.exact / cases.length, `${r.summary}\n${r.misses.join('\n')}`).toBeGreaterThanOrEqual(Math.min(0.97, (cases.length - 1) / cases.length));
     });

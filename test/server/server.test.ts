@@ -75,6 +75,18 @@ describe('POST /predict', () => {
     }
   });
 
+  it('text held back for a possible stop string is streamed at the end, not dropped', async () => {
+    // '!' could begin the stop string '!?', so it is held back until EOS shows it does not.
+    const request = { prompt: question, do_sample: false, stop: ['!?'] };
+    const plain = (await (await post(`${s.url}/predict`, { request })).json()).response;
+    expect(plain).toBe(' The capital of Belithne is Ulqua!');
+    const events = (await sse(await post(`${s.url}/predict`, { request: { ...request, stream: true } }))) as Record<string, unknown>[];
+    const tokens = events.filter((e) => typeof e.token === 'string').map((e) => e.token as string);
+    expect(tokens.join('')).toBe(plain);
+    expect(tokens.at(-1)).toBe('!');
+    expect(events.at(-1)).toMatchObject({ done: true, response: plain, stop_reason: 'eos' });
+  });
+
   it('8 concurrent clients get the right answers', async () => {
     const cases = ref.cases.filter((c) => c.mode !== 'adapter@0.5').slice(0, 8);
     const answers = await Promise.all(
