@@ -104,6 +104,7 @@ function openPrebuilt(reason: string): ResolvedBackend {
 }
 
 export function resolveBackend(choice: BackendChoice = 'auto'): ResolvedBackend {
+  if (!['cpu', 'cuda', 'auto'].includes(choice)) throw new BackendError(`backend must be cpu, cuda or auto, got '${String(choice)}'`, 'BACKEND_UNAVAILABLE');
   if (choice === 'cpu') return openCpu('CPU requested');
   const source = existsSync(cudaAddonPath);
   const prebuilt = existsSync(cudaPrebuiltAddonPath);

@@ -23,6 +23,8 @@ export class ContextOverflowError extends EngineError {}
 export class QueueFullError extends EngineError {}
 /** The engine was closed, or is not loaded yet. */
 export class EngineClosedError extends EngineError {}
+/** load() called twice, or close() while loading: a caller's order of calls, not a request's fault. */
+export class EngineStateError extends EngineError {}
 /** The requested backend cannot be used (for example CUDA without a CUDA build or GPU). */
 export class BackendError extends EngineError {}
 /** The AbortSignal passed to generate() was already aborted. */
@@ -46,6 +48,8 @@ const byCode: Record<string, new (message: string, code: string) => EngineError>
   QUEUE_FULL: QueueFullError,
   ENGINE_CLOSED: EngineClosedError,
   NOT_LOADED: EngineClosedError,
+  ALREADY_LOADED: EngineStateError,
+  LOADING: EngineStateError,
   DECODE_FAILED: DecodeError,
   NON_FINITE: NonFiniteError,
   MERGE_FAILED: MergeError,

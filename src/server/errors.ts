@@ -1,6 +1,6 @@
 // One place that maps every failure to an HTTP status and CML's error envelope.
 import type { ErrorRequestHandler } from 'express';
-import { AdapterError, ContextOverflowError, EngineClosedError, InvalidParamsError, NonFiniteError, QueueFullError } from '../engine/index.ts';
+import { AdapterError, ContextOverflowError, EngineClosedError, EngineStateError, InvalidParamsError, NonFiniteError, QueueFullError } from '../engine/index.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
 
 export class HttpError extends Error {
@@ -27,7 +27,7 @@ export function toHttp(err: unknown): HttpFailure {
   // else was hurt, and the same request would fail again.
   if (err instanceof NonFiniteError) return { status: 422, message: err.message };
   if (err instanceof QueueFullError) return { status: 429, message: `model.busy: ${err.message}` };
-  if (err instanceof EngineClosedError) return { status: 503, message: err.message };
+  if (err instanceof EngineClosedError || err instanceof EngineStateError) return { status: 503, message: err.message };
   // body-parser's own errors carry a type and a 4xx status
   const e = err as { type?: string; status?: number; message?: string };
   if (e?.type === 'entity.too.large') return { status: 413, message: 'request body is larger than 5 MB' };

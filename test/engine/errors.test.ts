@@ -188,3 +188,13 @@ describe('UTF-8 and stop strings', () => {
     expect(r).toMatchObject({ text: ' Vegri.', stopReason: 'eos' });
   });
 });
+
+describe('every native code has its class', () => {
+  it('ALREADY_LOADED and LOADING are EngineStateError; an unknown backend is a BackendError', async () => {
+    const { EngineStateError, BackendError, fromNative, resolveBackend } = await import('../../src/engine/index.ts');
+    expect(fromNative({ code: 'ALREADY_LOADED', message: 'load() may be called once' })).toBeInstanceOf(EngineStateError);
+    expect(fromNative({ code: 'LOADING', message: 'close() while the model is loading' })).toBeInstanceOf(EngineStateError);
+    expect(() => resolveBackend('tpu' as never)).toThrow(BackendError);
+    expect(() => resolveBackend('tpu' as never)).toThrow("backend must be cpu, cuda or auto, got 'tpu'");
+  });
+});
