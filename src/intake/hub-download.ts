@@ -3,7 +3,6 @@
 // @huggingface/hub: only what serving needs (config, tokenizer, safetensors weights), never the
 // pickles or the duplicate "original/" checkpoints many repos also carry.
 import path from 'node:path';
-import { downloadFileToCacheDir, listFiles } from '@huggingface/hub';
 import { IntakeError } from './errors.ts';
 
 export interface HubOptions {
@@ -31,6 +30,8 @@ export function hubEnv(env: NodeJS.ProcessEnv = process.env): { endpoint: string
 
 /** Fetches what serving `id` needs; returns the snapshot folder holding it. */
 export async function downloadHfModel(id: string, o: HubOptions): Promise<string> {
+  // Loaded only for a fetch: the client is large, and most starts find the model on disk.
+  const { downloadFileToCacheDir, listFiles } = await import('@huggingface/hub');
   const common = { repo: { type: 'model' as const, name: id }, hubUrl: o.endpoint, ...(o.token ? { accessToken: o.token } : {}), revision: o.revision ?? 'main' };
   const files: { path: string; size: number }[] = [];
   try {
