@@ -91,7 +91,8 @@ export async function locateBaseModel(
       if (isFile(path.join(s, 'config.json'))) return converted(s, 'a Hugging Face cache snapshot', cache);
     }
     if (snaps.length === 0) tried.push(`the Hugging Face cache ${hfHubCache()} (no snapshot of ${value})`);
-    if (HUB_ID.test(value)) return fromHub(value, cache, tried, onDownload);
+    // org/name, not a file name: a missing local models/x.gguf must not become a Hub request.
+    if (HUB_ID.test(value) && !value.endsWith('.gguf')) return fromHub(value, cache, tried, onDownload);
   }
   throw new LocateError(`base model '${value}' not found; tried: ${tried.join('; ')}`);
 }

@@ -80,6 +80,13 @@ describe('a Hub id that is not on disk', () => {
     expect(hub.requests.length).toBe(before);
   });
 
+  it('a missing relative .gguf path is never taken for a Hub id', async () => {
+    const { cache } = fresh(hub.url);
+    const before = hub.requests.length;
+    await expect(locateBaseModel('models/missing.gguf', cache, cache, cache)).rejects.toThrow(/^base model 'models\/missing\.gguf' not found; tried: /);
+    expect(hub.requests.length).toBe(before);
+  });
+
   it('a repo the Hub does not have, and an endpoint that does not answer', async () => {
     const { cache } = fresh(hub.url);
     await expect(locateBaseModel('tiny-org/nope', cache, cache, cache)).rejects.toThrow(/fetching it failed: cannot list 'tiny-org\/nope'/);
