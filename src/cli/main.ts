@@ -1,6 +1,7 @@
 // The command line: `generate` (one prompt, straight through the engine) and `serve`.
 import { Command, InvalidArgumentError } from 'commander';
-import { EngineError } from '../engine/index.ts';
+import { HTTP_DEFAULTS } from '../cml/config.ts';
+import { ENGINE_DEFAULTS, EngineError, SERVE_DEFAULTS } from '../engine/index.ts';
 import { runConvertLora, runConvertModel, runMergeLora } from './convert.ts';
 import { runDeploy } from './deploy.ts';
 import { runGenerate } from './generate.ts';
@@ -55,7 +56,7 @@ program
   .option('--backend <b>', 'cpu | cuda | auto', 'auto')
   .option('--threads <n>', 'CPU threads', intArg('--threads', 1))
   .option('--gpu-layers <n>', 'layers on the GPU (-1 = all)', intArg('--gpu-layers', -1))
-  .option('--context <n>', 'context tokens', intArg('--context', 16), 2048)
+  .option('--context <n>', 'context tokens', intArg('--context', 16), ENGINE_DEFAULTS.contextSize)
   .option('--json', 'print one JSON object (last line) instead of streaming text', false)
   .action(runGenerate);
 
@@ -66,23 +67,23 @@ const serveOptions = (cmd: Command) =>
     .option('--adapter-none', 'serve the base model alone')
     .option('--gen-config <json>', 'generation config (env FINE_TUNING_STUDIO_GEN_CONFIG_STRING / GEN_CONFIG_STRING)')
     .option('--models-dir <dir>', 'where org/name model ids are looked up (env MODELS_DIR)')
-    .option('--slots <n>', 'concurrent sequences (env SLOTS, default 8)', intArg('--slots', 1))
-    .option('--max-queue <n>', 'requests waiting beyond the slots (env MAX_QUEUE, default 64)', intArg('--max-queue', 0))
-    .option('--context <n>', 'context tokens per slot (env CONTEXT_SIZE, default 2048)', intArg('--context', 16))
+    .option('--slots <n>', `concurrent sequences (env SLOTS, default ${SERVE_DEFAULTS.slots})`, intArg('--slots', 1))
+    .option('--max-queue <n>', `requests waiting beyond the slots (env MAX_QUEUE, default ${SERVE_DEFAULTS.maxQueue})`, intArg('--max-queue', 0))
+    .option('--context <n>', `context tokens per slot (env CONTEXT_SIZE, default ${SERVE_DEFAULTS.contextSize})`, intArg('--context', 16))
     .option('--threads <n>', 'CPU threads (env THREADS)', intArg('--threads', 1))
     .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)')
     .option('--no-merge', 'apply the adapter per token instead of merging it into the weights (env MERGE_ADAPTER=off)')
     .option('--no-check-tensors', 'skip the check of every weight for NaN/inf at load (env CHECK_TENSORS=off)');
 
 serveOptions(program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'))
-  .option('--port <n>', 'port (env PORT, default 8080)', intArg('--port', 0))
-  .option('--host <h>', 'address (env HOST, default 127.0.0.1)')
+  .option('--port <n>', `port (env CDSW_APP_PORT, else PORT; default ${SERVE_DEFAULTS.port})`, intArg('--port', 0))
+  .option('--host <h>', `address (env HOST, default ${SERVE_DEFAULTS.host})`)
   .option('--api-key <key>', 'require Authorization: Bearer <key> (env API_KEY)')
-  .option('--headers-timeout <s>', 'seconds a client has to send its request headers (env HEADERS_TIMEOUT, default 10)', secondsArg('--headers-timeout'))
-  .option('--body-timeout <s>', 'seconds a client has to send its whole request (env BODY_TIMEOUT, default 30)', secondsArg('--body-timeout'))
-  .option('--keep-alive-timeout <s>', 'seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default 5)', secondsArg('--keep-alive-timeout'))
-  .option('--max-connections <n>', 'open connections at most; more are refused (env MAX_CONNECTIONS, default 512)', intArg('--max-connections', 1))
-  .option('--drain-timeout <s>', 'on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default 25)', secondsArg('--drain-timeout'))
+  .option('--headers-timeout <s>', `seconds a client has to send its request headers (env HEADERS_TIMEOUT, default ${HTTP_DEFAULTS.headersTimeoutS})`, secondsArg('--headers-timeout'))
+  .option('--body-timeout <s>', `seconds a client has to send its whole request (env BODY_TIMEOUT, default ${HTTP_DEFAULTS.bodyTimeoutS})`, secondsArg('--body-timeout'))
+  .option('--keep-alive-timeout <s>', `seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default ${HTTP_DEFAULTS.keepAliveTimeoutS})`, secondsArg('--keep-alive-timeout'))
+  .option('--max-connections <n>', `open connections at most; more are refused (env MAX_CONNECTIONS, default ${HTTP_DEFAULTS.maxConnections})`, intArg('--max-connections', 1))
+  .option('--drain-timeout <s>', `on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default ${SERVE_DEFAULTS.drainTimeoutS})`, secondsArg('--drain-timeout'))
   .action(runServe);
 
 program

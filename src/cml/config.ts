@@ -1,7 +1,7 @@
 // Serving configuration from Fine Tuning Studio's environment (and `serve` flags, which win).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { BackendChoice } from '../engine/index.ts';
+import { SERVE_DEFAULTS as D, type BackendChoice } from '../engine/index.ts';
 import { coerceLayer, parseGenConfigString } from './gen-config.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -112,7 +112,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
   const embedded = base === undefined && o.adapter === undefined && adapterEnv === undefined;
   const parsed = parseGenConfigString(o.genConfigString ?? pick('FINE_TUNING_STUDIO_GEN_CONFIG_STRING', 'GEN_CONFIG_STRING'));
   const values = envGenConfig(parsed.config);
-  const backend = (o.backend ?? pick('BACKEND') ?? 'auto') as BackendChoice;
+  const backend = (o.backend ?? pick('BACKEND') ?? D.backend) as BackendChoice;
   if (!['cpu', 'cuda', 'auto'].includes(backend)) throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
   const threads = o.threads ?? (pick('THREADS') ? intFrom('THREADS', pick('THREADS'), 1, 1) : undefined);
   const h = o.http ?? {};
@@ -122,14 +122,14 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     genConfig: values,
     warnings: parsed.warning ? [parsed.warning] : [],
     // A CML Application must listen on 127.0.0.1:$CDSW_APP_PORT: that port wins over PORT.
-    port: o.port ?? (pick('CDSW_APP_PORT') ? intFrom('CDSW_APP_PORT', pick('CDSW_APP_PORT'), 8080, 1) : intFrom('PORT', pick('PORT'), 8080, 0)),
-    host: o.host ?? pick('HOST') ?? '127.0.0.1',
+    port: o.port ?? (pick('CDSW_APP_PORT') ? intFrom('CDSW_APP_PORT', pick('CDSW_APP_PORT'), D.port, 1) : intFrom('PORT', pick('PORT'), D.port, 0)),
+    host: o.host ?? pick('HOST') ?? D.host,
     modelsDir: path.resolve(o.modelsDir ?? pick('MODELS_DIR') ?? path.join(root, 'models')),
     projectRoot: path.resolve(o.projectRoot ?? pick('CDSW_PROJECT_DIR') ?? process.cwd()),
     apiKey: o.apiKey ?? pick('API_KEY') ?? null,
-    slots: o.slots ?? intFrom('SLOTS', pick('SLOTS'), 8, 1),
-    maxQueue: o.maxQueue ?? intFrom('MAX_QUEUE', pick('MAX_QUEUE'), 64, 0),
-    contextSize: o.contextSize ?? intFrom('CONTEXT_SIZE', pick('CONTEXT_SIZE'), 2048, 16),
+    slots: o.slots ?? intFrom('SLOTS', pick('SLOTS'), D.slots, 1),
+    maxQueue: o.maxQueue ?? intFrom('MAX_QUEUE', pick('MAX_QUEUE'), D.maxQueue, 0),
+    contextSize: o.contextSize ?? intFrom('CONTEXT_SIZE', pick('CONTEXT_SIZE'), D.contextSize, 16),
     ...(threads !== undefined ? { threads } : {}),
     backend,
     mergeAdapter: o.mergeAdapter ?? onOff('MERGE_ADAPTER', pick('MERGE_ADAPTER'), true),
@@ -140,6 +140,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
       keepAliveTimeoutS: h.keepAliveTimeoutS ?? secondsFrom('KEEP_ALIVE_TIMEOUT', pick('KEEP_ALIVE_TIMEOUT'), HTTP_DEFAULTS.keepAliveTimeoutS),
       maxConnections: h.maxConnections ?? intFrom('MAX_CONNECTIONS', pick('MAX_CONNECTIONS'), HTTP_DEFAULTS.maxConnections, 1),
     },
-    drainTimeoutS: o.drainTimeoutS ?? secondsFrom('DRAIN_TIMEOUT', pick('DRAIN_TIMEOUT'), 25),
+    drainTimeoutS: o.drainTimeoutS ?? secondsFrom('DRAIN_TIMEOUT', pick('DRAIN_TIMEOUT'), D.drainTimeoutS),
   };
 }

@@ -4,6 +4,7 @@ import { resolveBackend, type BackendChoice, type ResolvedBackend } from './back
 import { AbortedError, AdapterError, EngineClosedError, InvalidParamsError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
 import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
+import { ENGINE_DEFAULTS as D } from './defaults.ts';
 import { boundMessage, withinBound, type ParamBounds } from './params.ts';
 
 export interface EngineOptions {
@@ -64,7 +65,7 @@ export interface LoadedEngine {
 }
 
 function defaultThreads(): number {
-  return Math.max(1, Math.min(os.availableParallelism(), 8));
+  return Math.max(1, Math.min(os.availableParallelism(), D.maxDefaultThreads));
 }
 
 export class Engine {
@@ -85,7 +86,7 @@ export class Engine {
 
   /** Loads the model; rejects with ModelLoadError (or BackendError) carrying llama.cpp's reason. */
   static async load(opts: EngineOptions): Promise<Engine> {
-    const backend = resolveBackend(opts.backend ?? 'auto');
+    const backend = resolveBackend(opts.backend ?? D.backend);
     let self: Engine | undefined;
     let native: NativeEngine;
     try {
@@ -96,14 +97,14 @@ export class Engine {
           gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
           threads: opts.threads ?? defaultThreads(),
           samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? (opts.threads ?? defaultThreads()) : 1),
-          contextSize: opts.contextSize ?? 2048,
+          contextSize: opts.contextSize ?? D.contextSize,
           ...(opts.promptCache !== undefined ? { promptCache: opts.promptCache } : {}),
-          slots: opts.slots ?? 4,
-          maxQueue: opts.maxQueue ?? 64,
-          batchSize: opts.batchSize ?? 512,
+          slots: opts.slots ?? D.slots,
+          maxQueue: opts.maxQueue ?? D.maxQueue,
+          batchSize: opts.batchSize ?? D.batchSize,
           ...(opts.fillGap !== undefined ? { fillGap: opts.fillGap } : {}),
-          flashAttention: opts.flashAttention ?? 'auto',
-          kvCacheType: opts.kvCacheType ?? 'f16',
+          flashAttention: opts.flashAttention ?? D.flashAttention,
+          kvCacheType: opts.kvCacheType ?? D.kvCacheType,
           ...(opts.checkTensors !== undefined ? { checkTensors: opts.checkTensors } : {}),
         },
         (events) => self?.dispatch(events),
