@@ -40,7 +40,7 @@ export async function measureNodeLlamaCpp(o: NlcOptions): Promise<NlcResult | Sk
   } catch (e) {
     return { skipped: `node-llama-cpp did not load: ${(e as Error).message}` };
   }
-  let llama;
+  let llama: Awaited<ReturnType<typeof nlc.getLlama>>;
   try {
     llama = await nlc.getLlama({ gpu: o.gpu ? 'cuda' : false, build: 'never', logLevel: nlc.LlamaLogLevel.error });
   } catch (e) {

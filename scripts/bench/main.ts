@@ -231,7 +231,7 @@ const md = [
   '## Ratios',
   table(['ratio', 'value'], Object.entries(ratios).map(([k, v]) => [k, v])),
   '',
-  '![throughput](throughput.svg) ![ttft](ttft.svg)' + (ours.lora.eight ? ' ![lora](lora.svg)' : ''),
+  `![throughput](throughput.svg) ![ttft](ttft.svg)${ours.lora.eight ? ' ![lora](lora.svg)' : ''}`,
   '',
 ].join('\n');
 writeFileSync(path.join(out, 'report.md'), md);

@@ -16,7 +16,7 @@ export async function runConvertLora(peftDir: string, o: { base?: string; out: s
     const cfgFile = path.join(peftDir, 'adapter_config.json');
     const named = existsSync(cfgFile) ? (JSON.parse(readFileSync(cfgFile, 'utf8')).base_model_name_or_path as string | null) : null;
     if (!named || !existsSync(path.join(named, 'config.json'))) {
-      throw new Error('the base model is needed: pass --base <hf-dir or base.gguf>' + (named ? ` ('${named}' is not a local directory)` : ''));
+      throw new Error(`the base model is needed: pass --base <hf-dir or base.gguf>${named ? ` ('${named}' is not a local directory)` : ''}`);
     }
     base = named;
   }

@@ -125,7 +125,7 @@ function f16Bits(x: number): number {
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 0x1f) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;
@@ -174,9 +174,9 @@ export class GgufWriter {
         case 'f32': b.u32(V.F32); b.f32(v.value); break;
         case 'u64': b.u32(V.U64); b.u64(v.value); break;
         case 'bool': b.u32(V.BOOL); b.push(Buffer.from([v.value ? 1 : 0])); break;
-        case 'string[]': b.u32(V.ARRAY); b.u32(V.STRING); b.u64(v.value.length); v.value.forEach((s) => b.str(s)); break;
-        case 'i32[]': b.u32(V.ARRAY); b.u32(V.I32); b.u64(v.value.length); v.value.forEach((x) => b.i32(x)); break;
-        case 'f32[]': b.u32(V.ARRAY); b.u32(V.F32); b.u64(v.value.length); v.value.forEach((x) => b.f32(x)); break;
+        case 'string[]': b.u32(V.ARRAY); b.u32(V.STRING); b.u64(v.value.length); for (const s of v.value) b.str(s); break;
+        case 'i32[]': b.u32(V.ARRAY); b.u32(V.I32); b.u64(v.value.length); for (const x of v.value) b.i32(x); break;
+        case 'f32[]': b.u32(V.ARRAY); b.u32(V.F32); b.u64(v.value.length); for (const x of v.value) b.f32(x); break;
       }
     }
     const offsets: number[] = [];

@@ -64,7 +64,7 @@ export function violations(type: string, v: unknown, at = type): string[] {
     if (f.kind === 'object') out.push(...violations(f.of, value, here));
     if (f.kind === 'list') {
       if (!Array.isArray(value)) out.push(`${here}: not a list`);
-      else value.forEach((x, i) => out.push(...violations(f.of, x, `${here}[${i}]`)));
+      else for (const [i, x] of value.entries()) out.push(...violations(f.of, x, `${here}[${i}]`));
     }
   }
   return out;

@@ -103,7 +103,10 @@ describe('concurrent requests', () => {
     const alone = (await engine.generate(prompts[0]!, { ...sampled, seed: 7 }).result).tokens;
     const seeds = [7, 8, 7, 9, 7, 10];
     const batch = await Promise.all(seeds.map((seed) => engine.generate(prompts[0]!, { ...sampled, seed }).result));
-    seeds.forEach((seed, i) => (seed === 7 ? expect(batch[i]!.tokens).toEqual(alone) : expect(batch[i]!.tokens).not.toEqual(alone)));
+    for (const [i, seed] of seeds.entries()) {
+      if (seed === 7) expect(batch[i]!.tokens).toEqual(alone);
+      else expect(batch[i]!.tokens).not.toEqual(alone);
+    }
   });
 
   it('stats() profiles the scheduler thread: one step per decode, its time split', async () => {
@@ -141,7 +144,10 @@ describe('a random mix of arrivals, lengths, adapter sets and cancels', () => {
         }
       }
       let seed = 12345; // a fixed sequence of choices; only the timing varies between runs
-      const rnd = (n: number) => Math.floor(((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * n);
+      const rnd = (n: number) => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return Math.floor((seed / 2 ** 31) * n);
+      };
       const before = engine.stats().profile!;
       for (let k = 0; k < 120; k++) {
         await new Promise((r) => setTimeout(r, rnd(12)));

@@ -56,7 +56,7 @@ describe('convert-model', () => {
     }
     await st.close();
     writeFileSync(path.join(dir, 'model.safetensors'), ''); // an empty leftover must not be read: the index decides
-    shards.forEach((s, i) => writeSafetensors(path.join(dir, `model-0000${i + 1}-of-00002.safetensors`), s));
+    for (const [i, s] of shards.entries()) writeSafetensors(path.join(dir, `model-0000${i + 1}-of-00002.safetensors`), s);
     writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: weightMap }));
     const out = path.join(tmp, 'sharded.gguf');
     await convertHfModel({ dir, out });
