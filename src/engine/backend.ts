@@ -28,7 +28,8 @@ export interface ResolvedBackend {
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const cpuAddonPath = path.join(root, 'build/Release/cml_llama.node');
+// CML_ADDON swaps in another CPU build of the same sources (the sanitizer run: scripts/sanitize.sh).
+export const cpuAddonPath = process.env.CML_ADDON ? path.resolve(process.env.CML_ADDON) : path.join(root, 'build/Release/cml_llama.node');
 export const cudaAddonPath = path.join(root, 'build-cuda/Release/cml_llama.node');
 export const cudaPrebuiltAddonPath = path.join(root, 'build/Release/cml_llama_cuda_prebuilt.node');
 

@@ -26,6 +26,12 @@ async function started(slots: number) {
   return Object.assign(s, { url: `http://127.0.0.1:${s.port}` });
 }
 
+/** Resolves once the engine holds `n` requests: they are in flight, not still on their way in. */
+async function inFlight(s: Awaited<ReturnType<typeof started>>, n: number): Promise<void> {
+  for (let i = 0; i < 500 && (s.state.predictor?.engine.stats().inFlight ?? 0) < n; i++) await new Promise((r) => setTimeout(r, 10));
+  expect(s.state.predictor!.engine.stats().inFlight).toBe(n);
+}
+
 /** Resolves once the stream has sent its first token event: the request is running, not queued. */
 async function running(res: Response): Promise<Response> {
   const [a, b] = res.body!.tee();
@@ -41,7 +47,7 @@ describe('drain', () => {
     const long = { prompt: question, max_new_tokens: 200, min_new_tokens: 200, do_sample: false };
     const stream = await running(await post(`${s.url}/predict`, { request: { ...long, stream: true } }));
     const plain = post(`${s.url}/predict`, { request: long });
-    await new Promise((r) => setTimeout(r, 20));
+    await inFlight(s, 2);
     const drained = s.drain(30_000);
     const health = await fetch(`${s.url}/health`);
     expect(health.status).toBe(503);
@@ -63,7 +69,7 @@ describe('drain', () => {
     const long = { prompt: question, max_new_tokens: 200, min_new_tokens: 200, do_sample: false };
     const stream = await running(await post(`${s.url}/predict`, { request: { ...long, stream: true } }));
     const queued = post(`${s.url}/predict`, { request: long }); // waits for the only slot
-    await new Promise((r) => setTimeout(r, 20));
+    await inFlight(s, 2);
     const report = await s.drain(1);
     expect(report).toMatchObject({ inFlight: 2, cut: 2 });
     const ev = await events(stream);
