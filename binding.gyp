@@ -1,5 +1,6 @@
 {
-  # Two addons from the same native/ sources, compiled once (cml_core) and linked twice:
+  # Two addons from the same native/ sources, compiled once (cml_core; the module entry, addon.cpp,
+  # in each, so the linker pulls the rest from the archive through it) and linked twice:
   #   build/Release/cml_llama.node                 node-llama-cpp's prebuilt CPU llama.cpp
   #   build/Release/cml_llama_cuda_prebuilt.node   node-llama-cpp's prebuilt CUDA llama.cpp (when its
   #                                                package is installed: linux x64), so a CUDA box
@@ -27,7 +28,6 @@
       "target_name": "cml_core",
       "type": "static_library",
       "sources": [
-        "native/addon.cpp",
         "native/engine.cpp",
         "native/engine_requests.cpp",
         "native/js_params.cpp",
@@ -46,9 +46,8 @@
     {
       "target_name": "cml_llama",
       "dependencies": ["cml_core"],
-      "sources": [],
+      "sources": ["native/addon.cpp"],
       "libraries": [
-        "-Wl,--whole-archive <(PRODUCT_DIR)/cml_core.a -Wl,--no-whole-archive",
         "-L<(llama_bins)",
         "-l:libllama.v0.4.0.so",
         "-l:libggml.v0.4.0.so",
@@ -63,9 +62,8 @@
         {
           "target_name": "cml_llama_cuda_prebuilt",
           "dependencies": ["cml_core"],
-          "sources": [],
+          "sources": ["native/addon.cpp"],
           "libraries": [
-            "-Wl,--whole-archive <(PRODUCT_DIR)/cml_core.a -Wl,--no-whole-archive",
             "-L<(cuda_bins)",
             "-l:libllama.cuda.v0.4.0.so",
             "-l:libggml.cuda.v0.4.0.so",
