@@ -66,16 +66,11 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, reg != nullptr ? "" : (why.empty() ? "could not load " + path : why));
 }
 
-Napi::Value SystemInfo(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), llama_print_system_info());
-}
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", cml::Engine::Define(env));
   exports.Set("devices", Napi::Function::New(env, Devices));
   exports.Set("loadBackends", Napi::Function::New(env, LoadBackends));
   exports.Set("loadBackend", Napi::Function::New(env, LoadBackend));
-  exports.Set("systemInfo", Napi::Function::New(env, SystemInfo));
   exports.Set("mergeLora", Napi::Function::New(env, cml::MergeLora));
   exports.Set("paramBounds", Napi::Function::New(env, cml::ParamBounds));
 #ifndef CML_DYNAMIC_BACKENDS

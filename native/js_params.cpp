@@ -60,7 +60,7 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   constexpr int32_t kMax = std::numeric_limits<int32_t>::max();
   e.gpu_layers = integer(env, o, "gpuLayers", 0, -1, kMax);
   e.threads = integer(env, o, "threads", 1, 1, 1024);
-  e.threads_batch = integer(env, o, "threadsBatch", e.threads, 1, 1024);
+  e.threads_batch = e.threads;  // prompt chunks and single tokens decode on the same threads
   e.sched.n_threads = integer(env, o, "samplingThreads", e.threads, 1, 1024);
   if (has(o, "promptCache")) {
     if (!o.Get("promptCache").IsBoolean()) bad(env, "promptCache must be a boolean");

@@ -1,6 +1,7 @@
 // Merging a LoRA into the base weights before serving: W' = W + scale * alpha/rank * B*A, written as
 // a new GGUF with the base's own tensor types. A merged adapter costs nothing per token; applied
-// unmerged, llama.cpp spends 37-43% of an H100's decode time on its small extra matmuls.
+// unmerged, llama.cpp's four small kernels per adapted projection took half of a step on the H200
+// (1b F16, rank 16 on all projections: 1.16 -> 2.35 ms a step).
 #pragma once
 #include <cstdint>
 #include <functional>

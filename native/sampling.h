@@ -21,7 +21,6 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;
   uint32_t seed = LLAMA_DEFAULT_SEED;
   int32_t logprobs = 0;  // top-n log-probabilities per generated token, 0 = none
-  bool ignore_eos = false;  // mask end-of-generation tokens: fixed-length runs (benchmarks)
   std::vector<llama_logit_bias> logit_bias;  // added to the raw logits before anything else
 };
 

@@ -116,7 +116,6 @@ class Scheduler {
   void apply_adapters(const Request& r);
   bool in_current_set(const Request& r) const { return r.has_adapters(current_set_); }
 
-  llama_model* model_;
   llama_context* ctx_;
   const llama_vocab* vocab_;
   AdapterRegistry* adapters_;

@@ -20,7 +20,6 @@ class WorkerPool {
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  int32_t size() const { return static_cast<int32_t>(threads_.size()) + 1; }
   // Calls fn(i) for every i in [0, n) across the pool; returns when all calls have returned, and
   // rethrows the first exception one of them threw.
   void run(int32_t n, const std::function<void(int32_t)>& fn);

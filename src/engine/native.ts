@@ -6,7 +6,6 @@ export interface NativeEngineOptions {
   modelPath: string;
   gpuLayers?: number; // -1 = all
   threads?: number;
-  threadsBatch?: number;
   /** Threads that sample the slots of one decode step side by side (default: threads). */
   samplingThreads?: number;
   /** Keep each slot's KV cells after its request for a next prompt with the same start (default true). */
@@ -149,7 +148,6 @@ export interface NativeAddon {
   loadBackends(dir: string): string;
   /** Loads one backend library; returns llama.cpp's warnings, empty when it loaded. */
   loadBackend(path: string): string;
-  systemInfo(): string;
   /** false for a build that links its backends statically (the CUDA build). */
   dynamicBackends: boolean;
   /** Writes base + scale·alpha/rank·B·A as a new GGUF at `out` (see native/merge.h). */

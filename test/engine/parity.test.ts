@@ -4,8 +4,9 @@ import type { Engine } from '../../src/engine/index.ts';
 import { againstReference, exactNumerics, loadEngine, loadReference, modelDir, runCase, testBackend, type Fixture } from '../helpers.ts';
 
 describe.each([
-  // tiny-qwen2's adapter GGUF carries alpha 16 but was trained with rslora (alpha/sqrt(r)): until the
-  // intake converter writes the right alpha, its cases run at a runtime scale of sqrt(8).
+  // tiny-qwen2's adapter-f32.gguf is llama.cpp's converter output, which ignores rslora (alpha/sqrt(r))
+  // and keeps alpha 16: its cases run at a runtime scale of sqrt(8) to make up for it. Our converter
+  // folds the scaling into lora_b instead (test/intake/peft.test.ts).
   { fixture: 'tiny-qa' as Fixture, unit: 1 },
   { fixture: 'tiny-qwen2' as Fixture, unit: Math.sqrt(8) },
 ])('$fixture parity with transformers + PEFT', ({ fixture, unit }) => {
