@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "engine.h"
+#include "error_codes.h"
 #include "params.h"
 #include "ggml-backend.h"
 #include "llama.h"
@@ -45,7 +46,7 @@ Napi::Value Devices(const Napi::CallbackInfo& info) {
 // Returns llama.cpp's warnings, which say why a backend library did not load.
 Napi::Value LoadBackends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throw cml::coded_error(env, "INVALID_PARAMS", "loadBackends(dir): dir must be a string");
+  if (!info[0].IsString()) throw cml::coded_error(env, cml::code::INVALID_PARAMS, "loadBackends(dir): dir must be a string");
   cml::install_log_hook();
   cml::LogCapture capture;
   ggml_backend_load_all_from_path(info[0].As<Napi::String>().Utf8Value().c_str());
@@ -57,13 +58,24 @@ Napi::Value LoadBackends(const Napi::CallbackInfo& info) {
 // Returns llama.cpp's warnings, empty when it loaded.
 Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throw cml::coded_error(env, "INVALID_PARAMS", "loadBackend(path): path must be a string");
+  if (!info[0].IsString()) throw cml::coded_error(env, cml::code::INVALID_PARAMS, "loadBackend(path): path must be a string");
   cml::install_log_hook();
   cml::LogCapture capture;
   const std::string path = info[0].As<Napi::String>().Utf8Value();
   ggml_backend_reg_t reg = ggml_backend_load(path.c_str());
   const std::string why = capture.text();
   return Napi::String::New(env, reg != nullptr ? "" : (why.empty() ? "could not load " + path : why));
+}
+
+// errorCodes(): every code the addon reports (native/error_codes.h).
+Napi::Value ErrorCodes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+#define CML_ERROR_CODE_JS(name) out.Set(i++, Napi::String::New(env, #name));
+  CML_ERROR_CODES(CML_ERROR_CODE_JS)
+#undef CML_ERROR_CODE_JS
+  return out;
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -73,6 +85,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadBackend", Napi::Function::New(env, LoadBackend));
   exports.Set("mergeLora", Napi::Function::New(env, cml::MergeLora));
   exports.Set("paramBounds", Napi::Function::New(env, cml::ParamBounds));
+  exports.Set("errorCodes", Napi::Function::New(env, ErrorCodes));
 #ifndef CML_DYNAMIC_BACKENDS
 #define CML_DYNAMIC_BACKENDS 1
 #endif

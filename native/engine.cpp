@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "error_codes.h"
 
 #include <cstdio>
 #include <cstring>
@@ -28,15 +29,15 @@ struct LoadFailure {
 // Cheap checks first, so the common mistakes get a precise message rather than llama.cpp's.
 void check_gguf_file(const std::string& path) {
   struct stat st{};
-  if (stat(path.c_str(), &st) != 0) throw LoadFailure{"MODEL_NOT_FOUND", "model file not found: " + path};
-  if (!S_ISREG(st.st_mode)) throw LoadFailure{"MODEL_INVALID", "not a regular file: " + path};
+  if (stat(path.c_str(), &st) != 0) throw LoadFailure{code::MODEL_NOT_FOUND, "model file not found: " + path};
+  if (!S_ISREG(st.st_mode)) throw LoadFailure{code::MODEL_INVALID, "not a regular file: " + path};
   FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) throw LoadFailure{"MODEL_NOT_FOUND", "cannot open " + path + ": " + std::strerror(errno)};
+  if (f == nullptr) throw LoadFailure{code::MODEL_NOT_FOUND, "cannot open " + path + ": " + std::strerror(errno)};
   char magic[4] = {0, 0, 0, 0};
   const size_t n = std::fread(magic, 1, 4, f);
   std::fclose(f);
   if (n != 4 || std::memcmp(magic, "GGUF", 4) != 0) {
-    throw LoadFailure{"MODEL_INVALID", "not a GGUF file (no GGUF magic at the start): " + path};
+    throw LoadFailure{code::MODEL_INVALID, "not a GGUF file (no GGUF magic at the start): " + path};
   }
 }
 
@@ -83,7 +84,7 @@ class LoadWorker : public Napi::AsyncWorker {
       model_ = llama_model_load_from_file(engine_->opts_.model_path.c_str(), mp);
       if (model_ == nullptr) {
         const std::string why = capture.text();
-        throw LoadFailure{"MODEL_LOAD_FAILED", "llama.cpp could not load " + engine_->opts_.model_path + ": " +
+        throw LoadFailure{code::MODEL_LOAD_FAILED, "llama.cpp could not load " + engine_->opts_.model_path + ": " +
                                                    (why.empty() ? "no reason given" : why)};
       }
       const auto& o = engine_->opts_;
@@ -109,7 +110,7 @@ class LoadWorker : public Napi::AsyncWorker {
         const std::string why = capture.text();
         llama_model_free(model_);
         model_ = nullptr;
-        throw LoadFailure{"CONTEXT_FAILED", "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
+        throw LoadFailure{code::CONTEXT_FAILED, "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
       }
     } catch (const LoadFailure& f) {
       failure_ = f;
@@ -210,7 +211,7 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   Napi::Env env = info.Env();
   install_log_hook();
   if (!info[0].IsObject() || !info[1].IsFunction()) {
-    throw coded_error(env, "INVALID_PARAMS", "new Engine(options, onEvents): options object and callback required");
+    throw coded_error(env, code::INVALID_PARAMS, "new Engine(options, onEvents): options object and callback required");
   }
   opts_ = read_engine_options(env, info[0].As<Napi::Object>());
   events_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "cml-engine-events", 0, 1);
@@ -234,14 +235,14 @@ void Engine::teardown() {
 }
 
 void Engine::require_loaded(Napi::Env env) const {
-  if (closed_) throw coded_error(env, "ENGINE_CLOSED", "the engine is closed");
-  if (model_ == nullptr) throw coded_error(env, "NOT_LOADED", "the model is not loaded yet (await load())");
+  if (closed_) throw coded_error(env, code::ENGINE_CLOSED, "the engine is closed");
+  if (model_ == nullptr) throw coded_error(env, code::NOT_LOADED, "the model is not loaded yet (await load())");
 }
 
 Napi::Value Engine::Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) throw coded_error(env, "ENGINE_CLOSED", "the engine is closed");
-  if (loading_ || model_ != nullptr) throw coded_error(env, "ALREADY_LOADED", "load() may be called once");
+  if (closed_) throw coded_error(env, code::ENGINE_CLOSED, "the engine is closed");
+  if (loading_ || model_ != nullptr) throw coded_error(env, code::ALREADY_LOADED, "load() may be called once");
   loading_ = true;
   auto deferred = Napi::Promise::Deferred::New(env);
   Napi::Function cb = info[0].IsFunction() ? info[0].As<Napi::Function>()
@@ -282,7 +283,7 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
 
 std::vector<llama_token> tokenize_text(Napi::Env env, const llama_vocab* vocab, const std::string& text,
                                        bool add_special, bool parse_special) {
-  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) throw coded_error(env, "INVALID_PARAMS", "text is too long to tokenize");
+  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) throw coded_error(env, code::INVALID_PARAMS, "text is too long to tokenize");
   const int32_t len = static_cast<int32_t>(text.size());
   std::vector<llama_token> ids(text.size() + 8);
   int32_t n = llama_tokenize(vocab, text.data(), len, ids.data(), static_cast<int32_t>(ids.size()), add_special, parse_special);
@@ -290,7 +291,7 @@ std::vector<llama_token> tokenize_text(Napi::Env env, const llama_vocab* vocab, 
     ids.resize(-n);
     n = llama_tokenize(vocab, text.data(), len, ids.data(), -n, add_special, parse_special);
   }
-  if (n < 0) throw coded_error(env, "INVALID_PARAMS", "text could not be tokenized");
+  if (n < 0) throw coded_error(env, code::INVALID_PARAMS, "text could not be tokenized");
   ids.resize(n);
   return ids;
 }
@@ -298,7 +299,7 @@ std::vector<llama_token> tokenize_text(Napi::Env env, const llama_vocab* vocab, 
 Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
-  if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "tokenize(text): text must be a string");
+  if (!info[0].IsString()) throw coded_error(env, code::INVALID_PARAMS, "tokenize(text): text must be a string");
   const bool add_special = info[1].IsBoolean() ? info[1].As<Napi::Boolean>().Value() : true;
   const bool parse_special = info[2].IsBoolean() ? info[2].As<Napi::Boolean>().Value() : false;
   const auto ids = tokenize_text(env, llama_model_get_vocab(model_), info[0].As<Napi::String>().Utf8Value(), add_special,
@@ -311,7 +312,7 @@ Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
 Napi::Value Engine::Detokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
-  if (!info[0].IsArray()) throw coded_error(env, "INVALID_PARAMS", "detokenize(ids): ids must be an array");
+  if (!info[0].IsArray()) throw coded_error(env, code::INVALID_PARAMS, "detokenize(ids): ids must be an array");
   const llama_vocab* vocab = llama_model_get_vocab(model_);
   const int32_t n_vocab = llama_vocab_n_tokens(vocab);
   const Napi::Array a = info[0].As<Napi::Array>();
@@ -320,7 +321,7 @@ Napi::Value Engine::Detokenize(const Napi::CallbackInfo& info) {
     const Napi::Value v = a.Get(i);
     const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
     if (d < 0 || d >= n_vocab || static_cast<llama_token>(d) != d) {
-      throw coded_error(env, "INVALID_PARAMS", "token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
+      throw coded_error(env, code::INVALID_PARAMS, "token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
     }
     ids.push_back(static_cast<llama_token>(d));
   }
@@ -340,7 +341,7 @@ Napi::Value Engine::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto deferred = Napi::Promise::Deferred::New(env);
   if (closed_ || loading_) {
-    if (loading_) throw coded_error(env, "LOADING", "close() while the model is loading; await load() first");
+    if (loading_) throw coded_error(env, code::LOADING, "close() while the model is loading; await load() first");
     deferred.Resolve(env.Undefined());
     return deferred.Promise();
   }

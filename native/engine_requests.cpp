@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "engine.h"
+#include "error_codes.h"
 #include "js_params.h"
 
 namespace cml {
@@ -30,7 +31,7 @@ class AdapterWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     if (!error_.empty()) {
-      deferred_.Reject(coded_error(env, "ADAPTER_LOAD_FAILED", error_).Value());
+      deferred_.Reject(coded_error(env, code::ADAPTER_LOAD_FAILED, error_).Value());
       return;
     }
     Napi::Object o = Napi::Object::New(env);
@@ -54,7 +55,7 @@ class AdapterWorker : public Napi::AsyncWorker {
 float scale_arg(Napi::Env env, const Napi::Value& v, float fallback) {
   if (v.IsUndefined() || v.IsNull()) return fallback;
   if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue())) {
-    throw coded_error(env, "INVALID_PARAMS", "scale must be a finite number");
+    throw coded_error(env, code::INVALID_PARAMS, "scale must be a finite number");
   }
   return v.As<Napi::Number>().FloatValue();
 }
@@ -107,10 +108,10 @@ Napi::Value Engine::LoadAdapter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
   if (!info[0].IsString() || !info[1].IsString()) {
-    throw coded_error(env, "INVALID_PARAMS", "loadAdapter(name, path, scale?): name and path must be strings");
+    throw coded_error(env, code::INVALID_PARAMS, "loadAdapter(name, path, scale?): name and path must be strings");
   }
   const std::string name = info[0].As<Napi::String>().Utf8Value();
-  if (name.empty()) throw coded_error(env, "INVALID_PARAMS", "adapter name must not be empty");
+  if (name.empty()) throw coded_error(env, code::INVALID_PARAMS, "adapter name must not be empty");
   const float scale = scale_arg(env, info[2], 1.0f);
   auto deferred = Napi::Promise::Deferred::New(env);
   (new AdapterWorker(env, adapters_.get(), &adapter_loads_, name, info[1].As<Napi::String>().Utf8Value(), scale, deferred))
@@ -121,16 +122,16 @@ Napi::Value Engine::LoadAdapter(const Napi::CallbackInfo& info) {
 Napi::Value Engine::UnloadAdapter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
-  if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "unloadAdapter(name): name must be a string");
+  if (!info[0].IsString()) throw coded_error(env, code::INVALID_PARAMS, "unloadAdapter(name): name must be a string");
   return Napi::Boolean::New(env, adapters_->unload(info[0].As<Napi::String>().Utf8Value()));
 }
 
 Napi::Value Engine::SetAdapterScale(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
-  if (!info[0].IsString()) throw coded_error(env, "INVALID_PARAMS", "setAdapterScale(name, scale): name must be a string");
+  if (!info[0].IsString()) throw coded_error(env, code::INVALID_PARAMS, "setAdapterScale(name, scale): name must be a string");
   const float scale = scale_arg(env, info[1], NAN);
-  if (std::isnan(scale)) throw coded_error(env, "INVALID_PARAMS", "setAdapterScale(name, scale): scale required");
+  if (std::isnan(scale)) throw coded_error(env, code::INVALID_PARAMS, "setAdapterScale(name, scale): scale required");
   return Napi::Boolean::New(env, adapters_->set_default_scale(info[0].As<Napi::String>().Utf8Value(), scale));
 }
 
@@ -159,7 +160,7 @@ std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& promp
   read_request_params(env, params, *adapters_, llama_vocab_n_tokens(vocab), *req);
   const int32_t n_ctx = scheduler_->n_ctx_seq();
   auto overflow = [&](const std::string& prompt_size) {
-    return coded_error(env, "CONTEXT_OVERFLOW",
+    return coded_error(env, code::CONTEXT_OVERFLOW,
                        "prompt (" + prompt_size + ") + max new tokens (" + std::to_string(req->max_new_tokens) +
                            ") exceeds the context of " + std::to_string(n_ctx) + " tokens per slot");
   };
@@ -183,14 +184,14 @@ std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& promp
       const Napi::Value v = a.Get(i);
       const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
       if (d < 0 || d >= n_vocab || static_cast<llama_token>(d) != d) {
-        throw coded_error(env, "INVALID_PARAMS", "prompt token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
+        throw coded_error(env, code::INVALID_PARAMS, "prompt token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
       }
       req->prompt.push_back(static_cast<llama_token>(d));
     }
   } else {
-    throw coded_error(env, "INVALID_PARAMS", "prompt must be a string or an array of token ids");
+    throw coded_error(env, code::INVALID_PARAMS, "prompt must be a string or an array of token ids");
   }
-  if (req->prompt.empty()) throw coded_error(env, "INVALID_PARAMS", "prompt is empty (and the model adds no BOS)");
+  if (req->prompt.empty()) throw coded_error(env, code::INVALID_PARAMS, "prompt is empty (and the model adds no BOS)");
   if (static_cast<int64_t>(req->prompt.size()) + req->max_new_tokens > n_ctx) {
     throw overflow(std::to_string(req->prompt.size()) + " tokens");
   }
@@ -207,7 +208,7 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   req->t_submit_us = now_us();
   const uint64_t id = req->id;
   if (!scheduler_->submit(req)) {
-    throw coded_error(env, "QUEUE_FULL", "all " + std::to_string(opts_.sched.n_slots) + " slots are busy and " +
+    throw coded_error(env, code::QUEUE_FULL, "all " + std::to_string(opts_.sched.n_slots) + " slots are busy and " +
                                              std::to_string(opts_.sched.max_queue) + " requests are queued");
   }
   if (in_flight_++ == 0) events_.Ref(env);
@@ -225,7 +226,7 @@ Napi::Value Engine::Validate(const Napi::CallbackInfo& info) {
 Napi::Value Engine::Cancel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_ || !scheduler_) return Napi::Boolean::New(env, false);
-  if (!info[0].IsNumber()) throw coded_error(env, "INVALID_PARAMS", "cancel(id): id must be a number");
+  if (!info[0].IsNumber()) throw coded_error(env, code::INVALID_PARAMS, "cancel(id): id must be a number");
   return Napi::Boolean::New(env, scheduler_->cancel(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value())));
 }
 

@@ -1,4 +1,5 @@
 #include "js_params.h"
+#include "error_codes.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,7 +11,7 @@
 namespace cml {
 namespace {
 
-[[noreturn]] void bad(Napi::Env env, const std::string& message) { throw coded_error(env, "INVALID_PARAMS", message); }
+[[noreturn]] void bad(Napi::Env env, const std::string& message) { throw coded_error(env, code::INVALID_PARAMS, message); }
 
 bool has(const Napi::Object& o, const char* key) {
   if (!o.Has(key)) return false;
@@ -149,7 +150,7 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
       if (!item.Get("name").IsString()) bad(env, "each adapter needs a string name");
       const std::string name = item.Get("name").As<Napi::String>().Utf8Value();
       auto adapter = registry.find(name);
-      if (!adapter) throw coded_error(env, "UNKNOWN_ADAPTER", "no adapter named '" + name + "' is loaded");
+      if (!adapter) throw coded_error(env, code::UNKNOWN_ADAPTER, "no adapter named '" + name + "' is loaded");
       // The effective scale: a merged adapter's difference from its merged scale may reach twice the
       // table's bound (engine.ts checks the requested one against the bound itself).
       const ParamBound* sb = param_bound("adapterScale");

@@ -1,4 +1,5 @@
 #include "merge.h"
+#include "error_codes.h"
 
 #include <cmath>
 #include <cstdio>
@@ -41,7 +42,7 @@ std::vector<float> to_f32(const ggml_tensor* t, const void* data) {
     std::memcpy(out.data(), data, n * sizeof(float));
   } else {
     const auto* traits = ggml_get_type_traits(t->type);
-    if (traits->to_float == nullptr) throw MergeError("ADAPTER_LOAD_FAILED", std::string("cannot read tensor type ") + ggml_type_name(t->type));
+    if (traits->to_float == nullptr) throw MergeError(code::ADAPTER_LOAD_FAILED, std::string("cannot read tensor type ") + ggml_type_name(t->type));
     traits->to_float(data, out.data(), n);
   }
   return out;
@@ -71,24 +72,24 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
   ggml_context* meta_raw = nullptr;
   GgufPtr base(gguf_init_from_file(o.base.c_str(), {/*no_alloc=*/true, &meta_raw}));
   GgmlPtr meta(meta_raw);
-  if (!base) throw MergeError("MODEL_INVALID", o.base + " is not a readable GGUF model");
+  if (!base) throw MergeError(code::MODEL_INVALID, o.base + " is not a readable GGUF model");
   ggml_context* lora_raw = nullptr;
   GgufPtr lora(gguf_init_from_file(o.adapter.c_str(), {/*no_alloc=*/false, &lora_raw}));
   GgmlPtr lora_ctx(lora_raw);
-  if (!lora) throw MergeError("ADAPTER_LOAD_FAILED", o.adapter + " is not a readable GGUF file");
+  if (!lora) throw MergeError(code::ADAPTER_LOAD_FAILED, o.adapter + " is not a readable GGUF file");
   if (kv_str(lora.get(), "general.type") != "adapter" || kv_str(lora.get(), "adapter.type") != "lora") {
-    throw MergeError("ADAPTER_LOAD_FAILED", o.adapter + " is not a LoRA adapter (general.type / adapter.type)");
+    throw MergeError(code::ADAPTER_LOAD_FAILED, o.adapter + " is not a LoRA adapter (general.type / adapter.type)");
   }
   if (gguf_find_key(lora.get(), "adapter.alora.invocation_tokens") >= 0) {
-    throw MergeError("ADAPTER_LOAD_FAILED", "activated LoRA (aLoRA) adapters apply per token and cannot be merged");
+    throw MergeError(code::ADAPTER_LOAD_FAILED, "activated LoRA (aLoRA) adapters apply per token and cannot be merged");
   }
   const int64_t split_key = gguf_find_key(base.get(), "split.count");
   if (split_key >= 0 && gguf_get_kv_type(base.get(), split_key) == GGUF_TYPE_UINT16 && gguf_get_val_u16(base.get(), split_key) > 1) {
-    throw MergeError("MODEL_INVALID", "split models (several GGUF files) are not merged; serve the adapter unmerged");
+    throw MergeError(code::MODEL_INVALID, "split models (several GGUF files) are not merged; serve the adapter unmerged");
   }
   const std::string arch = kv_str(base.get(), "general.architecture");
   if (kv_str(lora.get(), "general.architecture") != arch) {
-    throw MergeError("ADAPTER_LOAD_FAILED", "the adapter is for '" + kv_str(lora.get(), "general.architecture") +
+    throw MergeError(code::ADAPTER_LOAD_FAILED, "the adapter is for '" + kv_str(lora.get(), "general.architecture") +
                                                 "', the model is '" + arch + "'");
   }
   const int64_t alpha_key = gguf_find_key(lora.get(), "adapter.lora.alpha");
@@ -101,18 +102,18 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     const ggml_tensor* t = ggml_get_tensor(lora_ctx.get(), name.c_str());
     const auto dot = name.rfind('.');
     const std::string suffix = dot == std::string::npos ? "" : name.substr(dot + 1);
-    if (suffix != "lora_a" && suffix != "lora_b") throw MergeError("ADAPTER_LOAD_FAILED", "unexpected adapter tensor " + name);
+    if (suffix != "lora_a" && suffix != "lora_b") throw MergeError(code::ADAPTER_LOAD_FAILED, "unexpected adapter tensor " + name);
     (suffix == "lora_a" ? pairs[name.substr(0, dot)].a : pairs[name.substr(0, dot)].b) = t;
   }
-  if (pairs.empty()) throw MergeError("ADAPTER_LOAD_FAILED", o.adapter + " holds no LoRA tensors");
+  if (pairs.empty()) throw MergeError(code::ADAPTER_LOAD_FAILED, o.adapter + " holds no LoRA tensors");
   MergeResult result;
   for (const auto& [name, p] : pairs) {
     const ggml_tensor* w = ggml_get_tensor(meta.get(), name.c_str());
-    if (p.a == nullptr || p.b == nullptr) throw MergeError("ADAPTER_LOAD_FAILED", name + " lacks its lora_a or lora_b");
-    if (w == nullptr) throw MergeError("ADAPTER_LOAD_FAILED", "the model has no tensor " + name);
-    if (name.rfind("token_embd", 0) == 0) throw MergeError("ADAPTER_LOAD_FAILED", "embedding adapters are not merged: " + name);
+    if (p.a == nullptr || p.b == nullptr) throw MergeError(code::ADAPTER_LOAD_FAILED, name + " lacks its lora_a or lora_b");
+    if (w == nullptr) throw MergeError(code::ADAPTER_LOAD_FAILED, "the model has no tensor " + name);
+    if (name.rfind("token_embd", 0) == 0) throw MergeError(code::ADAPTER_LOAD_FAILED, "embedding adapters are not merged: " + name);
     const bool fits = ggml_n_dims(w) == 2 && p.a->ne[0] == w->ne[0] && p.b->ne[1] == w->ne[1] && p.a->ne[1] == p.b->ne[0];
-    if (!fits) throw MergeError("ADAPTER_LOAD_FAILED", "the adapter's shapes for " + name + " do not fit the model");
+    if (!fits) throw MergeError(code::ADAPTER_LOAD_FAILED, "the adapter's shapes for " + name + " do not fit the model");
   }
   const float rank0 = static_cast<float>(pairs.begin()->second.a->ne[1]);
   result.effective_scale = alpha != 0.0f ? o.scale * alpha / rank0 : o.scale;
@@ -144,12 +145,12 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
 
   FilePtr in(std::fopen(o.base.c_str(), "rb"));
   FilePtr dst(std::fopen(o.out.c_str(), "wb"));
-  if (!in || !dst) throw MergeError("MERGE_FAILED", "cannot open " + std::string(!in ? o.base : o.out));
+  if (!in || !dst) throw MergeError(code::MERGE_FAILED, "cannot open " + std::string(!in ? o.base : o.out));
   const size_t meta_size = gguf_get_meta_size(out.get());
   const size_t align = gguf_get_alignment(out.get());
   std::vector<uint8_t> buf(meta_size, 0);
   auto write = [&](const void* p, size_t n) {
-    if (n > 0 && std::fwrite(p, 1, n, dst.get()) != n) throw MergeError("MERGE_FAILED", "cannot write " + o.out + " (disk full?)");
+    if (n > 0 && std::fwrite(p, 1, n, dst.get()) != n) throw MergeError(code::MERGE_FAILED, "cannot write " + o.out + " (disk full?)");
   };
   write(buf.data(), meta_size);
 
@@ -162,7 +163,7 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     buf.resize(nbytes);
     if (std::fseek(in.get(), static_cast<long>(gguf_get_data_offset(base.get()) + gguf_get_tensor_offset(base.get(), i)), SEEK_SET) != 0 ||
         std::fread(buf.data(), 1, nbytes, in.get()) != nbytes) {
-      throw MergeError("MODEL_INVALID", o.base + " is truncated: cannot read tensor " + std::string(name));
+      throw MergeError(code::MODEL_INVALID, o.base + " is truncated: cannot read tensor " + std::string(name));
     }
     auto it = pairs.find(name);
     if (it == pairs.end()) {
@@ -174,7 +175,7 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
       const std::vector<float> b = to_f32(it->second.b, it->second.b->data);  // [n_out][rank]
       const auto* in_traits = ggml_get_type_traits(w->type);
       if (w->type != GGML_TYPE_F32 && in_traits->to_float == nullptr) {
-        throw MergeError("MODEL_INVALID", std::string("cannot read ") + name + " of type " + ggml_type_name(w->type));
+        throw MergeError(code::MODEL_INVALID, std::string("cannot read ") + name + " of type " + ggml_type_name(w->type));
       }
       const size_t in_row = ggml_row_size(w->type, n_in), out_row = ggml_row_size(out_type[i], n_in);
       std::vector<float> wf(static_cast<size_t>(n_in) * n_out);
@@ -217,9 +218,9 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
   }
   buf.resize(meta_size);
   gguf_get_meta_data(out.get(), buf.data());
-  if (std::fseek(dst.get(), 0, SEEK_SET) != 0) throw MergeError("MERGE_FAILED", "cannot seek in " + o.out);
+  if (std::fseek(dst.get(), 0, SEEK_SET) != 0) throw MergeError(code::MERGE_FAILED, "cannot seek in " + o.out);
   write(buf.data(), meta_size);
-  if (std::fflush(dst.get()) != 0) throw MergeError("MERGE_FAILED", "cannot write " + o.out + " (disk full?)");
+  if (std::fflush(dst.get()) != 0) throw MergeError(code::MERGE_FAILED, "cannot write " + o.out + " (disk full?)");
   result.tensors = static_cast<int32_t>(n_tensors);
   return result;
 }

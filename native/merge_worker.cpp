@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine.h"
+#include "error_codes.h"
 #include "merge.h"
 
 namespace cml {
@@ -32,7 +33,7 @@ class MergeWorker : public Napi::AsyncProgressWorker<float> {
       code_ = e.code;
       message_ = e.what();
     } catch (const std::exception& e) {
-      code_ = "MERGE_FAILED";
+      code_ = code::MERGE_FAILED;
       message_ = e.what();
     }
   }
@@ -67,23 +68,23 @@ class MergeWorker : public Napi::AsyncProgressWorker<float> {
 
 Napi::Value MergeLora(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsObject()) throw coded_error(env, "INVALID_PARAMS", "mergeLora(options): options must be an object");
+  if (!info[0].IsObject()) throw coded_error(env, code::INVALID_PARAMS, "mergeLora(options): options must be an object");
   const Napi::Object o = info[0].As<Napi::Object>();
   MergeOptions m;
   for (const char* key : {"base", "adapter", "out"}) {
-    if (!o.Get(key).IsString()) throw coded_error(env, "INVALID_PARAMS", std::string("mergeLora: ") + key + " must be a string");
+    if (!o.Get(key).IsString()) throw coded_error(env, code::INVALID_PARAMS, std::string("mergeLora: ") + key + " must be a string");
   }
   m.base = o.Get("base").As<Napi::String>().Utf8Value();
   m.adapter = o.Get("adapter").As<Napi::String>().Utf8Value();
   m.out = o.Get("out").As<Napi::String>().Utf8Value();
   if (o.Has("scale")) {
     const Napi::Value s = o.Get("scale");
-    if (!s.IsNumber() || !std::isfinite(s.As<Napi::Number>().DoubleValue())) throw coded_error(env, "INVALID_PARAMS", "mergeLora: scale must be a finite number");
+    if (!s.IsNumber() || !std::isfinite(s.As<Napi::Number>().DoubleValue())) throw coded_error(env, code::INVALID_PARAMS, "mergeLora: scale must be a finite number");
     m.scale = s.As<Napi::Number>().FloatValue();
   }
   if (o.Has("threads")) {
     const Napi::Value t = o.Get("threads");
-    if (!t.IsNumber() || t.As<Napi::Number>().Int32Value() < 1) throw coded_error(env, "INVALID_PARAMS", "mergeLora: threads must be >= 1");
+    if (!t.IsNumber() || t.As<Napi::Number>().Int32Value() < 1) throw coded_error(env, code::INVALID_PARAMS, "mergeLora: threads must be >= 1");
     m.threads = t.As<Napi::Number>().Int32Value();
   }
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();

@@ -1,4 +1,5 @@
 #include "params.h"
+#include "error_codes.h"
 
 #include <cmath>
 #include <cstring>
@@ -57,7 +58,7 @@ double check_param(Napi::Env env, const char* key, double v, const char* name) {
                   (b->hi_open ? v < b->hi : v <= b->hi) && (!b->integer || std::floor(v) == v) &&
                   !(v > 0 && v < b->positive_min);
   if (!ok) {
-    throw coded_error(env, "INVALID_PARAMS",
+    throw coded_error(env, code::INVALID_PARAMS,
                       std::string(name ? name : key) + " must be " + (b ? rule(*b) : "known") + ", got " + fmt(v));
   }
   return v;

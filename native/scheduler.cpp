@@ -1,4 +1,5 @@
 #include "scheduler.h"
+#include "error_codes.h"
 
 #include <algorithm>
 #include <chrono>
@@ -117,14 +118,14 @@ void Scheduler::run() {
 
   std::vector<Event> events;
   for (auto& s : slots_) {
-    if (s.req) fail(s, "ENGINE_CLOSED", "the engine was closed", events);
+    if (s.req) fail(s, code::ENGINE_CLOSED, "the engine was closed", events);
   }
   std::lock_guard<std::mutex> lk(mu_);
   for (auto& r : pending_) {
     Event e;
     e.id = r->id;
     e.kind = EventKind::Error;
-    e.code = "ENGINE_CLOSED";
+    e.code = code::ENGINE_CLOSED;
     e.message = "the engine was closed";
     events.push_back(std::move(e));
   }
@@ -284,7 +285,7 @@ void Scheduler::step(std::vector<Event>& out) {
   if (rc != 0) {
     const std::string why = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
     for (Slot* s : in_batch) {
-      fail(*s, "DECODE_FAILED", why, out);
+      fail(*s, code::DECODE_FAILED, why, out);
       forget_kv(*s);  // what the failed batch left in the cells is unknown
     }
     return;

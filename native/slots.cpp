@@ -1,6 +1,7 @@
 // The slots' life cycle on the scheduler thread: admitting queued requests into free slots (with
 // the prompt cache: which free slot, and how much of its KV to keep), and ending requests.
 #include "scheduler.h"
+#include "error_codes.h"
 
 #include <algorithm>
 
@@ -96,7 +97,7 @@ void Scheduler::fail_non_finite(std::vector<Event>& out) {
   for (auto& s : slots_) {
     if (s.req && s.bad) {
       ++p_non_finite_;
-      fail(s, "NON_FINITE",
+      fail(s, code::NON_FINITE,
            "the model's output for this request became NaN or infinite (its adapter scale or the weights overflow "
            "float arithmetic); the request was stopped and other requests are unaffected",
            out);

@@ -152,6 +152,8 @@ export interface NativeAddon {
   dynamicBackends: boolean;
   /** Writes base + scale·alpha/rank·B·A as a new GGUF at `out` (see native/merge.h). */
   paramBounds(): Record<ParamKey, ParamBound>;
+  /** Every error code the addon reports (native/error_codes.h). */
+  errorCodes(): string[];
   mergeLora(options: { base: string; adapter: string; out: string; scale?: number; threads?: number }, onProgress?: (fraction: number) => void): Promise<NativeMergeInfo>;
 }
 
