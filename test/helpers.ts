@@ -1,5 +1,5 @@
 // Shared by the tests: the project's copies of the fixtures and small helpers over Generation.
-import { copyFileSync, openSync, readFileSync, readSync, closeSync, writeSync } from 'node:fs';
+import { copyFileSync, openSync, readFileSync, readSync, closeSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine, type EngineOptions, type GenerateParams, type Generation } from '../src/engine/index.ts';
@@ -141,4 +141,20 @@ export async function patchGguf(src: string, out: string, patch: (name: string, 
     closeSync(fd);
   }
   return out;
+}
+
+/**
+ * Runs fn with CACHE_DIR (where converted and merged models go) set to cacheDir, a path in dir, then
+ * restores it and removes dir.
+ */
+export async function withCacheDir<T>(dir: string, fn: () => Promise<T>, cacheDir = dir): Promise<T> {
+  const saved = process.env.CACHE_DIR;
+  process.env.CACHE_DIR = cacheDir;
+  try {
+    return await fn();
+  } finally {
+    if (saved === undefined) delete process.env.CACHE_DIR;
+    else process.env.CACHE_DIR = saved;
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -1,6 +1,6 @@
 // What a careless or hostile client, or a bad config, must not do to the server: crash it, spoil
 // another request, hold its sockets, mint metric series, or pass a config that breaks every request.
-import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync } from 'node:fs';
+import { mkdtempSync, readdirSync, statSync, truncateSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, type Overrides } from '../../src/cml/config.ts';
 import { startServer, type RunningServer } from '../../src/server/server.ts';
-import { modelDir, patchGguf } from '../helpers.ts';
+import { modelDir, patchGguf, withCacheDir } from '../helpers.ts';
 
 const log = pino({ level: 'silent' });
 const question = 'Question: What is the capital of Belithne?\nAnswer:';
@@ -214,9 +214,7 @@ describe('sockets held open', () => {
 describe('a cached merged model that no longer loads', () => {
   it('is merged again at the next start, and served merged', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merged-cache-'));
-    const saved = process.env.CACHE_DIR;
-    process.env.CACHE_DIR = dir;
-    try {
+    await withCacheDir(dir, async () => {
       const first = await start();
       await first.close();
       const merged = readdirSync(dir).find((f) => f.startsWith('merged-'))!;
@@ -235,10 +233,6 @@ describe('a cached merged model that no longer loads', () => {
       } finally {
         await s.close();
       }
-    } finally {
-      if (saved === undefined) delete process.env.CACHE_DIR;
-      else process.env.CACHE_DIR = saved;
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });

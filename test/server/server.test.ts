@@ -1,5 +1,5 @@
 // The real server on a loopback port with the embedded tiny-qa model.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -9,7 +9,7 @@ import { createApp } from '../../src/server/app.ts';
 import { newAppContext } from '../../src/server/context.ts';
 import { Metrics } from '../../src/server/metrics.ts';
 import { startServer, type RunningServer } from '../../src/server/server.ts';
-import { loadReference } from '../helpers.ts';
+import { loadReference, withCacheDir } from '../helpers.ts';
 
 const log = pino({ level: 'silent' });
 const ref = loadReference('tiny-qa');
@@ -248,9 +248,8 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot
     writeFileSync(path.join(dir, 'file'), '');
     const lines: string[] = [];
     const logged = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
-    const saved = process.env.CACHE_DIR;
-    process.env.CACHE_DIR = path.join(dir, 'file', 'cache'); // under a file: mkdir fails
-    try {
+    // Under a file: mkdir fails.
+    await withCacheDir(dir, async () => {
       const s = await startServer(loadConfig({}, { port: 0, threads: 1, slots: 2 }), logged);
       await s.ready;
       try {
@@ -261,11 +260,7 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot
       } finally {
         await s.close();
       }
-    } finally {
-      if (saved === undefined) delete process.env.CACHE_DIR;
-      else process.env.CACHE_DIR = saved;
-      rmSync(dir, { recursive: true, force: true });
-    }
+    }, path.join(dir, 'file', 'cache'));
   });
 });
 
