@@ -1,5 +1,6 @@
 // Shared by the tests: the project's copies of the fixtures and small helpers over Generation.
 import { copyFileSync, openSync, readFileSync, readSync, closeSync, rmSync, writeSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine, type EngineOptions, type GenerateParams, type Generation } from '../src/engine/index.ts';
@@ -157,4 +158,26 @@ export async function withCacheDir<T>(dir: string, fn: () => Promise<T>, cacheDi
     else process.env.CACHE_DIR = saved;
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * tiny-qa's real adapter with every lora_b scaled by 1e20: finite weights whose products overflow
+ * float32, as an extreme adapter_scale makes them (NaN/inf logits, and poisoned KV cells).
+ */
+export function writePoisonAdapter(out: string): Promise<string> {
+  return patchGguf(path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'), out, (name, v) => {
+    if (!name.endsWith('.lora_b')) return false;
+    for (let i = 0; i < v.length; i++) v[i]! *= 1e20;
+    return true;
+  });
+}
+
+/** A loopback port nothing listens on (now). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
 }

@@ -1,12 +1,11 @@
 // The CML model script (scripts/cml_model_predict_script.py), run by python3 against the real server.
 import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { root } from '../helpers.ts';
+import { freePort, root } from '../helpers.ts';
 
 const run = promisify(execFile);
 
@@ -84,12 +83,7 @@ time.sleep(600)
 
 describe('the CML Application launcher (scripts/cml_application.py)', () => {
   it('becomes the server on 127.0.0.1:$CDSW_APP_PORT, with the playground at /', async () => {
-    const port = await new Promise<number>((resolve) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
+    const port = await freePort();
     const app = spawn('python3', [path.join(root, 'scripts/cml_application.py')], { cwd: root, env: { ...process.env, CDSW_APP_PORT: String(port), THREADS: '1', SLOTS: '2' }, stdio: 'ignore' });
     try {
       let status = 0;

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContextOverflowError, InvalidParamsError, ModelLoadError, NonFiniteError, type Engine, type GenerateParams } from '../../src/engine/index.ts';
-import { loadEngine, modelDir, patchGguf, rowsAsAlone } from '../helpers.ts';
+import { loadEngine, modelDir, patchGguf, rowsAsAlone, writePoisonAdapter } from '../helpers.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-guards-'));
 const adapter = path.join(modelDir('tiny-qa'), 'adapter-f32.gguf');
@@ -19,11 +19,7 @@ const medium = `${qa.repeat(2)}${question}`;
 let poison: string;
 
 beforeAll(async () => {
-  poison = await patchGguf(adapter, path.join(tmp, 'poison.gguf'), (name, v) => {
-    if (!name.endsWith('.lora_b')) return false;
-    for (let i = 0; i < v.length; i++) v[i]! *= 1e20;
-    return true;
-  });
+  poison = await writePoisonAdapter(path.join(tmp, 'poison.gguf'));
 });
 
 async function text(e: Engine, prompt: string, params: GenerateParams): Promise<string> {

@@ -2,12 +2,11 @@
 // timeout, what is left then ends with an error event (streams) or a 503; `npm start` passes the
 // signal to the server and exits 0.
 import { spawn } from 'node:child_process';
-import net from 'node:net';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/cml/config.ts';
 import { startServer } from '../../src/server/server.ts';
-import { root } from '../helpers.ts';
+import { freePort, root } from '../helpers.ts';
 
 const log = pino({ level: 'silent' });
 const question = 'Question: What is the capital of Belithne?\nAnswer:';
@@ -83,16 +82,8 @@ describe('drain', () => {
 });
 
 describe('npm start', () => {
-  const free = () =>
-    new Promise<number>((resolve) => {
-      const srv = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port } = srv.address() as net.AddressInfo;
-        srv.close(() => resolve(port));
-      });
-    });
-
   it('SIGTERM to npm reaches the server: the stream in flight finishes, npm exits 0, the port is free', async () => {
-    const port = await free();
+    const port = await freePort();
     const npm = spawn('npm', ['start', '--silent'], { cwd: root, env: { ...process.env, PORT: String(port), THREADS: '1', SLOTS: '2' }, stdio: 'ignore' });
     const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
     const url = `http://127.0.0.1:${port}`;

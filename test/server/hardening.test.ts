@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, type Overrides } from '../../src/cml/config.ts';
 import { startServer, type RunningServer } from '../../src/server/server.ts';
-import { modelDir, patchGguf, withCacheDir } from '../helpers.ts';
+import { withCacheDir, writePoisonAdapter } from '../helpers.ts';
 
 const log = pino({ level: 'silent' });
 const question = 'Question: What is the capital of Belithne?\nAnswer:';
@@ -97,11 +97,7 @@ describe('a request whose numbers overflow, with one slot (a CML replica)', () =
   // products overflow float32), served unmerged; adapter: null requests are the base model.
   let s: Started;
   beforeAll(async () => {
-    const poison = await patchGguf(path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'), path.join(tmp, 'poison.gguf'), (name, v) => {
-      if (!name.endsWith('.lora_b')) return false;
-      for (let i = 0; i < v.length; i++) v[i]! *= 1e20;
-      return true;
-    });
+    const poison = await writePoisonAdapter(path.join(tmp, 'poison.gguf'));
     s = await start({ slots: 1, adapter: poison, mergeAdapter: false });
   });
   afterAll(() => s?.close());
