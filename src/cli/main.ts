@@ -7,10 +7,10 @@ import { runDeploy } from './deploy.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
-function secondsArg(name: string) {
+function positiveArg(name: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number of seconds > 0`);
+    if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number > 0`);
     return n;
   };
 }
@@ -79,11 +79,11 @@ serveOptions(program.command('serve').description('serve POST /predict, /v1/comp
   .option('--port <n>', `port (env CDSW_APP_PORT, else PORT; default ${SERVE_DEFAULTS.port})`, intArg('--port', 0))
   .option('--host <h>', `address (env HOST, default ${SERVE_DEFAULTS.host})`)
   .option('--api-key <key>', 'require Authorization: Bearer <key> (env API_KEY)')
-  .option('--headers-timeout <s>', `seconds a client has to send its request headers (env HEADERS_TIMEOUT, default ${HTTP_DEFAULTS.headersTimeoutS})`, secondsArg('--headers-timeout'))
-  .option('--body-timeout <s>', `seconds a client has to send its whole request (env BODY_TIMEOUT, default ${HTTP_DEFAULTS.bodyTimeoutS})`, secondsArg('--body-timeout'))
-  .option('--keep-alive-timeout <s>', `seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default ${HTTP_DEFAULTS.keepAliveTimeoutS})`, secondsArg('--keep-alive-timeout'))
+  .option('--headers-timeout <s>', `seconds a client has to send its request headers (env HEADERS_TIMEOUT, default ${HTTP_DEFAULTS.headersTimeoutS})`, positiveArg('--headers-timeout'))
+  .option('--body-timeout <s>', `seconds a client has to send its whole request (env BODY_TIMEOUT, default ${HTTP_DEFAULTS.bodyTimeoutS})`, positiveArg('--body-timeout'))
+  .option('--keep-alive-timeout <s>', `seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default ${HTTP_DEFAULTS.keepAliveTimeoutS})`, positiveArg('--keep-alive-timeout'))
   .option('--max-connections <n>', `open connections at most; more are refused (env MAX_CONNECTIONS, default ${HTTP_DEFAULTS.maxConnections})`, intArg('--max-connections', 1))
-  .option('--drain-timeout <s>', `on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default ${SERVE_DEFAULTS.drainTimeoutS})`, secondsArg('--drain-timeout'))
+  .option('--drain-timeout <s>', `on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default ${SERVE_DEFAULTS.drainTimeoutS})`, positiveArg('--drain-timeout'))
   .action(runServe);
 
 program
@@ -142,8 +142,8 @@ program
   .option('--dry-run', 'print the exact requests and send nothing')
   .option('--file-path <path>', "the predict script's path from the project root", 'scripts/cml_model_predict_script.py')
   .option('--app-script <path>', "the Application's launcher, from the project root", 'scripts/cml_application.py')
-  .option('--poll <s>', 'seconds between status checks with --wait', numArg('--poll'), 5)
-  .option('--timeout <min>', 'minutes --wait waits at most', numArg('--timeout'), 30)
+  .option('--poll <s>', 'seconds between status checks with --wait', positiveArg('--poll'), 5)
+  .option('--timeout <min>', 'minutes --wait waits at most', positiveArg('--timeout'), 30)
   .action(runDeploy);
 
 try {

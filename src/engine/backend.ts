@@ -88,8 +88,15 @@ function loadable(names: string[]): string[] {
   return names.filter((n) => cacheList.includes(`${n} `) || dirs.some((d) => existsSync(path.join(d, n))));
 }
 
-/** Which CUDA runtime the prebuilt CUDA backend can use here (13, else 12), or what is missing. */
+let runtime: { major: 13 | 12 } | { missing: string } | undefined;
+
+/** Which CUDA runtime the prebuilt CUDA backend can use here (13, else 12), or what is missing (asked once: it runs ldconfig). */
 export function cudaRuntime(): { major: 13 | 12 } | { missing: string } {
+  runtime ??= findCudaRuntime();
+  return runtime;
+}
+
+function findCudaRuntime(): { major: 13 | 12 } | { missing: string } {
   const need = (v: number) => [`libcudart.so.${v}`, `libcublas.so.${v}`, 'libcuda.so.1'];
   const have13 = loadable(need(13));
   if (have13.length === 3) return { major: 13 };

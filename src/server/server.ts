@@ -66,7 +66,7 @@ export async function startServer(
       keepAliveTimeout: l.keepAliveTimeoutS * 1000,
       // How often Node looks for connections past those timeouts (its default, 30 s, would let a
       // 10 s limit run to 40).
-      connectionsCheckingInterval: Math.min(1000, l.headersTimeoutS * 500),
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, l.headersTimeoutS * 500)),
     },
     createApp(ctx),
   );

@@ -112,6 +112,9 @@ describe('deploy-cml', () => {
     );
     const bad = await cli('--env', 'nope').catch((e: { code: number; stderr: string }) => e);
     expect(bad).toMatchObject({ code: 1, stderr: "error: --env takes KEY=VALUE, got 'nope'\n" });
+    // A poll of 0 would ask the API in a tight loop.
+    const spin = await cli('--wait', '--poll', '0').catch((e: { code: number; stderr: string }) => e);
+    expect(spin).toMatchObject({ code: 1, stderr: expect.stringContaining("--poll must be a number > 0") });
     expect(f.violations).toEqual([]);
   }, 60_000);
 });

@@ -98,7 +98,16 @@ describe('resolveGeneration: request > env > studio defaults', () => {
   });
 });
 
-describe('loadConfig: where it listens', () => {
+describe('loadConfig: where it listens, and its limits', () => {
+  it('timeouts are seconds in (0, 86400]; the connection cap an integer >= 1', () => {
+    expect(loadConfig({ HEADERS_TIMEOUT: '2.5', MAX_CONNECTIONS: '8' }).http).toMatchObject({ headersTimeoutS: 2.5, maxConnections: 8 });
+    expect(() => loadConfig({ HEADERS_TIMEOUT: '0' })).toThrow("HEADERS_TIMEOUT must be a number of seconds in (0, 86400], got '0'");
+    expect(() => loadConfig({ DRAIN_TIMEOUT: 'soon' })).toThrow("DRAIN_TIMEOUT must be a number of seconds in (0, 86400], got 'soon'");
+    expect(() => loadConfig({ MAX_CONNECTIONS: '0' })).toThrow("MAX_CONNECTIONS must be an integer >= 1, got '0'");
+    expect(() => loadConfig({ CHECK_TENSORS: 'maybe' })).toThrow("CHECK_TENSORS must be on or off, got 'maybe'");
+    expect(loadConfig({ CHECK_TENSORS: 'off' }).checkTensors).toBe(false);
+  });
+
   it('a CML Application listens on 127.0.0.1:$CDSW_APP_PORT, over PORT; a flag wins over both', () => {
     expect(loadConfig({ CDSW_APP_PORT: '8123', PORT: '9000' })).toMatchObject({ port: 8123, host: '127.0.0.1' });
     expect(loadConfig({ PORT: '9000' }).port).toBe(9000);
