@@ -33,6 +33,7 @@
         "native/js_params.cpp",
         "native/params.cpp",
         "native/scheduler.cpp",
+        "native/scheduling_policy.cpp",
         "native/slots.cpp",
         "native/sampling.cpp",
         "native/worker_pool.cpp",

@@ -145,89 +145,52 @@ void Scheduler::apply_adapters(const Request& r) {
                           scales.empty() ? nullptr : scales.data());
 }
 
-// Adapters are per context, so one step serves one adapter set. Changing it makes llama.cpp
-// rebuild its backend scheduler and compute buffers (sched_reserve: 1.3-6 ms of CPU on this VM's
-// 60m model, more steps than that on a GPU), so while other sets wait a set keeps the context for
-// kQuantum steps, or longer, until the last change's cost is a tenth of its turn; never past
-// kMaxTurnUs (slow CPU steps then alternate sets every step, where a change costs little beside
-// them). Then the set of the longest-waiting slot goes next. False when no slot is busy.
+// What the policies (scheduling_policy.h) see of the slots, for the set the context has now.
+void Scheduler::view_slots() {
+  views_.resize(slots_.size());
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    policy::SlotView& v = views_[i];
+    v.busy = s.req != nullptr;
+    v.in_set = v.busy && in_current_set(*s.req);
+    v.prompt_left = v.busy ? s.req->prompt.size() - s.n_prefilled : 0;
+    v.last_step = s.last_step;
+    v.quarantined = s.quarantined;
+    v.kv_len = s.kv_tokens.size();
+  }
+}
+
+// Adapters are per context, so one step serves one adapter set, in turns (policy::next_turn).
+// False when no slot is busy.
 bool Scheduler::take_turn(bool& switched) {
-  constexpr int32_t kQuantum = 8;
-  constexpr int64_t kMaxTurnUs = 200000;
-  Slot* lead = nullptr;     // the longest-waiting slot
-  Slot* current = nullptr;  // a slot of the set the context has now
-  bool others = false;      // a slot of another set is waiting
-  for (auto& s : slots_) {
-    if (!s.req) continue;
-    if (lead == nullptr || s.last_step < lead->last_step) lead = &s;
-    if (in_current_set(*s.req)) {
-      if (current == nullptr) current = &s;
-    } else {
-      others = true;
-    }
-  }
-  if (lead == nullptr) return false;
-  const int64_t in_turn = now_us() - set_since_us_;
-  const bool turn_left = in_turn < kMaxTurnUs && (steps_in_set_ < kQuantum || in_turn < 9 * switch_cost_us_);
-  if (current != nullptr && (turn_left || !others)) lead = current;
-  switched = !in_current_set(*lead->req);
+  view_slots();
+  const policy::Turns::Pick pick = turns_.next(views_, now_us());
+  if (pick.slot < 0) return false;
+  switched = pick.switched;
   if (switched) {
-    current_set_ = lead->req->adapter_key();
-    steps_in_set_ = 0;
-    set_since_us_ = now_us();
+    const Request& r = *slots_[pick.slot].req;
+    current_set_ = r.adapter_key();
     ++p_switches_;
-    apply_adapters(*lead->req);  // only on a change: current_set_ always mirrors the context
+    apply_adapters(r);  // only on a change: current_set_ always mirrors the context
+    view_slots();
   }
-  ++steps_in_set_;
   ++step_no_;
   return true;
 }
 
-// Which slots take part in this step: running streams of the set one token each, prompt chunks
-// from what is left of the batch (so long prompts never stall running streams), and fillers.
-// Sets [lo, hi], the range of sequences the batch spans; true when it prefills.
+// Which slots take part in this step and how (policy::plan_step). Sets [lo, hi], the range of
+// sequences the batch spans; true when it prefills.
 bool Scheduler::plan_step(int32_t& lo, int32_t& hi) {
-  int32_t budget = cfg_.n_batch;
-  lo = hi = -1;
-  for (auto& s : slots_) {
-    s.out_idx = -1;
-    s.take = 0;
-    s.filler = false;
-    if (!s.req || !in_current_set(*s.req)) continue;
-    if (lo < 0) lo = s.seq;
-    hi = s.seq;
-    if (!s.prefilling()) --budget;
+  policy::plan_step(views_, cfg_.n_batch, cfg_.fill_gap, static_cast<size_t>(n_ctx_seq_), plan_);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    slots_[i].out_idx = -1;
+    slots_[i].take = plan_.take[i];
+    slots_[i].filler = plan_.filler[i];
   }
-  // Gaps between them, when short, get a throwaway token each (so one pass decodes them all), in
-  // slots with a cell to spare: a live request never fills its last cell (its last token is not
-  // decoded), and an idle slot's cached cells end with a request's.
-  for (int32_t i = lo + 1; i < hi && cfg_.fill_gap > 0;) {
-    if (slots_[i].req && in_current_set(*slots_[i].req)) {
-      ++i;
-      continue;
-    }
-    int32_t j = i;
-    while (j < hi && !(slots_[j].req && in_current_set(*slots_[j].req))) ++j;
-    bool room = j - i <= cfg_.fill_gap;
-    for (int32_t k = i; k < j && room; ++k) {
-      room = !slots_[k].quarantined && static_cast<int32_t>(slots_[k].kv_tokens.size()) < n_ctx_seq_;
-    }
-    for (int32_t k = i; k < j && room; ++k) slots_[k].filler = true;
-    if (room) {
-      budget -= j - i;
-      p_fillers_ += j - i;
-    }
-    i = j;
-  }
-  bool prefill = false;
-  for (auto& s : slots_) {
-    if (budget <= 0) break;
-    if (!s.req || !s.prefilling() || !in_current_set(*s.req)) continue;
-    s.take = static_cast<int32_t>(std::min<size_t>(budget, s.req->prompt.size() - s.n_prefilled));
-    budget -= s.take;
-    prefill = true;
-  }
-  return prefill;
+  p_fillers_ += plan_.n_fillers;
+  lo = plan_.lo;
+  hi = plan_.hi;
+  return plan_.prefill;
 }
 
 // The planned batch, in sequence order: llama.cpp splits it at every break in the run of ids.
@@ -316,7 +279,7 @@ void Scheduler::step(std::vector<Event>& out) {
   }
   if (!prefill && settle_left_ > 0) {
     settle_us_ += std::max<int64_t>(0, took - decode_avg_us_);
-    if (--settle_left_ == 0) p_switch_cost_ = switch_cost_us_ = settle_us_;
+    if (--settle_left_ == 0) p_switch_cost_ = turns_.switch_cost_us = settle_us_;
   } else if (!prefill) {
     decode_avg_us_ = decode_avg_us_ == 0 ? took : (9 * decode_avg_us_ + took) / 10;
   }

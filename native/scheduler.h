@@ -14,6 +14,7 @@
 
 #include "llama.h"
 #include "request.h"
+#include "scheduling_policy.h"
 #include "text_stream.h"
 #include "worker_pool.h"
 
@@ -81,7 +82,7 @@ class Scheduler {
     // attention's products, and 0 x NaN is NaN, so a stale poisoned cell spoils the next request).
     bool quarantined = false;
     int32_t take = 0;       // prompt tokens it prefills this step
-    bool filler = false;    // holds a throwaway token this step (see SchedulerConfig::fill_gap)
+    bool filler = false;    // holds a throwaway token this step (see policy::plan_step)
     float* row = nullptr;   // those logits, once the decode is done
     llama_token picked = -1;
     LogprobRow logprobs;
@@ -100,6 +101,7 @@ class Scheduler {
   void run();
   void admit(std::vector<Event>& out);
   void step(std::vector<Event>& out);
+  void view_slots();
   bool take_turn(bool& switched);
   bool plan_step(int32_t& lo, int32_t& hi);
   void build_batch(int32_t lo, int32_t hi);
@@ -126,14 +128,15 @@ class Scheduler {
   std::vector<llama_token> eog_;  // end-of-generation tokens, masked while a slot is under its minimum
   llama_batch batch_;
   std::vector<Slot> slots_;
-  std::vector<Slot*> in_batch_, ready_;  // this step's, kept to spare an allocation per step
+  // This step's, kept to spare an allocation per step.
+  std::vector<Slot*> in_batch_, ready_;
+  std::vector<policy::SlotView> views_;
+  policy::StepPlan plan_;
   std::unique_ptr<WorkerPool> pool_;  // null with one thread
   uint64_t step_no_ = 0;
-  // The adapter set applied to the context and for how many steps.
+  // The adapter set applied to the context, and its turn.
   AdapterSetKey current_set_;
-  int32_t steps_in_set_ = 0;
-  int64_t set_since_us_ = 0;
-  int64_t switch_cost_us_ = 0;  // the last change's, measured
+  policy::Turns turns_;
   int32_t settle_left_ = 0;     // decodes of this turn still counted into its change's cost
   int64_t settle_us_ = 0;
   int64_t decode_avg_us_ = 0;   // of steps without a change

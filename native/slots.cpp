@@ -11,26 +11,24 @@ void Scheduler::admit(std::vector<Event>& out) {
   std::vector<std::shared_ptr<Request>> admitted;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    // Cancelled requests leave the queue wherever they stand.
-    for (auto it = pending_.begin(); it != pending_.end();) {
-      if ((*it)->cancelled) {
-        Event e;
-        e.id = (*it)->id;
-        e.kind = EventKind::Done;
-        e.stop_reason = "cancelled";
-        e.prompt_tokens = static_cast<int32_t>((*it)->prompt.size());
-        out.push_back(std::move(e));
-        live_.erase((*it)->id);
-        it = pending_.erase(it);
-      } else {
-        ++it;
-      }
+    // Cancelled requests leave the queue wherever they stand (policy::admit).
+    std::vector<bool> cancelled(pending_.size());
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      const Request& r = *pending_[i];
+      cancelled[i] = r.cancelled;
+      if (!r.cancelled) continue;
+      Event e;
+      e.id = r.id;
+      e.kind = EventKind::Done;
+      e.stop_reason = "cancelled";
+      e.prompt_tokens = static_cast<int32_t>(r.prompt.size());
+      out.push_back(std::move(e));
+      live_.erase(r.id);
     }
-    const int32_t free_slots = cfg_.n_slots - active_ - quarantined_.load();
-    while (!pending_.empty() && static_cast<int32_t>(admitted.size()) < free_slots) {
-      admitted.push_back(std::move(pending_.front()));
-      pending_.pop_front();
-    }
+    const policy::Admission plan = policy::admit(cancelled, policy::free_slots(cfg_.n_slots, active_, quarantined_.load()));
+    for (size_t i : plan.start) admitted.push_back(std::move(pending_[i]));
+    for (size_t i : plan.drop) pending_[i].reset();
+    pending_.erase(std::remove(pending_.begin(), pending_.end(), nullptr), pending_.end());
     busy_.fetch_add(static_cast<int32_t>(admitted.size()));  // with the pop, so submit() never sees room twice
   }
   // Samplers are built outside the lock: feeding a long prompt to the penalties takes a while.
@@ -62,27 +60,20 @@ void Scheduler::admit(std::vector<Event>& out) {
   }
 }
 
-// The free slot whose cells hold the longest start of this prompt (same adapters), and that
-// length; else the free slot with the least cached, so that longer caches stay for requests that
-// can use them. A start shorter than a tenth of the prompt, or the BOS alone, does not count: it
-// would save next to nothing and cost another prompt its cache.
+// The free slot for a prompt (policy::choose_slot), and how many of its first tokens its cells hold.
 std::pair<Scheduler::Slot*, size_t> Scheduler::slot_for(const Request& r) {
-  Slot* best = nullptr;
-  size_t best_rank = 0, best_common = 0;
-  for (auto& s : slots_) {
-    if (s.req || s.quarantined) continue;
-    size_t common = 0;
-    if (cfg_.prompt_cache && r.has_adapters(s.kv_set)) {
-      while (common < s.kv_tokens.size() && common < r.prompt.size() && s.kv_tokens[common] == r.prompt[common]) ++common;
-    }
-    const size_t rank = common >= 2 && common * 10 >= r.prompt.size() ? common : 0;
-    if (best == nullptr || rank > best_rank || (rank == best_rank && s.kv_tokens.size() < best->kv_tokens.size())) {
-      best = &s;
-      best_rank = rank;
-      best_common = common;
-    }
+  std::vector<policy::CacheView> views(slots_.size());
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    policy::CacheView& v = views[i];
+    v.usable = !s.req && !s.quarantined;
+    v.kv_len = s.kv_tokens.size();
+    if (!v.usable || !cfg_.prompt_cache || !r.has_adapters(s.kv_set)) continue;
+    const size_t n = std::min(s.kv_tokens.size(), r.prompt.size());
+    while (v.common < n && s.kv_tokens[v.common] == r.prompt[v.common]) ++v.common;
   }
-  return {best, best_common};  // admit() never takes more requests than there are free slots
+  const policy::SlotChoice c = policy::choose_slot(views, r.prompt.size());
+  return {&slots_[c.slot], c.common};  // admit() never takes more requests than there are free slots
 }
 
 void Scheduler::forget_kv(Slot& s) {
