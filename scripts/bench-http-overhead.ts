@@ -58,5 +58,5 @@ for (let i = 0; i < runs; i++) {
 await server.close();
 
 const e = median(engineRates), h = median(httpRates);
-console.log(JSON.stringify({ backend: predictor.engine.backend.name, model: cfg.baseModel, tokens, runs,
+console.log(JSON.stringify({ backend: predictor.engine.health().backend, model: cfg.baseModel, tokens, runs,
   engine_tok_s: Math.round(e), http_stream_tok_s: Math.round(h), http_cost_pct: +(100 * (e / h - 1)).toFixed(1) }));

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { Predictor } from '../../src/cml/predict.ts';
-import { Engine, mergeAdapter, type BackendChoice, type EngineOptions, type EngineStats, type GenerateParams } from '../../src/engine/index.ts';
+import { Engine, mergeAdapter, schedulerPhases, type BackendChoice, type EngineOptions, type GenerateParams, type SchedulerProfile } from '../../src/engine/index.ts';
 import { createApp } from '../../src/server/app.ts';
 import { newAppContext } from '../../src/server/context.ts';
 import { Metrics } from '../../src/server/metrics.ts';
@@ -56,14 +56,11 @@ export interface SweepPoint {
   step?: StepProfile;
 }
 
-type Profile = NonNullable<EngineStats['profile']>;
-
-function stepProfile(a: Profile | undefined, b: Profile | undefined): StepProfile | undefined {
+/** Per step between two profiles; rest is emit and the loop's other work (schedulerPhases). */
+function stepProfile(a: SchedulerProfile | undefined, b: SchedulerProfile | undefined): StepProfile | undefined {
   if (!a || !b || b.steps <= a.steps) return undefined;
-  const n = b.steps - a.steps;
-  const decode = b.decodeUs - a.decodeUs;
-  const sample = b.sampleUs - a.sampleUs;
-  return { decodeUs: decode / n, sampleUs: sample / n, restUs: (b.loopUs - a.loopUs - decode - sample) / n };
+  const t = schedulerPhases(b, a);
+  return { decodeUs: t.decodeUs / t.steps, sampleUs: t.sampleUs / t.steps, restUs: (t.emitUs + t.otherUs) / t.steps };
 }
 
 export interface OursResult {

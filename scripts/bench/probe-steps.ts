@@ -2,7 +2,7 @@
 // run, beside what llama-batched-bench reached (given). A tool for chasing a gap, not a benchmark.
 //   npx tsx scripts/bench/probe-steps.ts --model m.gguf [--backend cuda] [--streams 8,16,64] [--tokens 128]
 import { parseArgs } from 'node:util';
-import { Engine, type EngineOptions } from '../../src/engine/index.ts';
+import { Engine, schedulerPhases, type EngineOptions } from '../../src/engine/index.ts';
 import { table } from './report.ts';
 import { steadyRate } from './stats.ts';
 
@@ -60,10 +60,10 @@ async function probe(name: string, streams: number[], extra: Partial<EngineOptio
       const p0 = engine.stats().profile!;
       const rate = await run(n);
       const p1 = engine.stats().profile!;
-      const steps = p1.steps - p0.steps;
-      const per = (k: 'decodeUs' | 'sampleUs' | 'loopUs') => Math.round((p1[k] - p0[k]) / steps);
+      const t = schedulerPhases(p1, p0);
+      const per = (us: number) => Math.round(us / t.steps);
       // A steady step, from the rate: what a step costs once every stream is decoding.
-      rows.push([name, n, Math.round(rate), Math.round((n / rate) * 1e6), per('decodeUs'), per('sampleUs'), per('loopUs') - per('decodeUs') - per('sampleUs'), steps]);
+      rows.push([name, n, Math.round(rate), Math.round((n / rate) * 1e6), per(t.decodeUs), per(t.sampleUs), per(t.emitUs + t.otherUs), t.steps]);
       console.error(`${name}, ${n} streams: ${Math.round(rate)} tok/s`);
     }
   } finally {

@@ -60,6 +60,10 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
   }
   ev.info?.({ backend: engine.backend.name, reason: engine.backend.reason, devices: engine.backend.devices.map((d) => d.description) }, 'backend');
   ev.info?.({ ...engine.model }, 'model loaded');
+  const m = engine.model;
+  if (m.contextPerSlot < m.contextRequested) {
+    ev.warn?.({ requested: m.contextRequested, trainContext: m.trainContext }, `context per slot capped at ${m.contextPerSlot} tokens, the model's trained context`);
+  }
   try {
     if (adapter && !merged) await engine.loadAdapter(DEFAULT_ADAPTER, adapter.path);
   } catch (e) {

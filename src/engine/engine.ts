@@ -1,6 +1,7 @@
 // The typed facade over the native engine: load a model, register adapters, generate.
 import os from 'node:os';
 import { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
+import type { EngineClient, EngineHealth, ServedAdapter } from './client.ts';
 import { AbortedError, AdapterError, EngineClosedError, InvalidParamsError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
 import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
@@ -68,7 +69,7 @@ function defaultThreads(): number {
   return Math.max(1, Math.min(os.availableParallelism(), D.maxDefaultThreads));
 }
 
-export class Engine {
+export class Engine implements EngineClient {
   private readonly live = new Map<number, Generation>();
   private closed = false;
   private merged: { name: string; scale: number; defaultScale: number } | null = null;
@@ -180,7 +181,7 @@ export class Engine {
   }
 
   /** The registered adapters; `merged` marks the one in the model's weights. */
-  adapters(): (NativeAdapterInfo & { merged: boolean })[] {
+  adapters(): ServedAdapter[] {
     return this.call(() => this.native.adapters()).map((a) => ({ ...a, merged: a.name === this.merged?.name }));
   }
 
@@ -208,6 +209,11 @@ export class Engine {
 
   stats(): NativeStats {
     return this.native.stats();
+  }
+
+  health(): EngineHealth {
+    const s = this.native.stats();
+    return { backend: this.backend.name, busySlots: s.busySlots, queued: s.queued, adapterMerged: this.merged !== null };
   }
 
   /**

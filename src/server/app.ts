@@ -34,21 +34,14 @@ export function createApp(ctx: AppContext): express.Express {
 
   app.get('/health', (_req, res) => {
     const s = ctx.state;
-    const stats = s.predictor?.engine.stats();
+    const h = s.predictor?.engine.health();
     if (s.status !== 'ready') res.set('Retry-After', String(RETRY_AFTER_S));
     res.status(s.status === 'ready' ? 200 : 503).json({
       status: s.status,
       model: s.modelName,
       adapter: s.adapterName,
       ...(s.error ? { error: s.error } : {}),
-      ...(stats
-        ? {
-            busy_slots: stats.busySlots,
-            queued: stats.queued,
-            backend: s.predictor!.engine.backend.name,
-            adapter_merged: s.predictor!.engine.adapters().some((a) => a.merged),
-          }
-        : {}),
+      ...(h ? { busy_slots: h.busySlots, queued: h.queued, backend: h.backend, adapter_merged: h.adapterMerged } : {}),
     });
   });
 

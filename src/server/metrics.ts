@@ -1,6 +1,6 @@
 // Prometheus metrics (prom-client). Recorded once per request from its final record, never per token.
 import client from 'prom-client';
-import type { EngineStats, GenerationResult } from '../engine/index.ts';
+import { schedulerPhases, type EngineStats, type GenerationResult } from '../engine/index.ts';
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -75,10 +75,11 @@ export class Metrics {
         const p = stats()?.profile;
         this.reset();
         if (!p) return;
-        this.inc({ phase: 'decode' }, p.decodeUs / 1e6);
-        this.inc({ phase: 'sample' }, p.sampleUs / 1e6);
-        this.inc({ phase: 'emit' }, p.emitUs / 1e6);
-        this.inc({ phase: 'other' }, Math.max(0, p.loopUs - p.decodeUs - p.sampleUs - p.emitUs) / 1e6);
+        const t = schedulerPhases(p);
+        this.inc({ phase: 'decode' }, t.decodeUs / 1e6);
+        this.inc({ phase: 'sample' }, t.sampleUs / 1e6);
+        this.inc({ phase: 'emit' }, t.emitUs / 1e6);
+        this.inc({ phase: 'other' }, t.otherUs / 1e6);
       },
     });
   }

@@ -87,13 +87,9 @@ export async function startServer(
   const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), warn: (f, m) => log.warn(f, m), onDownload, ...(onProgress ? { onProgress } : {}) }).then(
     (predictor) => {
       state.predictor = predictor;
-      state.adapterName = predictor.engine.adapters()[0]?.name ?? null;
+      state.adapterName = predictor.adapter;
       if (state.status === 'loading') state.status = 'ready';
-      const m = predictor.engine.model;
-      if (m.contextPerSlot < m.contextRequested) {
-        log.warn({ requested: m.contextRequested, trainContext: m.trainContext }, `context per slot capped at ${m.contextPerSlot} tokens, the model's trained context`);
-      }
-      log.info({ slots: cfg.slots, maxQueue: cfg.maxQueue, contextPerSlot: m.contextPerSlot }, 'ready');
+      log.info({ slots: cfg.slots, maxQueue: cfg.maxQueue }, 'ready');
     },
     (err: Error) => {
       state.status = 'failed';
