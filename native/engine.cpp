@@ -300,8 +300,8 @@ Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
   if (!info[0].IsString()) throw coded_error(env, code::INVALID_PARAMS, "tokenize(text): text must be a string");
-  const bool add_special = info[1].IsBoolean() ? info[1].As<Napi::Boolean>().Value() : true;
-  const bool parse_special = info[2].IsBoolean() ? info[2].As<Napi::Boolean>().Value() : false;
+  const bool add_special = read_flag(env, info[1], "tokenize(text, addSpecial): addSpecial", true);
+  const bool parse_special = read_flag(env, info[2], "tokenize(text, addSpecial, parseSpecial): parseSpecial", false);
   const auto ids = tokenize_text(env, llama_model_get_vocab(model_), info[0].As<Napi::String>().Utf8Value(), add_special,
                                  parse_special);
   Napi::Array out = Napi::Array::New(env, ids.size());
@@ -312,20 +312,9 @@ Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
 Napi::Value Engine::Detokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
-  if (!info[0].IsArray()) throw coded_error(env, code::INVALID_PARAMS, "detokenize(ids): ids must be an array");
   const llama_vocab* vocab = llama_model_get_vocab(model_);
-  const int32_t n_vocab = llama_vocab_n_tokens(vocab);
-  const Napi::Array a = info[0].As<Napi::Array>();
-  std::vector<llama_token> ids;
-  for (uint32_t i = 0; i < a.Length(); ++i) {
-    const Napi::Value v = a.Get(i);
-    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-    if (d < 0 || d >= n_vocab || static_cast<llama_token>(d) != d) {
-      throw coded_error(env, code::INVALID_PARAMS, "token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
-    }
-    ids.push_back(static_cast<llama_token>(d));
-  }
-  const bool special = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  const std::vector<llama_token> ids = read_token_ids(env, info[0], llama_vocab_n_tokens(vocab), "detokenize(ids): ids");
+  const bool special = read_flag(env, info[1], "detokenize(ids, special): special", false);
   std::string text(ids.size() * 8 + 16, '\0');
   int32_t n = llama_detokenize(vocab, ids.data(), static_cast<int32_t>(ids.size()), text.data(),
                                static_cast<int32_t>(text.size()), false, special);

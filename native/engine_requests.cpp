@@ -175,19 +175,9 @@ std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& promp
         throw overflow(std::to_string(text.size()) + " bytes: at least " + std::to_string(at_least) + " tokens");
       }
     }
-    const bool add_special = !params.Has("addSpecial") || params.Get("addSpecial").ToBoolean().Value();
-    req->prompt = tokenize_text(env, vocab, text, add_special, false);
+    req->prompt = tokenize_text(env, vocab, text, read_flag(env, params.Get("addSpecial"), "addSpecial", true), false);
   } else if (prompt.IsArray()) {
-    const Napi::Array a = prompt.As<Napi::Array>();
-    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
-    for (uint32_t i = 0; i < a.Length(); ++i) {
-      const Napi::Value v = a.Get(i);
-      const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-      if (d < 0 || d >= n_vocab || static_cast<llama_token>(d) != d) {
-        throw coded_error(env, code::INVALID_PARAMS, "prompt token ids must be integers in [0, " + std::to_string(n_vocab) + ")");
-      }
-      req->prompt.push_back(static_cast<llama_token>(d));
-    }
+    req->prompt = read_token_ids(env, prompt, llama_vocab_n_tokens(vocab), "prompt");
   } else {
     throw coded_error(env, code::INVALID_PARAMS, "prompt must be a string or an array of token ids");
   }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 
@@ -29,12 +30,7 @@ double number(Napi::Env env, const Napi::Object& o, const char* key, double fall
 }
 
 int32_t integer(Napi::Env env, const Napi::Object& o, const char* key, int32_t fallback, int64_t lo, int64_t hi) {
-  if (!has(o, key)) return fallback;
-  const double d = number(env, o, key, fallback);
-  if (std::floor(d) != d || d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
-    bad(env, std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  }
-  return static_cast<int32_t>(d);
+  return read_integer(env, o.Get(key), key, fallback, lo, hi);
 }
 
 // A request parameter checked against its row of the bounds table (params.cpp).
@@ -46,13 +42,45 @@ double bounded(Napi::Env env, const Napi::Object& o, const char* key, double fal
 }
 
 bool boolean(Napi::Env env, const Napi::Object& o, const char* key, bool fallback) {
-  if (!has(o, key)) return fallback;
-  const Napi::Value v = o.Get(key);
-  if (!v.IsBoolean()) bad(env, std::string(key) + " must be a boolean");
-  return v.As<Napi::Boolean>().Value();
+  return read_flag(env, o.Get(key), key, fallback);
 }
 
 }  // namespace
+
+int32_t read_integer(Napi::Env env, const Napi::Value& v, const std::string& what, int32_t fallback, int64_t lo,
+                     int64_t hi) {
+  if (v.IsUndefined() || v.IsNull()) return fallback;
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  if (!(std::floor(d) == d && d >= static_cast<double>(lo) && d <= static_cast<double>(hi))) {
+    bad(env, what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return static_cast<int32_t>(d);
+}
+
+bool read_flag(Napi::Env env, const Napi::Value& v, const std::string& what, bool fallback) {
+  if (v.IsUndefined() || v.IsNull()) return fallback;
+  if (!v.IsBoolean()) bad(env, what + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::vector<llama_token> read_token_ids(Napi::Env env, const Napi::Value& v, int32_t n_vocab, const std::string& what) {
+  if (!v.IsArray()) bad(env, what + " must be an array of token ids");
+  const Napi::Array a = v.As<Napi::Array>();
+  std::vector<llama_token> ids;
+  ids.reserve(a.Length());
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    const Napi::Value e = a.Get(i);
+    const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d < n_vocab) || static_cast<llama_token>(d) != d) {
+      char got[32] = "a non-number";
+      if (e.IsNumber()) std::snprintf(got, sizeof got, "%.17g", e.As<Napi::Number>().DoubleValue());
+      bad(env, what + " must hold integer token ids in [0, " + std::to_string(n_vocab) + "), got " + got + " at [" +
+                   std::to_string(i) + "]");
+    }
+    ids.push_back(static_cast<llama_token>(d));
+  }
+  return ids;
+}
 
 EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   EngineOptions e;

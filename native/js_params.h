@@ -15,4 +15,15 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o);
 void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegistry& registry, int32_t n_vocab,
                          Request& r);
 
+// An array of token ids, each an integer in [0, n_vocab); `what` names it in the error.
+std::vector<llama_token> read_token_ids(Napi::Env env, const Napi::Value& v, int32_t n_vocab, const std::string& what);
+
+// A boolean option: `fallback` when absent (undefined or null), an error for any other type (a
+// truthy string such as "false" must not read as true).
+bool read_flag(Napi::Env env, const Napi::Value& v, const std::string& what, bool fallback);
+
+// An integer option in [lo, hi]: `fallback` when absent, an error for 1.5, "2", NaN or out of range.
+int32_t read_integer(Napi::Env env, const Napi::Value& v, const std::string& what, int32_t fallback, int64_t lo,
+                     int64_t hi);
+
 }  // namespace cml

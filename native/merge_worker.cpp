@@ -6,7 +6,9 @@
 
 #include "engine.h"
 #include "error_codes.h"
+#include "js_params.h"
 #include "merge.h"
+#include "params.h"
 
 namespace cml {
 
@@ -77,16 +79,13 @@ Napi::Value MergeLora(const Napi::CallbackInfo& info) {
   m.base = o.Get("base").As<Napi::String>().Utf8Value();
   m.adapter = o.Get("adapter").As<Napi::String>().Utf8Value();
   m.out = o.Get("out").As<Napi::String>().Utf8Value();
-  if (o.Has("scale")) {
-    const Napi::Value s = o.Get("scale");
-    if (!s.IsNumber() || !std::isfinite(s.As<Napi::Number>().DoubleValue())) throw coded_error(env, code::INVALID_PARAMS, "mergeLora: scale must be a finite number");
-    m.scale = s.As<Napi::Number>().FloatValue();
+  // The scale a request could ask for (the bounds table's adapterScale), the threads an engine could use.
+  const Napi::Value scale = o.Get("scale");
+  if (!scale.IsUndefined()) {
+    if (!scale.IsNumber()) throw coded_error(env, code::INVALID_PARAMS, "mergeLora: scale must be a number");
+    m.scale = static_cast<float>(check_param(env, "adapterScale", scale.As<Napi::Number>().DoubleValue(), "mergeLora: scale"));
   }
-  if (o.Has("threads")) {
-    const Napi::Value t = o.Get("threads");
-    if (!t.IsNumber() || t.As<Napi::Number>().Int32Value() < 1) throw coded_error(env, code::INVALID_PARAMS, "mergeLora: threads must be >= 1");
-    m.threads = t.As<Napi::Number>().Int32Value();
-  }
+  m.threads = read_integer(env, o.Get("threads"), "mergeLora: threads", m.threads, 1, 1024);
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
   auto* w = new MergeWorker(env, std::move(m), progress);
   Napi::Promise p = w->promise();

@@ -68,7 +68,8 @@ describe('model files', () => {
     for (const [opts, why] of [
       [{ slots: 0 }, /slots must be an integer in \[1, 256\]/],
       [{ fillGap: 999 }, /fillGap must be an integer in \[-1, 256\]/],
-      [{ batchSize: 'big' as never }, /batchSize must be a number/],
+      [{ batchSize: 'big' as never }, /batchSize must be an integer in \[1, 65536\]/],
+      [{ threads: 1.5 }, /threads must be an integer/],
     ] as const) {
       const err = await loadEngine('tiny-qa', opts).catch((e) => e);
       expect(err).toBeInstanceOf(InvalidParamsError);
@@ -114,7 +115,15 @@ describe('requests and adapters', () => {
 
   it('bad prompts and unknown adapters', () => {
     expect(() => engine.generate(42 as never)).toThrow(InvalidParamsError);
-    expect(() => engine.generate([1, 9999])).toThrow(/token ids/);
+    expect(() => engine.generate([1, 9999])).toThrow(/prompt must hold integer token ids in \[0, \d+\), got 9999 at \[1\]/);
+    for (const bad of [[1, 1.5], [1, -1], [1, Number.NaN], [1, '2'], [1, null]]) {
+      expect(() => engine.generate(bad as never), JSON.stringify(bad)).toThrow(InvalidParamsError);
+    }
+    // A truthy non-boolean is refused, not read as true ("false" is truthy).
+    expect(() => engine.generate(prompt, { maxTokens: 4, addSpecial: 'false' as never })).toThrow(/addSpecial must be a boolean/);
+    expect(() => engine.tokenize(prompt, 0 as never)).toThrow(/addSpecial must be a boolean/);
+    expect(() => engine.detokenize('1' as never)).toThrow(/ids must be an array of token ids/);
+    expect(() => engine.detokenize([0.5])).toThrow(InvalidParamsError);
     expect(() => engine.generate([])).toThrow(/empty/);
     expect(() => engine.generate(prompt, { adapters: [{ name: 'nope' }] })).toThrow(AdapterError);
   });

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSyntheticLora, writeSyntheticModel } from '../../scripts/bench/synth.ts';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
-import { AdapterError, MergeError, mergeAdapter, ModelLoadError, type Engine } from '../../src/engine/index.ts';
+import { AdapterError, InvalidParamsError, MergeError, mergeAdapter, ModelLoadError, type Engine } from '../../src/engine/index.ts';
 import { againstReference, exactNumerics, loadEngine, loadReference, modelDir, testBackend, type Fixture } from '../helpers.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-merge-'));
@@ -67,6 +67,13 @@ describe('merging errors and quantized weights', () => {
     writeFileSync(truncated, readFileSync(base).subarray(0, 2_000_000));
     await expect(mergeAdapter({ modelPath: truncated, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out, backend: testBackend })).rejects.toThrow(/truncated/);
     await expect(mergeAdapter({ modelPath: base, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out: path.join(dir, 'no/such/dir/m.gguf'), backend: testBackend })).rejects.toThrow(MergeError);
+    // Options are checked as an engine's are: 1.5 threads is not 1, a scale past the bounds table's
+    // adapterScale (or a string) is refused, not merged.
+    const good = { modelPath: base, adapterPath: `${modelDir('tiny-qa')}/adapter-f32.gguf`, out, backend: testBackend };
+    for (const bad of [{ threads: 1.5 }, { threads: 0 }, { threads: '2' }, { scale: 1e5 }, { scale: '1' }, { scale: Number.NaN }]) {
+      await expect(mergeAdapter({ ...good, ...bad } as never), JSON.stringify(bad)).rejects.toThrow(InvalidParamsError);
+    }
+    await expect(mergeAdapter({ ...good, backend: 'tpu' as never })).rejects.toThrow(/backend must be cpu, cuda or auto/);
     expect(readdirSync(dir).filter((f) => f.startsWith('never.gguf'))).toEqual([]); // nothing left behind
   });
 
