@@ -5,20 +5,11 @@
 // trainer saved beside it (Fine Tuning Studio saves one with every adapter).
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { HF_ARCH, type Arch } from './architectures.ts';
 import { IntakeError } from './errors.ts';
 import { readGgufHeader } from './gguf-header.ts';
 import { hfCacheSnapshots } from './hf-cache.ts';
 import { readSentencePiece } from './tokenizer.ts';
-
-export type Arch = 'llama' | 'qwen2' | 'bloom';
-
-/** Hugging Face architectures → the llama.cpp architecture of their GGUF. */
-export const HF_ARCH: Record<string, Arch> = {
-  LlamaForCausalLM: 'llama',
-  MistralForCausalLM: 'llama',
-  Qwen2ForCausalLM: 'qwen2',
-  BloomForCausalLM: 'bloom',
-};
 
 const readJson = (file: string) => JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
 

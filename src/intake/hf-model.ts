@@ -3,30 +3,29 @@
 // convert_hf_to_gguf.py for the Llama, Mistral and Qwen2 families.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { HF_ARCH, LAYERS, literal, permutesQK, type Arch } from './architectures.ts';
 import { IntakeError } from './errors.ts';
 import { GgufWriter, type KvValue, type OutType } from './gguf-writer.ts';
 import { SafetensorsFile, type TensorEntry } from './safetensors.ts';
 import { readVocab } from './tokenizer.ts';
 
-const ARCH: Record<string, 'llama' | 'qwen2'> = { LlamaForCausalLM: 'llama', MistralForCausalLM: 'llama', Qwen2ForCausalLM: 'qwen2' };
+/** The families this converter writes (Bloom's model layout is not done yet; its LoRA is, in peft.ts). */
+const CONVERTS: Arch[] = ['llama', 'qwen2'];
 
+/** A layer's tensors: the linear modules (attention with an optional bias, as Qwen2 has) and the norms. */
 const LAYER: [RegExp, string][] = [
-  [/^self_attn\.q_proj\.(weight|bias)$/, 'attn_q'],
-  [/^self_attn\.k_proj\.(weight|bias)$/, 'attn_k'],
-  [/^self_attn\.v_proj\.(weight|bias)$/, 'attn_v'],
-  [/^self_attn\.o_proj\.(weight|bias)$/, 'attn_output'],
-  [/^mlp\.gate_proj\.(weight)$/, 'ffn_gate'],
-  [/^mlp\.up_proj\.(weight)$/, 'ffn_up'],
-  [/^mlp\.down_proj\.(weight)$/, 'ffn_down'],
+  ...Object.entries(LAYERS.llama.linear).map(([hf, gguf]) => [new RegExp(`^${literal(hf)}\\.(weight${gguf.startsWith('attn_') ? '|bias' : ''})$`), gguf] as [RegExp, string]),
   [/^input_layernorm\.(weight)$/, 'attn_norm'],
   [/^post_attention_layernorm\.(weight)$/, 'ffn_norm'],
 ];
+
+const LAYER_TENSOR = new RegExp(`^${literal(LAYERS.llama.prefix)}\\.(\\d+)\\.(.+)$`);
 
 function ggufName(hf: string): string | null {
   if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
   if (hf === 'model.norm.weight') return 'output_norm.weight';
   if (hf === 'lm_head.weight') return 'output.weight';
-  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(hf);
+  const m = LAYER_TENSOR.exec(hf);
   if (m) {
     if (m[2]!.endsWith('rotary_emb.inv_freq')) return null; // recomputed by llama.cpp
     for (const [re, name] of LAYER) {
@@ -107,8 +106,11 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
   if (!existsSync(cfgFile) || !statSync(o.dir).isDirectory()) throw new IntakeError(`${o.dir}: no config.json (not a Hugging Face checkpoint)`);
   const c = JSON.parse(readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
   const archName = (c.architectures as string[] | undefined)?.[0] ?? String(c.model_type);
-  const arch = ARCH[archName];
-  if (!arch) throw new IntakeError(`unsupported architecture '${archName}' (supported: ${Object.keys(ARCH).join(', ')})`);
+  const arch = HF_ARCH[archName];
+  if (!arch || !CONVERTS.includes(arch)) {
+    const supported = Object.keys(HF_ARCH).filter((k) => CONVERTS.includes(HF_ARCH[k]!));
+    throw new IntakeError(`unsupported architecture '${archName}' (supported: ${supported.join(', ')})`);
+  }
   const num = (k: string) => Number(c[k]);
   const nHead = num('num_attention_heads');
   const nHeadKv = Number(c.num_key_value_heads ?? nHead);
@@ -158,7 +160,7 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
       const dest = ggufName(n)!;
       // 1-D tensors (norms, biases) stay f32, as llama.cpp's converter keeps them.
       const type: OutType = e.shape.length === 1 ? 'f32' : outtype === 'q8_0' && e.shape.at(-1)! % 32 !== 0 ? 'f16' : outtype;
-      const permuteHeads = arch === 'llama' ? (dest.includes('.attn_q.') ? nHead : dest.includes('.attn_k.') ? nHeadKv : 0) : 0;
+      const permuteHeads = permutesQK(arch) ? (dest.includes('.attn_q.') ? nHead : dest.includes('.attn_k.') ? nHeadKv : 0) : 0;
       // Same precision in and out: copy the bytes (rows permuted where needed), converting nothing.
       const passThrough = ({ F32: 'f32', F16: 'f16', BF16: 'bf16' } as Record<string, OutType>)[e.dtype] === type;
       writer.tensor(dest, e.shape, type, async () => {

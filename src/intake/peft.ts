@@ -4,7 +4,8 @@
 // alpha_pattern) is folded into lora_b so llama.cpp's alpha/rank reproduces it exactly.
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { HF_ARCH, checkAdapterFamily } from './adapter-family.ts';
+import { checkAdapterFamily } from './adapter-family.ts';
+import { ARCHS, HF_ARCH, isArch, LAYERS, literal, permutesQK, type Arch } from './architectures.ts';
 import { ggufKind, readGgufHeader } from './gguf-header.ts';
 import { GgufWriter, type OutType } from './gguf-writer.ts';
 import { IntakeError } from './errors.ts';
@@ -15,7 +16,7 @@ export { IntakeError };
 
 /** What the conversion needs to know about the base model. */
 export interface BaseShape {
-  arch: 'llama' | 'qwen2' | 'bloom';
+  arch: Arch;
   nHead: number;
   nHeadKv: number;
   nEmbd: number;
@@ -30,10 +31,10 @@ export async function baseShape(base: string): Promise<BaseShape> {
     const h = await readGgufHeader(base);
     if (ggufKind(h) !== 'model') throw new IntakeError(`${base} is not a model GGUF`);
     const arch = String(h.metadata.get('general.architecture'));
-    if (arch !== 'llama' && arch !== 'qwen2' && arch !== 'bloom') throw new IntakeError(`unsupported base architecture '${arch}' in ${base}`);
+    if (!isArch(arch)) throw new IntakeError(`unsupported base architecture '${arch}' in ${base} (supported: ${ARCHS.join(', ')})`);
     const num = (k: string) => Number(h.metadata.get(`${arch}.${k}`));
     const nHead = num('attention.head_count');
-    return { arch, nHead, nHeadKv: num('attention.head_count_kv') || nHead, nEmbd: num('embedding_length'), permuteQK: arch === 'llama' };
+    return { arch, nHead, nHeadKv: num('attention.head_count_kv') || nHead, nEmbd: num('embedding_length'), permuteQK: permutesQK(arch) };
   }
   const file = path.join(base, 'config.json');
   if (!existsSync(file)) throw new IntakeError(`no config.json in ${base} (the base model's Hugging Face directory)`);
@@ -47,29 +48,17 @@ export async function baseShape(base: string): Promise<BaseShape> {
     nHead,
     nHeadKv: Number(c.num_key_value_heads ?? nHead),
     nEmbd: Number(c.hidden_size ?? c.n_embed),
-    permuteQK: arch === 'llama',
+    permuteQK: permutesQK(arch),
   };
 }
 
-const MODULES: Record<BaseShape['arch'], [RegExp, string][]> = {
-  llama: [
-    [/^model\.layers\.(\d+)\.self_attn\.q_proj$/, 'attn_q'],
-    [/^model\.layers\.(\d+)\.self_attn\.k_proj$/, 'attn_k'],
-    [/^model\.layers\.(\d+)\.self_attn\.v_proj$/, 'attn_v'],
-    [/^model\.layers\.(\d+)\.self_attn\.o_proj$/, 'attn_output'],
-    [/^model\.layers\.(\d+)\.mlp\.gate_proj$/, 'ffn_gate'],
-    [/^model\.layers\.(\d+)\.mlp\.up_proj$/, 'ffn_up'],
-    [/^model\.layers\.(\d+)\.mlp\.down_proj$/, 'ffn_down'],
-  ],
-  qwen2: [],
-  bloom: [
-    [/^transformer\.h\.(\d+)\.self_attention\.query_key_value$/, 'attn_qkv'],
-    [/^transformer\.h\.(\d+)\.self_attention\.dense$/, 'attn_output'],
-    [/^transformer\.h\.(\d+)\.mlp\.dense_h_to_4h$/, 'ffn_up'],
-    [/^transformer\.h\.(\d+)\.mlp\.dense_4h_to_h$/, 'ffn_down'],
-  ],
-};
-MODULES.qwen2 = MODULES.llama;
+/** PEFT target modules (the full module path) → the llama.cpp tensor, per family. */
+const MODULES = Object.fromEntries(
+  Object.entries(LAYERS).map(([arch, l]) => [
+    arch,
+    Object.entries(l.linear).map(([hf, gguf]) => [new RegExp(`^${literal(l.prefix)}\\.(\\d+)\\.${literal(hf)}$`), gguf] as [RegExp, string]),
+  ]),
+) as Record<Arch, [RegExp, string][]>;
 
 interface LoraConfig {
   r: number;

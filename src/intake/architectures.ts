@@ -1,0 +1,59 @@
+// The model families intake knows, in one table: which Hugging Face architectures belong to each
+// llama.cpp architecture, and each family's per-layer linear modules (the Hugging Face module path
+// inside a layer -> llama.cpp's tensor name), which both the model converter (hf-model.ts) and the
+// PEFT converter (peft.ts) map by. Names follow llama.cpp's convert_hf_to_gguf.py.
+
+export const ARCHS = ['llama', 'qwen2', 'bloom'] as const;
+export type Arch = (typeof ARCHS)[number];
+
+export function isArch(a: unknown): a is Arch {
+  return (ARCHS as readonly unknown[]).includes(a);
+}
+
+/** Hugging Face architectures (config.json's `architectures[0]`) → the llama.cpp architecture of their GGUF. */
+export const HF_ARCH: Record<string, Arch> = {
+  LlamaForCausalLM: 'llama',
+  MistralForCausalLM: 'llama',
+  Qwen2ForCausalLM: 'qwen2',
+  BloomForCausalLM: 'bloom',
+};
+
+interface Layers {
+  /** What precedes the layer number in a tensor or module name. */
+  prefix: string;
+  /** Linear modules inside a layer → llama.cpp's tensor name. */
+  linear: Record<string, string>;
+}
+
+const LLAMA_LAYERS: Layers = {
+  prefix: 'model.layers',
+  linear: {
+    'self_attn.q_proj': 'attn_q',
+    'self_attn.k_proj': 'attn_k',
+    'self_attn.v_proj': 'attn_v',
+    'self_attn.o_proj': 'attn_output',
+    'mlp.gate_proj': 'ffn_gate',
+    'mlp.up_proj': 'ffn_up',
+    'mlp.down_proj': 'ffn_down',
+  },
+};
+
+export const LAYERS: Record<Arch, Layers> = {
+  llama: LLAMA_LAYERS,
+  qwen2: LLAMA_LAYERS,
+  bloom: {
+    prefix: 'transformer.h',
+    linear: {
+      'self_attention.query_key_value': 'attn_qkv',
+      'self_attention.dense': 'attn_output',
+      'mlp.dense_h_to_4h': 'ffn_up',
+      'mlp.dense_4h_to_h': 'ffn_down',
+    },
+  },
+};
+
+/** A module or tensor name as a literal inside a RegExp. */
+export const literal = (name: string) => name.replaceAll('.', '\\.');
+
+/** Llama-family q/k weights are permuted by llama.cpp's converter (and so must their LoRA's be). */
+export const permutesQK = (a: Arch) => a === 'llama';
