@@ -3,6 +3,7 @@
 // Passes with 0 crashes, 0 answers >= 500, 0 failed connections and 0 mismatches.
 import { pathToFileURL } from 'node:url';
 import { Command } from 'commander';
+import { intArg } from '../../src/cli/args.ts';
 import { greedyPool, pick, rng, rssRows, send, ServerProcess, table, type PoolRequest, type Send } from './harness.ts';
 
 export interface FuzzOptions {
@@ -150,11 +151,11 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const cli = new Command()
-    .option('--cases <n>', 'requests to send', (v) => Number(v), 10_000)
-    .option('--concurrency <n>', 'requests at once', (v) => Number(v), 16)
-    .option('--seed <n>', 'random seed', (v) => Number(v), 1)
-    .option('--slots <n>', 'server slots', (v) => Number(v), 8)
-    .option('--threads <n>', 'server threads', (v) => Number(v), 1)
+    .option('--cases <n>', 'requests to send', intArg('--cases', 1), 10_000)
+    .option('--concurrency <n>', 'requests at once', intArg('--concurrency', 1), 16)
+    .option('--seed <n>', 'random seed', intArg('--seed', 0), 1)
+    .option('--slots <n>', 'server slots', intArg('--slots', 1), 8)
+    .option('--threads <n>', 'server threads', intArg('--threads', 1), 1)
     .parse();
   const rep = await runFuzz({ ...(cli.opts() as Omit<FuzzOptions, 'log'>), log: (l) => console.error(l) });
   console.log(rep.table);

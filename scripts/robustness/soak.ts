@@ -4,6 +4,7 @@
 // Passes with 0 crashes, 0 answers >= 500, 0 mismatches and no slot left busy.
 import { pathToFileURL } from 'node:url';
 import { Command } from 'commander';
+import { fractionArg, intArg, positiveArg } from '../../src/cli/args.ts';
 import { greedyPool, pick, rng, rssRows, rssSlope, send, ServerProcess, streamed, table } from './harness.ts';
 
 export interface SoakOptions {
@@ -102,12 +103,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const cli = new Command()
-    .option('--clients <n>', 'clients at once', (v) => Number(v), 64)
-    .option('--minutes <m>', 'how long', (v) => Number(v), 10)
-    .option('--disconnect <p>', 'share of requests abandoned mid-way', (v) => Number(v), 0.2)
-    .option('--seed <n>', 'random seed', (v) => Number(v), 1)
-    .option('--slots <n>', 'server slots', (v) => Number(v), 8)
-    .option('--threads <n>', 'server threads', (v) => Number(v), 1)
+    .option('--clients <n>', 'clients at once', intArg('--clients', 1), 64)
+    .option('--minutes <m>', 'how long', positiveArg('--minutes'), 10)
+    .option('--disconnect <p>', 'share of requests abandoned mid-way', fractionArg('--disconnect'), 0.2)
+    .option('--seed <n>', 'random seed', intArg('--seed', 0), 1)
+    .option('--slots <n>', 'server slots', intArg('--slots', 1), 8)
+    .option('--threads <n>', 'server threads', intArg('--threads', 1), 1)
     .parse();
   const f = cli.opts() as { clients: number; minutes: number; disconnect: number; seed: number; slots: number; threads: number };
   const rep = await runSoak({ ...f, seconds: f.minutes * 60, log: (l) => console.error(l) });

@@ -2,26 +2,12 @@
 // caller needs: the endpoint, the access key and a curl line.
 import { CmlApiError, deploy, type DeployOptions } from '../cml/deploy.ts';
 
-export interface DeployFlags {
-  apiUrl?: string;
-  apiKey?: string;
-  project?: string;
-  name: string;
-  description?: string;
-  model?: string;
-  adapter?: string;
-  genConfig?: string;
-  cpu: number;
-  memory: number;
-  gpus: number;
-  replicas: number;
-  runtime?: string;
+/** The flags as commander hands them over: DeployOptions before env defaults and parsing. */
+export interface DeployFlags
+  extends Pick<DeployOptions, 'name' | 'cpu' | 'memory' | 'gpus' | 'replicas' | 'filePath' | 'appScript'>,
+    Partial<Pick<DeployOptions, 'apiUrl' | 'apiKey' | 'project' | 'description' | 'model' | 'adapter' | 'genConfig' | 'runtime' | 'application' | 'wait' | 'dryRun'>> {
+  /** KEY=VALUE, repeatable. */
   env: string[];
-  application?: boolean;
-  wait?: boolean;
-  dryRun?: boolean;
-  filePath: string;
-  appScript: string;
   poll: number;
   timeout: number;
 }

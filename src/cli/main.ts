@@ -1,5 +1,6 @@
 // The command line: `generate` (one prompt, straight through the engine) and `serve`.
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
+import { intArg, numArg, positiveArg } from './args.ts';
 import { HTTP_DEFAULTS } from '../cml/config.ts';
 import { ENGINE_DEFAULTS, EngineError, SERVE_DEFAULTS } from '../engine/index.ts';
 import { runConvertLora, runConvertModel, runMergeLora } from './convert.ts';
@@ -7,34 +8,10 @@ import { runDeploy } from './deploy.ts';
 import { runGenerate } from './generate.ts';
 import { runPredict, runServe } from './serve.ts';
 
-function positiveArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number > 0`);
-    return n;
-  };
-}
-
 const program = new Command()
   .name('cml-lora-serve')
   .description('Serve a GGUF base model + LoRA adapter on llama.cpp, speaking the CML model contract')
   .showHelpAfterError();
-
-export function intArg(name: string, min = Number.MIN_SAFE_INTEGER) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
-    return n;
-  };
-}
-
-export function numArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number`);
-    return n;
-  };
-}
 
 program
   .command('generate')

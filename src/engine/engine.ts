@@ -4,48 +4,13 @@ import { resolveBackend, type BackendChoice, type ResolvedBackend } from './back
 import type { EngineClient, EngineHealth, ServedAdapter } from './client.ts';
 import { AbortedError, AdapterError, EngineClosedError, InvalidParamsError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
-import type { NativeAdapterInfo, NativeEngine, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
+import type { NativeAdapterInfo, NativeEngine, NativeEngineOptions, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
 import { ENGINE_DEFAULTS as D } from './defaults.ts';
 import { boundMessage, withinBound, type ParamBounds } from './params.ts';
 
-export interface EngineOptions {
-  modelPath: string;
+/** The addon's options (their defaults in defaults.ts), and what the facade adds around them. */
+export interface EngineOptions extends NativeEngineOptions {
   backend?: BackendChoice;
-  /** Layers on the GPU: all (-1) by default when a GPU backend is in use, else 0. */
-  gpuLayers?: number;
-  /** CPU threads; defaults to the cores available, at most 8. */
-  threads?: number;
-  /**
-   * Threads that sample concurrent streams side by side after each decode. Default: `threads` on a
-   * GPU; 1 on the CPU, where llama.cpp's decode threads poll for their next graph for a while and
-   * would compete with sampling threads for the same cores.
-   */
-  samplingThreads?: number;
-  /**
-   * Keep each slot's KV cells after its request, so that a next prompt starting with the same
-   * tokens (with the same adapters) prefills only the rest. Default true.
-   */
-  promptCache?: boolean;
-  /** Tokens of context per slot (prompt + generated). */
-  contextSize?: number;
-  /** Concurrent sequences decoded together. */
-  slots?: number;
-  /** Requests allowed to wait beyond the free slots. */
-  maxQueue?: number;
-  batchSize?: number;
-  /**
-   * Idle slots (or slots of other adapter sets) between busy ones split a step into one pass over
-   * the weights per run of consecutive slots; runs of up to this many get a throwaway token each
-   * instead. Default 32 on a GPU, where a pass costs far more than a token, 2 on the CPU.
-   */
-  fillGap?: number;
-  flashAttention?: 'auto' | 'on' | 'off';
-  kvCacheType?: 'f16' | 'f32' | 'q8_0';
-  /**
-   * llama.cpp checks every weight for NaN and inf while loading, so a corrupt file fails its load
-   * instead of its first request. Default true; off saves a pass over the weights at start-up.
-   */
-  checkTensors?: boolean;
   /**
    * The adapter already merged into modelPath (mergeAdapter) at `scale`. It is registered under
    * `name` too, so requests for it at that scale run on the merged weights alone, and any other

@@ -4,22 +4,41 @@ import { createRequire } from 'node:module';
 
 export interface NativeEngineOptions {
   modelPath: string;
-  gpuLayers?: number; // -1 = all
+  /** Layers on the GPU: all (-1) by default when a GPU backend is in use, else 0. */
+  gpuLayers?: number;
+  /** CPU threads; defaults to the cores available, at most 8. */
   threads?: number;
-  /** Threads that sample the slots of one decode step side by side (default: threads). */
+  /**
+   * Threads that sample concurrent streams side by side after each decode. Default: `threads` on a
+   * GPU; 1 on the CPU, where llama.cpp's decode threads poll for their next graph for a while and
+   * would compete with sampling threads for the same cores.
+   */
   samplingThreads?: number;
-  /** Keep each slot's KV cells after its request for a next prompt with the same start (default true). */
+  /**
+   * Keep each slot's KV cells after its request, so that a next prompt starting with the same
+   * tokens (with the same adapters) prefills only the rest. Default true.
+   */
   promptCache?: boolean;
-  contextSize?: number; // tokens per slot
+  /** Tokens of context per slot (prompt + generated). */
+  contextSize?: number;
+  /** Concurrent sequences decoded together. */
   slots?: number;
-  batchSize?: number;
+  /** Requests allowed to wait beyond the free slots. */
   maxQueue?: number;
-  /** Longest run of slots outside a step given throwaway tokens so the step decodes in one pass (-1: auto). */
+  batchSize?: number;
+  /**
+   * Idle slots (or slots of other adapter sets) between busy ones split a step into one pass over
+   * the weights per run of consecutive slots; runs of up to this many get a throwaway token each
+   * instead. Default (-1) 32 on a GPU, where a pass costs far more than a token, 2 on the CPU.
+   */
   fillGap?: number;
   flashAttention?: 'auto' | 'on' | 'off';
   /** KV cache precision: f16 (llama.cpp's default), f32 (exact, twice the memory), q8_0. */
   kvCacheType?: 'f16' | 'f32' | 'q8_0';
-  /** llama.cpp validates every weight at load (NaN/inf fail the load). Default true. */
+  /**
+   * llama.cpp checks every weight for NaN and inf while loading, so a corrupt file fails its load
+   * instead of its first request. Default true; off saves a pass over the weights at start-up.
+   */
   checkTensors?: boolean;
 }
 
