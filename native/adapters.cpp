@@ -43,7 +43,8 @@ std::shared_ptr<LoadedAdapter> AdapterRegistry::load(const std::string& name, co
   adapter->handle = handle;
   adapter->default_scale = scale;
   char buf[64];
-  if (llama_adapter_meta_val_str(handle, "adapter.lora.alpha", buf, sizeof buf) > 0) adapter->alpha = std::strtof(buf, nullptr);
+  if (llama_adapter_meta_val_str(handle, "adapter.lora.alpha", buf, sizeof buf) > 0)
+    adapter->alpha = std::strtof(buf, nullptr);
 
   std::shared_ptr<LoadedAdapter> replaced;
   {

@@ -21,7 +21,7 @@ struct LoadedAdapter {
   std::string name;
   std::string path;
   llama_adapter_lora* handle = nullptr;
-  float alpha = 0.0f;                  // from the GGUF (0 = absent: llama.cpp then applies scale as is)
+  float alpha = 0.0f;  // from the GGUF (0 = absent: llama.cpp then applies scale as is)
   std::atomic<float> default_scale{1.0f};
 
  private:

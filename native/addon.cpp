@@ -16,10 +16,14 @@ namespace {
 
 const char* device_type(enum ggml_backend_dev_type t) {
   switch (t) {
-    case GGML_BACKEND_DEVICE_TYPE_CPU: return "cpu";
-    case GGML_BACKEND_DEVICE_TYPE_GPU: return "gpu";
-    case GGML_BACKEND_DEVICE_TYPE_IGPU: return "igpu";
-    default: return "accel";
+    case GGML_BACKEND_DEVICE_TYPE_CPU:
+      return "cpu";
+    case GGML_BACKEND_DEVICE_TYPE_GPU:
+      return "gpu";
+    case GGML_BACKEND_DEVICE_TYPE_IGPU:
+      return "igpu";
+    default:
+      return "accel";
   }
 }
 
@@ -46,7 +50,8 @@ Napi::Value Devices(const Napi::CallbackInfo& info) {
 // Returns llama.cpp's warnings, which say why a backend library did not load.
 Napi::Value LoadBackends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throw cml::coded_error(env, cml::code::INVALID_PARAMS, "loadBackends(dir): dir must be a string");
+  if (!info[0].IsString())
+    throw cml::coded_error(env, cml::code::INVALID_PARAMS, "loadBackends(dir): dir must be a string");
   cml::install_log_hook();
   cml::LogCapture capture;
   ggml_backend_load_all_from_path(info[0].As<Napi::String>().Utf8Value().c_str());
@@ -58,7 +63,8 @@ Napi::Value LoadBackends(const Napi::CallbackInfo& info) {
 // Returns llama.cpp's warnings, empty when it loaded.
 Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throw cml::coded_error(env, cml::code::INVALID_PARAMS, "loadBackend(path): path must be a string");
+  if (!info[0].IsString())
+    throw cml::coded_error(env, cml::code::INVALID_PARAMS, "loadBackend(path): path must be a string");
   cml::install_log_hook();
   cml::LogCapture capture;
   const std::string path = info[0].As<Napi::String>().Utf8Value();

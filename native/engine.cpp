@@ -28,7 +28,7 @@ struct LoadFailure {
 
 // Cheap checks first, so the common mistakes get a precise message rather than llama.cpp's.
 void check_gguf_file(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (stat(path.c_str(), &st) != 0) throw LoadFailure{code::MODEL_NOT_FOUND, "model file not found: " + path};
   if (!S_ISREG(st.st_mode)) throw LoadFailure{code::MODEL_INVALID, "not a regular file: " + path};
   FILE* f = std::fopen(path.c_str(), "rb");
@@ -85,7 +85,7 @@ class LoadWorker : public Napi::AsyncWorker {
       if (model_ == nullptr) {
         const std::string why = capture.text();
         throw LoadFailure{code::MODEL_LOAD_FAILED, "llama.cpp could not load " + engine_->opts_.model_path + ": " +
-                                                   (why.empty() ? "no reason given" : why)};
+                                                       (why.empty() ? "no reason given" : why)};
       }
       const auto& o = engine_->opts_;
       // Past its trained context a model's positions are ones it never saw: its output is garbage,
@@ -110,7 +110,8 @@ class LoadWorker : public Napi::AsyncWorker {
         const std::string why = capture.text();
         llama_model_free(model_);
         model_ = nullptr;
-        throw LoadFailure{code::CONTEXT_FAILED, "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
+        throw LoadFailure{code::CONTEXT_FAILED,
+                          "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
       }
     } catch (const LoadFailure& f) {
       failure_ = f;
@@ -245,8 +246,8 @@ Napi::Value Engine::Load(const Napi::CallbackInfo& info) {
   if (loading_ || model_ != nullptr) throw coded_error(env, code::ALREADY_LOADED, "load() may be called once");
   loading_ = true;
   auto deferred = Napi::Promise::Deferred::New(env);
-  Napi::Function cb = info[0].IsFunction() ? info[0].As<Napi::Function>()
-                                           : Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
+  Napi::Function cb =
+      info[0].IsFunction() ? info[0].As<Napi::Function>() : Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
   auto progress = Napi::ThreadSafeFunction::New(env, cb, "cml-load-progress", 0, 1);
   Ref();  // the worker holds `this` until it settles
   (new LoadWorker(this, deferred, progress))->Queue();
@@ -283,10 +284,12 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
 
 std::vector<llama_token> tokenize_text(Napi::Env env, const llama_vocab* vocab, const std::string& text,
                                        bool add_special, bool parse_special) {
-  if (text.size() > static_cast<size_t>(INT32_MAX / 2)) throw coded_error(env, code::INVALID_PARAMS, "text is too long to tokenize");
+  if (text.size() > static_cast<size_t>(INT32_MAX / 2))
+    throw coded_error(env, code::INVALID_PARAMS, "text is too long to tokenize");
   const int32_t len = static_cast<int32_t>(text.size());
   std::vector<llama_token> ids(text.size() + 8);
-  int32_t n = llama_tokenize(vocab, text.data(), len, ids.data(), static_cast<int32_t>(ids.size()), add_special, parse_special);
+  int32_t n =
+      llama_tokenize(vocab, text.data(), len, ids.data(), static_cast<int32_t>(ids.size()), add_special, parse_special);
   if (n < 0 && n != INT32_MIN) {
     ids.resize(-n);
     n = llama_tokenize(vocab, text.data(), len, ids.data(), -n, add_special, parse_special);
@@ -302,8 +305,8 @@ Napi::Value Engine::Tokenize(const Napi::CallbackInfo& info) {
   if (!info[0].IsString()) throw coded_error(env, code::INVALID_PARAMS, "tokenize(text): text must be a string");
   const bool add_special = read_flag(env, info[1], "tokenize(text, addSpecial): addSpecial", true);
   const bool parse_special = read_flag(env, info[2], "tokenize(text, addSpecial, parseSpecial): parseSpecial", false);
-  const auto ids = tokenize_text(env, llama_model_get_vocab(model_), info[0].As<Napi::String>().Utf8Value(), add_special,
-                                 parse_special);
+  const auto ids = tokenize_text(env, llama_model_get_vocab(model_), info[0].As<Napi::String>().Utf8Value(),
+                                 add_special, parse_special);
   Napi::Array out = Napi::Array::New(env, ids.size());
   for (size_t i = 0; i < ids.size(); ++i) out.Set(static_cast<uint32_t>(i), ids[i]);
   return out;
@@ -313,7 +316,8 @@ Napi::Value Engine::Detokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
   const llama_vocab* vocab = llama_model_get_vocab(model_);
-  const std::vector<llama_token> ids = read_token_ids(env, info[0], llama_vocab_n_tokens(vocab), "detokenize(ids): ids");
+  const std::vector<llama_token> ids =
+      read_token_ids(env, info[0], llama_vocab_n_tokens(vocab), "detokenize(ids): ids");
   const bool special = read_flag(env, info[1], "detokenize(ids, special): special", false);
   std::string text(ids.size() * 8 + 16, '\0');
   int32_t n = llama_detokenize(vocab, ids.data(), static_cast<int32_t>(ids.size()), text.data(),

@@ -18,7 +18,7 @@ struct EngineOptions {
   int32_t gpu_layers = 0;  // < 0 = all
   int32_t threads = 1;
   int32_t threads_batch = 1;
-  int32_t context_size = 2048;  // per slot
+  int32_t context_size = 2048;   // per slot
   int32_t flash_attention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
   ggml_type kv_type = GGML_TYPE_F16;
   bool check_tensors = true;  // llama.cpp validates every weight at load: NaN/inf weights fail the load

@@ -13,8 +13,13 @@ class AdapterWorker : public Napi::AsyncWorker {
  public:
   AdapterWorker(Napi::Env env, AdapterRegistry* registry, std::atomic<int>* running, std::string name, std::string path,
                 float scale, Napi::Promise::Deferred deferred)
-      : Napi::AsyncWorker(env), registry_(registry), running_(running), name_(std::move(name)), path_(std::move(path)),
-        scale_(scale), deferred_(deferred) {
+      : Napi::AsyncWorker(env),
+        registry_(registry),
+        running_(running),
+        name_(std::move(name)),
+        path_(std::move(path)),
+        scale_(scale),
+        deferred_(deferred) {
     running_->fetch_add(1);  // counted from the JS thread, before close() can start
   }
 
@@ -114,7 +119,8 @@ Napi::Value Engine::LoadAdapter(const Napi::CallbackInfo& info) {
   if (name.empty()) throw coded_error(env, code::INVALID_PARAMS, "adapter name must not be empty");
   const float scale = scale_arg(env, info[2], 1.0f);
   auto deferred = Napi::Promise::Deferred::New(env);
-  (new AdapterWorker(env, adapters_.get(), &adapter_loads_, name, info[1].As<Napi::String>().Utf8Value(), scale, deferred))
+  (new AdapterWorker(env, adapters_.get(), &adapter_loads_, name, info[1].As<Napi::String>().Utf8Value(), scale,
+                     deferred))
       ->Queue();
   return deferred.Promise();
 }
@@ -129,7 +135,8 @@ Napi::Value Engine::UnloadAdapter(const Napi::CallbackInfo& info) {
 Napi::Value Engine::SetAdapterScale(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   require_loaded(env);
-  if (!info[0].IsString()) throw coded_error(env, code::INVALID_PARAMS, "setAdapterScale(name, scale): name must be a string");
+  if (!info[0].IsString())
+    throw coded_error(env, code::INVALID_PARAMS, "setAdapterScale(name, scale): name must be a string");
   const float scale = scale_arg(env, info[1], NAN);
   if (std::isnan(scale)) throw coded_error(env, code::INVALID_PARAMS, "setAdapterScale(name, scale): scale required");
   return Napi::Boolean::New(env, adapters_->set_default_scale(info[0].As<Napi::String>().Utf8Value(), scale));
@@ -198,8 +205,9 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   req->t_submit_us = now_us();
   const uint64_t id = req->id;
   if (!scheduler_->submit(req)) {
-    throw coded_error(env, code::QUEUE_FULL, "all " + std::to_string(opts_.sched.n_slots) + " slots are busy and " +
-                                             std::to_string(opts_.sched.max_queue) + " requests are queued");
+    throw coded_error(env, code::QUEUE_FULL,
+                      "all " + std::to_string(opts_.sched.n_slots) + " slots are busy and " +
+                          std::to_string(opts_.sched.max_queue) + " requests are queued");
   }
   if (in_flight_++ == 0) events_.Ref(env);
   return Napi::Number::New(env, static_cast<double>(id));
@@ -249,17 +257,18 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
 // Scheduler thread: one JS call per decode step, whatever the number of streams.
 void Engine::deliver(std::vector<Event>&& events) {
   auto* batch = new std::vector<Event>(std::move(events));
-  const napi_status st = events_.NonBlockingCall(batch, [this](Napi::Env env, Napi::Function fn, std::vector<Event>* b) {
-    std::unique_ptr<std::vector<Event>> owned(b);
-    if (env == nullptr) return;
-    Napi::Array arr = Napi::Array::New(env, b->size());
-    for (size_t i = 0; i < b->size(); ++i) {
-      const Event& e = (*b)[i];
-      arr.Set(static_cast<uint32_t>(i), event_to_js(env, e));
-      if (e.kind != EventKind::Token && --in_flight_ == 0 && events_open_) events_.Unref(env);
-    }
-    fn.Call({arr});
-  });
+  const napi_status st =
+      events_.NonBlockingCall(batch, [this](Napi::Env env, Napi::Function fn, std::vector<Event>* b) {
+        std::unique_ptr<std::vector<Event>> owned(b);
+        if (env == nullptr) return;
+        Napi::Array arr = Napi::Array::New(env, b->size());
+        for (size_t i = 0; i < b->size(); ++i) {
+          const Event& e = (*b)[i];
+          arr.Set(static_cast<uint32_t>(i), event_to_js(env, e));
+          if (e.kind != EventKind::Token && --in_flight_ == 0 && events_open_) events_.Unref(env);
+        }
+        fn.Call({arr});
+      });
   if (st != napi_ok) delete batch;
 }
 

@@ -12,7 +12,9 @@
 namespace cml {
 namespace {
 
-[[noreturn]] void bad(Napi::Env env, const std::string& message) { throw coded_error(env, code::INVALID_PARAMS, message); }
+[[noreturn]] void bad(Napi::Env env, const std::string& message) {
+  throw coded_error(env, code::INVALID_PARAMS, message);
+}
 
 bool has(const Napi::Object& o, const char* key) {
   if (!o.Has(key)) return false;
@@ -103,18 +105,26 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   e.sched.fill_gap = integer(env, o, "fillGap", -1, -1, 256);  // -1: decided at load
   if (has(o, "flashAttention")) {
     const std::string fa = o.Get("flashAttention").ToString().Utf8Value();
-    if (fa == "auto") e.flash_attention = -1;
-    else if (fa == "on") e.flash_attention = 1;
-    else if (fa == "off") e.flash_attention = 0;
-    else bad(env, "flashAttention must be 'auto', 'on' or 'off'");
+    if (fa == "auto")
+      e.flash_attention = -1;
+    else if (fa == "on")
+      e.flash_attention = 1;
+    else if (fa == "off")
+      e.flash_attention = 0;
+    else
+      bad(env, "flashAttention must be 'auto', 'on' or 'off'");
   }
   e.check_tensors = boolean(env, o, "checkTensors", true);
   if (has(o, "kvCacheType")) {
     const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
-    if (t == "f16") e.kv_type = GGML_TYPE_F16;
-    else if (t == "f32") e.kv_type = GGML_TYPE_F32;
-    else if (t == "q8_0") e.kv_type = GGML_TYPE_Q8_0;
-    else bad(env, "kvCacheType must be 'f16', 'f32' or 'q8_0'");
+    if (t == "f16")
+      e.kv_type = GGML_TYPE_F16;
+    else if (t == "f32")
+      e.kv_type = GGML_TYPE_F32;
+    else if (t == "q8_0")
+      e.kv_type = GGML_TYPE_Q8_0;
+    else
+      bad(env, "kvCacheType must be 'f16', 'f32' or 'q8_0'");
   }
   return e;
 }
@@ -153,7 +163,8 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
       }
       const Napi::Value b = m.Get(keys.Get(i));
       if (!b.IsNumber()) bad(env, "logitBias values must be numbers");
-      const double bias = check_param(env, "logitBias", b.As<Napi::Number>().DoubleValue(), ("logitBias['" + key + "']").c_str());
+      const double bias =
+          check_param(env, "logitBias", b.As<Napi::Number>().DoubleValue(), ("logitBias['" + key + "']").c_str());
       s.logit_bias.push_back({static_cast<llama_token>(id), static_cast<float>(bias)});
     }
   }

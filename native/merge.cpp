@@ -42,7 +42,8 @@ std::vector<float> to_f32(const ggml_tensor* t, const void* data) {
     std::memcpy(out.data(), data, n * sizeof(float));
   } else {
     const auto* traits = ggml_get_type_traits(t->type);
-    if (traits->to_float == nullptr) throw MergeError(code::ADAPTER_LOAD_FAILED, std::string("cannot read tensor type ") + ggml_type_name(t->type));
+    if (traits->to_float == nullptr)
+      throw MergeError(code::ADAPTER_LOAD_FAILED, std::string("cannot read tensor type ") + ggml_type_name(t->type));
     traits->to_float(data, out.data(), n);
   }
   return out;
@@ -51,10 +52,24 @@ std::vector<float> to_f32(const ggml_tensor* t, const void* data) {
 // Types ggml_quantize_chunk writes without an importance matrix (it aborts on any other).
 bool requantizable(ggml_type t) {
   switch (t) {
-    case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
-    case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1: case GGML_TYPE_Q8_0:
-    case GGML_TYPE_Q2_K: case GGML_TYPE_Q3_K: case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: case GGML_TYPE_Q6_K:
-    case GGML_TYPE_IQ4_NL: case GGML_TYPE_IQ4_XS: case GGML_TYPE_TQ1_0: case GGML_TYPE_TQ2_0: case GGML_TYPE_MXFP4:
+    case GGML_TYPE_F32:
+    case GGML_TYPE_F16:
+    case GGML_TYPE_BF16:
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q8_0:
+    case GGML_TYPE_Q2_K:
+    case GGML_TYPE_Q3_K:
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q5_K:
+    case GGML_TYPE_Q6_K:
+    case GGML_TYPE_IQ4_NL:
+    case GGML_TYPE_IQ4_XS:
+    case GGML_TYPE_TQ1_0:
+    case GGML_TYPE_TQ2_0:
+    case GGML_TYPE_MXFP4:
       return !ggml_quantize_requires_imatrix(t);
     default:
       return false;
@@ -84,16 +99,20 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     throw MergeError(code::ADAPTER_LOAD_FAILED, "activated LoRA (aLoRA) adapters apply per token and cannot be merged");
   }
   const int64_t split_key = gguf_find_key(base.get(), "split.count");
-  if (split_key >= 0 && gguf_get_kv_type(base.get(), split_key) == GGUF_TYPE_UINT16 && gguf_get_val_u16(base.get(), split_key) > 1) {
-    throw MergeError(code::MODEL_INVALID, "split models (several GGUF files) are not merged; serve the adapter unmerged");
+  if (split_key >= 0 && gguf_get_kv_type(base.get(), split_key) == GGUF_TYPE_UINT16 &&
+      gguf_get_val_u16(base.get(), split_key) > 1) {
+    throw MergeError(code::MODEL_INVALID,
+                     "split models (several GGUF files) are not merged; serve the adapter unmerged");
   }
   const std::string arch = kv_str(base.get(), "general.architecture");
   if (kv_str(lora.get(), "general.architecture") != arch) {
     throw MergeError(code::ADAPTER_LOAD_FAILED, "the adapter is for '" + kv_str(lora.get(), "general.architecture") +
-                                                "', the model is '" + arch + "'");
+                                                    "', the model is '" + arch + "'");
   }
   const int64_t alpha_key = gguf_find_key(lora.get(), "adapter.lora.alpha");
-  const float alpha = alpha_key >= 0 && gguf_get_kv_type(lora.get(), alpha_key) == GGUF_TYPE_FLOAT32 ? gguf_get_val_f32(lora.get(), alpha_key) : 0.0f;
+  const float alpha = alpha_key >= 0 && gguf_get_kv_type(lora.get(), alpha_key) == GGUF_TYPE_FLOAT32
+                          ? gguf_get_val_f32(lora.get(), alpha_key)
+                          : 0.0f;
 
   // Pair each lora_a / lora_b with its base tensor, checking shapes as llama.cpp does on load.
   std::unordered_map<std::string, Pair> pairs;
@@ -102,18 +121,23 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     const ggml_tensor* t = ggml_get_tensor(lora_ctx.get(), name.c_str());
     const auto dot = name.rfind('.');
     const std::string suffix = dot == std::string::npos ? "" : name.substr(dot + 1);
-    if (suffix != "lora_a" && suffix != "lora_b") throw MergeError(code::ADAPTER_LOAD_FAILED, "unexpected adapter tensor " + name);
+    if (suffix != "lora_a" && suffix != "lora_b")
+      throw MergeError(code::ADAPTER_LOAD_FAILED, "unexpected adapter tensor " + name);
     (suffix == "lora_a" ? pairs[name.substr(0, dot)].a : pairs[name.substr(0, dot)].b) = t;
   }
   if (pairs.empty()) throw MergeError(code::ADAPTER_LOAD_FAILED, o.adapter + " holds no LoRA tensors");
   MergeResult result;
   for (const auto& [name, p] : pairs) {
     const ggml_tensor* w = ggml_get_tensor(meta.get(), name.c_str());
-    if (p.a == nullptr || p.b == nullptr) throw MergeError(code::ADAPTER_LOAD_FAILED, name + " lacks its lora_a or lora_b");
+    if (p.a == nullptr || p.b == nullptr)
+      throw MergeError(code::ADAPTER_LOAD_FAILED, name + " lacks its lora_a or lora_b");
     if (w == nullptr) throw MergeError(code::ADAPTER_LOAD_FAILED, "the model has no tensor " + name);
-    if (name.rfind("token_embd", 0) == 0) throw MergeError(code::ADAPTER_LOAD_FAILED, "embedding adapters are not merged: " + name);
-    const bool fits = ggml_n_dims(w) == 2 && p.a->ne[0] == w->ne[0] && p.b->ne[1] == w->ne[1] && p.a->ne[1] == p.b->ne[0];
-    if (!fits) throw MergeError(code::ADAPTER_LOAD_FAILED, "the adapter's shapes for " + name + " do not fit the model");
+    if (name.rfind("token_embd", 0) == 0)
+      throw MergeError(code::ADAPTER_LOAD_FAILED, "embedding adapters are not merged: " + name);
+    const bool fits =
+        ggml_n_dims(w) == 2 && p.a->ne[0] == w->ne[0] && p.b->ne[1] == w->ne[1] && p.a->ne[1] == p.b->ne[0];
+    if (!fits)
+      throw MergeError(code::ADAPTER_LOAD_FAILED, "the adapter's shapes for " + name + " do not fit the model");
   }
   const float rank0 = static_cast<float>(pairs.begin()->second.a->ne[1]);
   result.effective_scale = alpha != 0.0f ? o.scale * alpha / rank0 : o.scale;
@@ -150,7 +174,8 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
   const size_t align = gguf_get_alignment(out.get());
   std::vector<uint8_t> buf(meta_size, 0);
   auto write = [&](const void* p, size_t n) {
-    if (n > 0 && std::fwrite(p, 1, n, dst.get()) != n) throw MergeError(code::MERGE_FAILED, "cannot write " + o.out + " (disk full?)");
+    if (n > 0 && std::fwrite(p, 1, n, dst.get()) != n)
+      throw MergeError(code::MERGE_FAILED, "cannot write " + o.out + " (disk full?)");
   };
   write(buf.data(), meta_size);
 
@@ -161,7 +186,9 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
     const ggml_tensor* w = ggml_get_tensor(meta.get(), name);
     const size_t nbytes = ggml_nbytes(w);
     buf.resize(nbytes);
-    if (std::fseek(in.get(), static_cast<long>(gguf_get_data_offset(base.get()) + gguf_get_tensor_offset(base.get(), i)), SEEK_SET) != 0 ||
+    if (std::fseek(in.get(),
+                   static_cast<long>(gguf_get_data_offset(base.get()) + gguf_get_tensor_offset(base.get(), i)),
+                   SEEK_SET) != 0 ||
         std::fread(buf.data(), 1, nbytes, in.get()) != nbytes) {
       throw MergeError(code::MODEL_INVALID, o.base + " is truncated: cannot read tensor " + std::string(name));
     }
@@ -175,7 +202,8 @@ MergeResult merge_lora(const MergeOptions& o, const std::function<void(float)>& 
       const std::vector<float> b = to_f32(it->second.b, it->second.b->data);  // [n_out][rank]
       const auto* in_traits = ggml_get_type_traits(w->type);
       if (w->type != GGML_TYPE_F32 && in_traits->to_float == nullptr) {
-        throw MergeError(code::MODEL_INVALID, std::string("cannot read ") + name + " of type " + ggml_type_name(w->type));
+        throw MergeError(code::MODEL_INVALID,
+                         std::string("cannot read ") + name + " of type " + ggml_type_name(w->type));
       }
       const size_t in_row = ggml_row_size(w->type, n_in), out_row = ggml_row_size(out_type[i], n_in);
       std::vector<float> wf(static_cast<size_t>(n_in) * n_out);

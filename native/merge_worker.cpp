@@ -70,11 +70,13 @@ class MergeWorker : public Napi::AsyncProgressWorker<float> {
 
 Napi::Value MergeLora(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsObject()) throw coded_error(env, code::INVALID_PARAMS, "mergeLora(options): options must be an object");
+  if (!info[0].IsObject())
+    throw coded_error(env, code::INVALID_PARAMS, "mergeLora(options): options must be an object");
   const Napi::Object o = info[0].As<Napi::Object>();
   MergeOptions m;
   for (const char* key : {"base", "adapter", "out"}) {
-    if (!o.Get(key).IsString()) throw coded_error(env, code::INVALID_PARAMS, std::string("mergeLora: ") + key + " must be a string");
+    if (!o.Get(key).IsString())
+      throw coded_error(env, code::INVALID_PARAMS, std::string("mergeLora: ") + key + " must be a string");
   }
   m.base = o.Get("base").As<Napi::String>().Utf8Value();
   m.adapter = o.Get("adapter").As<Napi::String>().Utf8Value();
@@ -83,7 +85,8 @@ Napi::Value MergeLora(const Napi::CallbackInfo& info) {
   const Napi::Value scale = o.Get("scale");
   if (!scale.IsUndefined()) {
     if (!scale.IsNumber()) throw coded_error(env, code::INVALID_PARAMS, "mergeLora: scale must be a number");
-    m.scale = static_cast<float>(check_param(env, "adapterScale", scale.As<Napi::Number>().DoubleValue(), "mergeLora: scale"));
+    m.scale = static_cast<float>(
+        check_param(env, "adapterScale", scale.As<Napi::Number>().DoubleValue(), "mergeLora: scale"));
   }
   m.threads = read_integer(env, o.Get("threads"), "mergeLora: threads", m.threads, 1, 1024);
   Napi::Function progress = info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();

@@ -9,7 +9,7 @@
 namespace cml {
 
 struct ParamBound {
-  const char* key;      // the engine's parameter name
+  const char* key;  // the engine's parameter name
   double lo, hi;
   bool lo_open, hi_open;  // (lo, ...] / [..., hi)
   bool integer;

@@ -64,7 +64,6 @@ void Sampler::restore(float* row) {
   for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) row[it->first] = it->second;
 }
 
-
 namespace {
 // The order of candidates: higher logit first, lower id on ties.
 inline bool better(float va, llama_token a, float vb, llama_token b) { return va > vb || (va == vb && a < b); }
@@ -81,7 +80,8 @@ llama_token Sampler::pick_top_k(const float* row, bool& bad) {
   if (bad) return -1;
   if (n_blocks >= top_k_) {
     block_max_.resize(n_blocks);
-    for (int32_t b = 0; b < n_blocks; ++b) block_max_[b] = row_max(row + b * kBlock, std::min(kBlock, n_vocab_ - b * kBlock), &bad);
+    for (int32_t b = 0; b < n_blocks; ++b)
+      block_max_[b] = row_max(row + b * kBlock, std::min(kBlock, n_vocab_ - b * kBlock), &bad);
     if (bad) return -1;
     std::nth_element(block_max_.begin(), block_max_.begin() + (top_k_ - 1), block_max_.end(), std::greater<float>());
     floor = block_max_[top_k_ - 1];
@@ -106,8 +106,9 @@ llama_token Sampler::pick_top_k(const float* row, bool& bad) {
     return -1;
   }
   const size_t k = std::min<size_t>(top_k_, cand_.size());
-  std::partial_sort(cand_.begin(), cand_.begin() + k, cand_.end(),
-                    [](const llama_token_data& a, const llama_token_data& b) { return better(a.logit, a.id, b.logit, b.id); });
+  std::partial_sort(
+      cand_.begin(), cand_.begin() + k, cand_.end(),
+      [](const llama_token_data& a, const llama_token_data& b) { return better(a.logit, a.id, b.logit, b.id); });
   cand_.resize(k);
   llama_token_data_array arr{cand_.data(), cand_.size(), -1, /*sorted=*/true};
   llama_sampler_apply(tail_, &arr);
@@ -145,7 +146,8 @@ float row_max(const float* x, int32_t n, bool* bad) {
   __m128 a = _mm_set1_ps(-INFINITY), b = a, c = a, d = a;
   __m128 u = _mm_setzero_ps();  // lanes that met a NaN: the check rides on the loads the maximum makes
   for (; i + 16 <= n; i += 16) {
-    const __m128 x0 = _mm_loadu_ps(x + i), x1 = _mm_loadu_ps(x + i + 4), x2 = _mm_loadu_ps(x + i + 8), x3 = _mm_loadu_ps(x + i + 12);
+    const __m128 x0 = _mm_loadu_ps(x + i), x1 = _mm_loadu_ps(x + i + 4), x2 = _mm_loadu_ps(x + i + 8),
+                 x3 = _mm_loadu_ps(x + i + 12);
     a = _mm_max_ps(x0, a);
     b = _mm_max_ps(x1, b);
     c = _mm_max_ps(x2, c);

@@ -20,7 +20,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   uint32_t seed = LLAMA_DEFAULT_SEED;
-  int32_t logprobs = 0;  // top-n log-probabilities per generated token, 0 = none
+  int32_t logprobs = 0;                      // top-n log-probabilities per generated token, 0 = none
   std::vector<llama_logit_bias> logit_bias;  // added to the raw logits before anything else
 };
 
@@ -77,9 +77,9 @@ float row_max(const float* x, int32_t n, bool* bad = nullptr);
 int32_t argmax(const float* x, int32_t n, bool* bad = nullptr);
 
 struct LogprobRow {
-  float log_z = 0.0f;              // log of the softmax denominator
-  float chosen = 0.0f;             // log-probability of the sampled token
-  std::vector<TokenLogprob> top;   // the n most likely tokens, highest first
+  float log_z = 0.0f;             // log of the softmax denominator
+  float chosen = 0.0f;            // log-probability of the sampled token
+  std::vector<TokenLogprob> top;  // the n most likely tokens, highest first
 };
 
 // log-softmax of a raw (unpenalized, untempered) logits row: the model's own distribution.

@@ -224,8 +224,10 @@ void Scheduler::build_batch(int32_t lo, int32_t hi) {
         const bool chunk_end = k + 1 == s.take;
         s.kv_tokens.push_back(s.req->prompt[s.n_prefilled]);
         const int32_t idx = add(s.req->prompt[s.n_prefilled++], s.n_past++, s.seq, last || chunk_end);
-        if (last) s.out_idx = idx;
-        else if (chunk_end) s.check_idx = idx;
+        if (last)
+          s.out_idx = idx;
+        else if (chunk_end)
+          s.check_idx = idx;
       }
       in_batch_.push_back(&s);
     }
@@ -243,10 +245,12 @@ void Scheduler::step(std::vector<Event>& out) {
   const int64_t t_decode = now_us();
   const int32_t rc = llama_decode(ctx_, batch_);
   for (int32_t i = std::max(lo, 0); i <= hi; ++i) {  // the fillers' cells go, whatever the decode did
-    if (slots_[i].filler) llama_memory_seq_rm(llama_get_memory(ctx_), i, static_cast<llama_pos>(slots_[i].kv_tokens.size()), -1);
+    if (slots_[i].filler)
+      llama_memory_seq_rm(llama_get_memory(ctx_), i, static_cast<llama_pos>(slots_[i].kv_tokens.size()), -1);
   }
   if (rc != 0) {
-    const std::string why = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
+    const std::string why =
+        rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
     for (Slot* s : in_batch) {
       fail(*s, code::DECODE_FAILED, why, out);
       forget_kv(*s);  // what the failed batch left in the cells is unknown

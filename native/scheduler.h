@@ -23,8 +23,8 @@ namespace cml {
 struct SchedulerConfig {
   int32_t n_slots = 4;
   int32_t n_batch = 512;
-  int32_t max_queue = 64;  // requests waiting beyond the free slots
-  int32_t n_threads = 1;   // threads that sample the slots of one step side by side
+  int32_t max_queue = 64;    // requests waiting beyond the free slots
+  int32_t n_threads = 1;     // threads that sample the slots of one step side by side
   bool prompt_cache = true;  // keep a slot's KV after its request, for a next prompt with the same start
   // Longest run of slots outside a step that is filled with throwaway tokens (0: never). llama.cpp
   // decodes a batch of per-sequence KV streams in one pass only over consecutive sequence ids; each
@@ -61,8 +61,8 @@ class Scheduler {
         kv_scrubs;
   };
   Profile profile() const {
-    return {p_steps_.load(), p_decode_us_.load(), p_sample_us_.load(), p_emit_us_.load(), p_loop_us_.load(),
-            p_fillers_.load(), p_switches_.load(), p_switch_cost_.load(), p_non_finite_.load(), p_scrubs_.load()};
+    return {p_steps_.load(),   p_decode_us_.load(), p_sample_us_.load(),   p_emit_us_.load(),    p_loop_us_.load(),
+            p_fillers_.load(), p_switches_.load(),  p_switch_cost_.load(), p_non_finite_.load(), p_scrubs_.load()};
   }
 
  private:
@@ -75,15 +75,15 @@ class Scheduler {
     llama_pos n_past = 0;
     llama_token next = -1;  // sampled last step, fed this step
     int32_t n_generated = 0;
-    int32_t out_idx = -1;   // row of this slot's logits in the current batch
-    int32_t check_idx = -1; // row of the last token of a prompt chunk that is not the prompt's last
-    bool bad = false;       // its logits held a NaN or +inf this step
+    int32_t out_idx = -1;    // row of this slot's logits in the current batch
+    int32_t check_idx = -1;  // row of the last token of a prompt chunk that is not the prompt's last
+    bool bad = false;        // its logits held a NaN or +inf this step
     // Its cells may hold NaN or inf: out of use until scrub_kv() (a masked cell still enters
     // attention's products, and 0 x NaN is NaN, so a stale poisoned cell spoils the next request).
     bool quarantined = false;
-    int32_t take = 0;       // prompt tokens it prefills this step
-    bool filler = false;    // holds a throwaway token this step (see policy::plan_step)
-    float* row = nullptr;   // those logits, once the decode is done
+    int32_t take = 0;      // prompt tokens it prefills this step
+    bool filler = false;   // holds a throwaway token this step (see policy::plan_step)
+    float* row = nullptr;  // those logits, once the decode is done
     llama_token picked = -1;
     LogprobRow logprobs;
     uint64_t last_step = 0;
@@ -137,9 +137,9 @@ class Scheduler {
   // The adapter set applied to the context, and its turn.
   AdapterSetKey current_set_;
   policy::Turns turns_;
-  int32_t settle_left_ = 0;     // decodes of this turn still counted into its change's cost
+  int32_t settle_left_ = 0;  // decodes of this turn still counted into its change's cost
   int64_t settle_us_ = 0;
-  int64_t decode_avg_us_ = 0;   // of steps without a change
+  int64_t decode_avg_us_ = 0;  // of steps without a change
   int32_t active_ = 0;
   std::atomic<int32_t> busy_{0};
   std::atomic<int32_t> quarantined_{0};

@@ -7,8 +7,10 @@ namespace cml::policy {
 Admission admit(const std::vector<bool>& cancelled, int32_t free_slots) {
   Admission a;
   for (size_t i = 0; i < cancelled.size(); ++i) {
-    if (cancelled[i]) a.drop.push_back(i);
-    else if (static_cast<int32_t>(a.start.size()) < free_slots) a.start.push_back(i);
+    if (cancelled[i])
+      a.drop.push_back(i);
+    else if (static_cast<int32_t>(a.start.size()) < free_slots)
+      a.start.push_back(i);
   }
   return a;
 }
@@ -65,7 +67,8 @@ Turns::Pick Turns::next(const std::vector<SlotView>& slots, int64_t now_us) {
   return p;
 }
 
-void plan_step(const std::vector<SlotView>& slots, int32_t n_batch, int32_t fill_gap, size_t n_ctx_seq, StepPlan& plan) {
+void plan_step(const std::vector<SlotView>& slots, int32_t n_batch, int32_t fill_gap, size_t n_ctx_seq,
+               StepPlan& plan) {
   const int32_t n = static_cast<int32_t>(slots.size());
   plan.take.assign(n, 0);
   plan.filler.assign(n, false);

@@ -87,11 +87,11 @@ struct Turns {
 // slots with a spare cell and clean cells; prompt chunks then take what is left of `n_batch`, in slot
 // order, so long prompts never stall running streams.
 struct StepPlan {
-  int32_t lo = -1, hi = -1;     // first and last sequence of the set (-1: none)
-  std::vector<int32_t> take;    // prompt tokens each slot prefills
-  std::vector<bool> filler;     // slots that hold a throwaway token
+  int32_t lo = -1, hi = -1;   // first and last sequence of the set (-1: none)
+  std::vector<int32_t> take;  // prompt tokens each slot prefills
+  std::vector<bool> filler;   // slots that hold a throwaway token
   int32_t n_fillers = 0;
-  bool prefill = false;         // some slot prefills
+  bool prefill = false;  // some slot prefills
 };
 // Fills `plan` (reused step after step: no allocation once its vectors have grown).
 void plan_step(const std::vector<SlotView>& slots, int32_t n_batch, int32_t fill_gap, size_t n_ctx_seq, StepPlan& plan);

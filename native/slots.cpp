@@ -25,7 +25,8 @@ void Scheduler::admit(std::vector<Event>& out) {
       out.push_back(std::move(e));
       live_.erase(r.id);
     }
-    const policy::Admission plan = policy::admit(cancelled, policy::free_slots(cfg_.n_slots, active_, quarantined_.load()));
+    const policy::Admission plan =
+        policy::admit(cancelled, policy::free_slots(cfg_.n_slots, active_, quarantined_.load()));
     for (size_t i : plan.start) admitted.push_back(std::move(pending_[i]));
     for (size_t i : plan.drop) pending_[i].reset();
     pending_.erase(std::remove(pending_.begin(), pending_.end(), nullptr), pending_.end());

@@ -34,8 +34,8 @@ class WorkerPool {
   const std::function<void(int32_t)>* job_ = nullptr;
   int32_t n_ = 0;
   std::atomic<int32_t> next_{0};
-  bool open_ = false;    // the current job still takes threads in
-  int32_t inside_ = 0;   // threads working on the current job
+  bool open_ = false;   // the current job still takes threads in
+  int32_t inside_ = 0;  // threads working on the current job
   uint64_t generation_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;

@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1);
   std::normal_distribution<float> logit(0, 3);
   std::vector<std::vector<float>> rows(64, std::vector<float>(n_vocab));  // more than the caches hold at 128k
-  for (auto& r : rows) for (auto& v : r) v = logit(rng);
+  for (auto& r : rows)
+    for (auto& v : r) v = logit(rng);
   std::vector<llama_token> prompt(200);
   for (int i = 0; i < 200; ++i) prompt[i] = (i * 7919) % n_vocab;
 

@@ -13,9 +13,7 @@
 namespace {
 
 // One case: the rule in words, the token picked, the token wanted.
-void check(const char* rule, llama_token got, llama_token want) {
-  CHECK_MESSAGE(got == want, rule);
-}
+void check(const char* rule, llama_token got, llama_token want) { CHECK_MESSAGE(got == want, rule); }
 
 // The token a sampler picks from `row` after it saw `seen` (the prompt, for the penalties).
 llama_token pick(cml::SamplingParams p, std::vector<float> row, const std::vector<llama_token>& seen = {}) {
@@ -49,7 +47,8 @@ TEST_CASE("sampling: every rule gives the token worked out by hand") {
   auto rp = g;
   rp.repetition_penalty = 2.0f;
   check("repetition: a seen positive logit is divided (2.0 -> 1.0 < 1.5)", pick(rp, {2.0f, 1.5f, -5.0f}, {0}), 1);
-  check("repetition: a seen negative logit is multiplied (-0.25 -> -0.5 < -0.3)", pick(rp, {-0.3f, -0.25f, -5.0f}, {1}), 0);
+  check("repetition: a seen negative logit is multiplied (-0.25 -> -0.5 < -0.3)", pick(rp, {-0.3f, -0.25f, -5.0f}, {1}),
+        0);
   check("repetition: unseen tokens untouched", pick(rp, {-0.3f, -0.25f, -5.0f}, {2}), 1);
   check("repetition: a token seen twice is penalized once", pick(rp, {2.0f, 1.5f, -5.0f}, {0, 0}), 1);
   auto rp_low = g;
@@ -96,5 +95,4 @@ TEST_CASE("sampling: every rule gives the token worked out by hand") {
   check("+inf: refused (greedy)", pick(g, {1.0f, INFINITY, 0.5f}), -1);
   check("NaN: refused (top-k)", pick(k1, {1.0f, 0.2f, nan, 0.5f, 0.1f}), -1);
   check("-inf is a masked token, not an error", pick(g, {-INFINITY, 0.5f, -INFINITY}), 1);
-
 }
