@@ -36,14 +36,23 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function engineRun(): Promise<number> {
   // Engine alone: decode tokens/s from the first to the last token, as the engine measures it.
   const adapters = predictor.engine.adapters().map((a) => ({ name: a.name }));
-  const r = await predictor.engine.generate(prompt, { greedy: true, maxTokens: tokens, ignoreEos: true, adapters }).result;
+  const r = await predictor.engine.generate(prompt, { greedy: true, maxTokens: tokens, ignoreEos: true, adapters })
+    .result;
   return r.timings.decodeTokensPerSecond;
 }
 
 async function httpRun(): Promise<number> {
   // Over HTTP: the same interval, measured by the client from the first to the last SSE token event.
   const url = `http://127.0.0.1:${server.port}/predict`;
-  return streamDecodeRate(await streamPredict(url, { prompt, do_sample: false, repetition_penalty: 1, max_new_tokens: tokens, min_new_tokens: tokens }));
+  return streamDecodeRate(
+    await streamPredict(url, {
+      prompt,
+      do_sample: false,
+      repetition_penalty: 1,
+      max_new_tokens: tokens,
+      min_new_tokens: tokens,
+    }),
+  );
 }
 
 // Interleaved, after one warm-up of each, so both see the same machine state.
@@ -57,6 +66,16 @@ for (let i = 0; i < runs; i++) {
 }
 await server.close();
 
-const e = median(engineRates), h = median(httpRates);
-console.log(JSON.stringify({ backend: predictor.engine.health().backend, model: cfg.baseModel, tokens, runs,
-  engine_tok_s: Math.round(e), http_stream_tok_s: Math.round(h), http_cost_pct: +(100 * (e / h - 1)).toFixed(1) }));
+const e = median(engineRates),
+  h = median(httpRates);
+console.log(
+  JSON.stringify({
+    backend: predictor.engine.health().backend,
+    model: cfg.baseModel,
+    tokens,
+    runs,
+    engine_tok_s: Math.round(e),
+    http_stream_tok_s: Math.round(h),
+    http_cost_pct: +(100 * (e / h - 1)).toFixed(1),
+  }),
+);

@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cuda = (process.env.CML_CUDA ?? 'ON').toUpperCase() !== 'OFF';
-const archs = process.env.CMAKE_CUDA_ARCHITECTURES ?? process.env.NODE_LLAMA_CPP_CMAKE_OPTION_CMAKE_CUDA_ARCHITECTURES ?? '90';
+const archs =
+  process.env.CMAKE_CUDA_ARCHITECTURES ?? process.env.NODE_LLAMA_CPP_CMAKE_OPTION_CMAKE_CUDA_ARCHITECTURES ?? '90';
 
 if (!existsSync(path.join(root, 'node_modules/node-llama-cpp/llama/llama.cpp/CMakeLists.txt'))) {
   console.error('build-cuda: llama.cpp sources missing; run npm install (or npm run build:native) first');
@@ -27,8 +28,14 @@ if (!env.npm_config_nodedir && existsSync(path.join(path.dirname(process.execPat
 if (cuda && !env.CUDACXX && existsSync('/usr/local/cuda/bin/nvcc')) env.CUDACXX = '/usr/local/cuda/bin/nvcc';
 
 const args = [
-  path.join(root, 'node_modules/cmake-js/bin/cmake-js'), 'compile',
-  '-O', 'build-cuda', '-T', 'cml_llama', '-p', String(os.availableParallelism()),
+  path.join(root, 'node_modules/cmake-js/bin/cmake-js'),
+  'compile',
+  '-O',
+  'build-cuda',
+  '-T',
+  'cml_llama',
+  '-p',
+  String(os.availableParallelism()),
   `--CDCML_CUDA=${cuda ? 'ON' : 'OFF'}`,
 ];
 if (cuda) args.push(`--CDCMAKE_CUDA_ARCHITECTURES=${archs}`);
@@ -37,7 +44,21 @@ execFileSync(process.execPath, args, { cwd: root, env, stdio: 'inherit' });
 // The benchmark's llama.cpp baselines, from the same tree and the same shared libraries (seconds
 // once ggml is compiled); CML_TOOLS=OFF skips them.
 if ((process.env.CML_TOOLS ?? 'ON').toUpperCase() !== 'OFF') {
-  execFileSync('cmake', ['--build', 'build-cuda', '--config', 'Release', '--target', 'llama-bench', 'llama-batched-bench', 'llama-completion',
-    '-j', String(os.availableParallelism())], { cwd: root, env, stdio: 'inherit' });
+  execFileSync(
+    'cmake',
+    [
+      '--build',
+      'build-cuda',
+      '--config',
+      'Release',
+      '--target',
+      'llama-bench',
+      'llama-batched-bench',
+      'llama-completion',
+      '-j',
+      String(os.availableParallelism()),
+    ],
+    { cwd: root, env, stdio: 'inherit' },
+  );
 }
 console.log('build-cuda: built build-cuda/Release/cml_llama.node (llama.cpp in build-cuda/bin)');

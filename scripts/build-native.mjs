@@ -25,8 +25,10 @@ if (!existsSync(path.join(nlc, 'llama/llama.cpp/include/llama.h'))) fail('llama.
 
 const bins = path.join(root, 'node_modules/@node-llama-cpp/linux-x64/bins/linux-x64');
 if (!existsSync(path.join(bins, 'libllama.v0.4.0.so'))) {
-  fail(`prebuilt llama.cpp CPU libraries not found in ${bins} (is @node-llama-cpp/linux-x64 installed? ` +
-    'it is an optional dependency of node-llama-cpp and only exists for linux x64)');
+  fail(
+    `prebuilt llama.cpp CPU libraries not found in ${bins} (is @node-llama-cpp/linux-x64 installed? ` +
+      'it is an optional dependency of node-llama-cpp and only exists for linux x64)',
+  );
 }
 
 // npm hands lifecycle scripts its bundled node-gyp; outside npm, fall back to a local one.

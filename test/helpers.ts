@@ -41,7 +41,11 @@ export const testBackend = (process.env.CML_TEST_BACKEND ?? 'cpu') as 'cpu' | 'c
  * tensor-core kernels (about 1e-3 relative, out of reach of NVIDIA_TF32_OVERRIDE, which only
  * governs cuBLAS), and from 17 cuBLAS.
  */
-export const exactNumerics: Partial<EngineOptions> = { kvCacheType: 'f32', flashAttention: 'off', ...(testBackend === 'cpu' ? {} : { batchSize: 3 }) };
+export const exactNumerics: Partial<EngineOptions> = {
+  kvCacheType: 'f32',
+  flashAttention: 'off',
+  ...(testBackend === 'cpu' ? {} : { batchSize: 3 }),
+};
 
 /**
  * For tests that hold runs sharing a batch to what each gives alone. ggml's CPU kernels compute a
@@ -111,7 +115,10 @@ export async function againstReference(engine: Engine, cases: ReferenceCase[], e
     if (JSON.stringify(ids) === JSON.stringify(c.greedy_ids)) exact++;
     else misses.push(`${JSON.stringify(c.prompt)}: got ${ids} want ${c.greedy_ids}`);
     const lsm = logSoftmax(c.first_logits);
-    for (const { token, lp } of lsm.map((lp, token) => ({ token, lp })).sort((a, b) => b.lp - a.lp).slice(0, 5)) {
+    for (const { token, lp } of lsm
+      .map((lp, token) => ({ token, lp }))
+      .sort((a, b) => b.lp - a.lp)
+      .slice(0, 5)) {
       const ours = first?.find((t) => t.token === token);
       if (!ours) throw new Error(`token ${token} is not in our top-20 for ${JSON.stringify(c.prompt)}`);
       worst = Math.max(worst, Math.abs(ours.logprob - lp));
@@ -125,7 +132,11 @@ export async function againstReference(engine: Engine, cases: ReferenceCase[], e
  * A copy of a GGUF file whose F32 tensors `patch` may change in place (it returns true when it did):
  * the header stays as it was, so llama.cpp loads the copy as it loads the original.
  */
-export async function patchGguf(src: string, out: string, patch: (name: string, values: Float32Array) => boolean): Promise<string> {
+export async function patchGguf(
+  src: string,
+  out: string,
+  patch: (name: string, values: Float32Array) => boolean,
+): Promise<string> {
   const { tensors } = await readGgufHeader(src);
   copyFileSync(src, out);
   const fd = openSync(out, 'r+');

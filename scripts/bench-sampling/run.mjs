@@ -11,9 +11,24 @@ const llama = path.join(root, 'node_modules/node-llama-cpp/llama/llama.cpp');
 const bins = path.join(root, 'node_modules/@node-llama-cpp/linux-x64/bins/linux-x64');
 const out = path.join(root, 'build/bench-sampling');
 mkdirSync(path.dirname(out), { recursive: true });
-execFileSync('g++', [
-  '-O3', '-std=c++17', `-I${root}/native`, `-I${llama}/include`, `-I${llama}/ggml/include`,
-  path.join(root, 'scripts/bench-sampling/main.cpp'), path.join(root, 'native/sampling.cpp'),
-  `-L${bins}`, '-l:libllama.v0.4.0.so', '-l:libggml.v0.4.0.so', '-l:libggml-base.so', `-Wl,-rpath,${bins}`, '-o', out,
-], { stdio: 'inherit' });
+execFileSync(
+  'g++',
+  [
+    '-O3',
+    '-std=c++17',
+    `-I${root}/native`,
+    `-I${llama}/include`,
+    `-I${llama}/ggml/include`,
+    path.join(root, 'scripts/bench-sampling/main.cpp'),
+    path.join(root, 'native/sampling.cpp'),
+    `-L${bins}`,
+    '-l:libllama.v0.4.0.so',
+    '-l:libggml.v0.4.0.so',
+    '-l:libggml-base.so',
+    `-Wl,-rpath,${bins}`,
+    '-o',
+    out,
+  ],
+  { stdio: 'inherit' },
+);
 execFileSync(out, process.argv.slice(2), { stdio: 'inherit' });

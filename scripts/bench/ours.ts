@@ -6,7 +6,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { Predictor } from '../../src/cml/predict.ts';
-import { Engine, mergeAdapter, schedulerPhases, type BackendChoice, type EngineOptions, type GenerateParams, type SchedulerProfile } from '../../src/engine/index.ts';
+import {
+  Engine,
+  mergeAdapter,
+  schedulerPhases,
+  type BackendChoice,
+  type EngineOptions,
+  type GenerateParams,
+  type SchedulerProfile,
+} from '../../src/engine/index.ts';
 import { createApp } from '../../src/server/app.ts';
 import { newAppContext } from '../../src/server/context.ts';
 import { Metrics } from '../../src/server/metrics.ts';
@@ -86,8 +94,16 @@ export interface OursResult {
 /** DEFAULT_GENERATIONAL_CONFIG of the studio, as engine parameters: what a CML endpoint runs by default. */
 const STUDIO_SAMPLING: GenerateParams = { temperature: 0.8, topK: 50, topP: 1, repetitionPenalty: 1.1, seed: 7 };
 
-function gpuUsedMb(engine: { backend: { addon: { devices(): { type: string; memoryFree: number; memoryTotal: number }[] } } }): number {
-  return engine.backend.addon.devices().filter((d) => d.type === 'gpu').reduce((s, d) => s + (d.memoryTotal - d.memoryFree), 0) / 2 ** 20;
+function gpuUsedMb(engine: {
+  backend: { addon: { devices(): { type: string; memoryFree: number; memoryTotal: number }[] } };
+}): number {
+  return (
+    engine.backend.addon
+      .devices()
+      .filter((d) => d.type === 'gpu')
+      .reduce((s, d) => s + (d.memoryTotal - d.memoryFree), 0) /
+    2 ** 20
+  );
 }
 
 export async function measureOurs(o: OursOptions): Promise<OursResult> {
@@ -123,7 +139,12 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
     const ids = engine.tokenize(text.repeat(Math.ceil(o.promptTokens / 4)));
     const prompt = ids.slice(0, o.promptTokens);
     let sampling: GenerateParams = { greedy: true };
-    const params = (adapters: GenerateParams['adapters'] = []): GenerateParams => ({ ...sampling, maxTokens: o.genTokens, ignoreEos: true, adapters });
+    const params = (adapters: GenerateParams['adapters'] = []): GenerateParams => ({
+      ...sampling,
+      maxTokens: o.genTokens,
+      ignoreEos: true,
+      adapters,
+    });
 
     const timed = async (adapters: GenerateParams['adapters']) => {
       const start = performance.now();
@@ -176,8 +197,16 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const step = stepProfile(p0, engine.stats().profile);
       sampleGpu();
       const ttft = best.flatMap((b) => b.ttft);
-      sweep.push({ streams: n, aggregateTokS: median(best.map((b) => b.rate)), ttftP50Ms: percentile(ttft, 50), ttftP99Ms: percentile(ttft, 99), ...(step ? { step } : {}) });
-      note(`${n} streams: ${r0(sweep.at(-1)!.aggregateTokS)} tok/s aggregate, TTFT p50/p99 ${r0(percentile(ttft, 50))}/${r0(percentile(ttft, 99))} ms`);
+      sweep.push({
+        streams: n,
+        aggregateTokS: median(best.map((b) => b.rate)),
+        ttftP50Ms: percentile(ttft, 50),
+        ttftP99Ms: percentile(ttft, 99),
+        ...(step ? { step } : {}),
+      });
+      note(
+        `${n} streams: ${r0(sweep.at(-1)!.aggregateTokS)} tok/s aggregate, TTFT p50/p99 ${r0(percentile(ttft, 50))}/${r0(percentile(ttft, 99))} ms`,
+      );
     }
 
     let lora: OursResult['lora'] = { oneStream: null, eight: null, merged: null };
@@ -197,18 +226,26 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const mixed8 = names.length > 1 ? await eight((i) => [{ name: i % 2 ? 'b' : 'a', scale: 1 }]) : null;
       const p1 = engine.stats().profile!;
       lora = { oneStream: loraOne, eight: { base: base8, lora: lora8, mixed: mixed8 }, merged: null };
-      note(`8 streams: base ${r0(base8)}, LoRA ${r0(lora8)}, two adapters mixed ${mixed8 === null ? '-' : r0(mixed8)} tok/s`);
+      note(
+        `8 streams: base ${r0(base8)}, LoRA ${r0(lora8)}, two adapters mixed ${mixed8 === null ? '-' : r0(mixed8)} tok/s`,
+      );
       if (mixed8 !== null) {
-        note(`two adapters mixed: ${p1.adapterSwitches - p0.adapterSwitches} switches in ${p1.steps - p0.steps} steps, the last one's cost ${r0(p1.switchCostUs)} µs`);
+        note(
+          `two adapters mixed: ${p1.adapterSwitches - p0.adapterSwitches} switches in ${p1.steps - p0.steps} steps, the last one's cost ${r0(p1.switchCostUs)} µs`,
+        );
       }
     }
 
-    o.progress('ours: the studio\'s default sampling, one stream and the most streams');
+    o.progress("ours: the studio's default sampling, one stream and the most streams");
     sampling = STUDIO_SAMPLING;
     const most = Math.max(...o.streams);
     const studioOne = await single([]);
     await concurrent(most, () => []);
-    const studio = { oneStreamTokS: studioOne.decodeTokS, streams: most, aggregateTokS: (await concurrent(most, () => [])).rate };
+    const studio = {
+      oneStreamTokS: studioOne.decodeTokS,
+      streams: most,
+      aggregateTokS: (await concurrent(most, () => [])).rate,
+    };
     note(`studio sampling: one stream ${r0(studio.oneStreamTokS)}, ${most} streams ${r0(studio.aggregateTokS)} tok/s`);
     sampling = { greedy: true };
 
@@ -226,13 +263,21 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       o.progress('ours: adapter a merged into the weights (one stream: adapter, then base)');
       const out = path.join(os.tmpdir(), `cml-bench-merged-${process.pid}.gguf`);
       const m0 = performance.now();
-      await mergeAdapter({ modelPath: o.model, adapterPath: o.adapters[0]!, out, backend: o.backend, threads: os.availableParallelism() });
+      await mergeAdapter({
+        modelPath: o.model,
+        adapterPath: o.adapters[0]!,
+        out,
+        backend: o.backend,
+        threads: os.availableParallelism(),
+      });
       const mergeMs = performance.now() - m0;
       await engine.close();
       try {
         engine = await load({ modelPath: out, mergedAdapter: { name: 'a', path: o.adapters[0]!, scale: 1 } });
         lora.merged = { mergeMs, oneStream: await single([{ name: 'a', scale: 1 }]), baseOnMerged: await single([]) };
-        note(`merged in ${r0(mergeMs)} ms; adapter ${r0(lora.merged.oneStream.decodeTokS)}, base on it ${r0(lora.merged.baseOnMerged.decodeTokS)} tok/s`);
+        note(
+          `merged in ${r0(mergeMs)} ms; adapter ${r0(lora.merged.oneStream.decodeTokS)}, base on it ${r0(lora.merged.baseOnMerged.decodeTokS)} tok/s`,
+        );
       } finally {
         rmSync(out, { force: true });
       }
@@ -257,15 +302,28 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
 
 /** The same single-stream run over HTTP, timed by the client from the SSE token events. */
 async function measureHttp(engine: Engine, promptLen: number, o: OursOptions): Promise<SingleStream> {
-  const state = { status: 'ready' as const, predictor: new Predictor(engine, {}, null), modelName: 'bench', adapterName: null };
+  const state = {
+    status: 'ready' as const,
+    predictor: new Predictor(engine, {}, null),
+    modelName: 'bench',
+    adapterName: null,
+  };
   const app = createApp(newAppContext(state, new Metrics(() => engine.stats()), null, pino({ level: 'silent' })));
   const server = app.listen(0, '127.0.0.1');
   await new Promise((r) => server.once('listening', r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/predict`;
   // The text prompt that tokenizes to about promptLen tokens: the server takes text, as clients do.
-  const text = engine.detokenize(engine.tokenize('The quick brown fox jumps over the lazy dog. '.repeat(promptLen), false).slice(0, promptLen - 1));
+  const text = engine.detokenize(
+    engine.tokenize('The quick brown fox jumps over the lazy dog. '.repeat(promptLen), false).slice(0, promptLen - 1),
+  );
   const run = () =>
-    streamPredict(url, { prompt: text, do_sample: false, repetition_penalty: 1, max_new_tokens: o.genTokens, min_new_tokens: o.genTokens });
+    streamPredict(url, {
+      prompt: text,
+      do_sample: false,
+      repetition_penalty: 1,
+      max_new_tokens: o.genTokens,
+      min_new_tokens: o.genTokens,
+    });
   try {
     await run();
     const runs = [];

@@ -40,19 +40,27 @@ for (const [name, extra] of settings) {
 
 async function probe(name: string, streams: number[], extra: Partial<EngineOptions>) {
   const engine = await Engine.load({
-    modelPath: a.model!, backend: a.backend as 'auto', slots: most, maxQueue: most, contextSize: 2 * tokens + 16,
-    flashAttention: 'auto', promptCache: false, ...extra,
+    modelPath: a.model!,
+    backend: a.backend as 'auto',
+    slots: most,
+    maxQueue: most,
+    contextSize: 2 * tokens + 16,
+    flashAttention: 'auto',
+    promptCache: false,
+    ...extra,
   });
   try {
     const prompt = engine.tokenize('The quick brown fox jumps over the lazy dog. '.repeat(tokens)).slice(0, tokens);
     const run = async (n: number) => {
-      const all = await Promise.all(Array.from({ length: n }, async () => {
-        const g = engine.generate(prompt, { greedy: true, maxTokens: tokens, ignoreEos: true });
-        const times: number[] = [];
-        for await (const c of g) if (c.token !== null) times.push(performance.now());
-        await g.result;
-        return times;
-      }));
+      const all = await Promise.all(
+        Array.from({ length: n }, async () => {
+          const g = engine.generate(prompt, { greedy: true, maxTokens: tokens, ignoreEos: true });
+          const times: number[] = [];
+          for await (const c of g) if (c.token !== null) times.push(performance.now());
+          await g.result;
+          return times;
+        }),
+      );
       return steadyRate(all);
     };
     for (const n of streams) {
@@ -63,11 +71,34 @@ async function probe(name: string, streams: number[], extra: Partial<EngineOptio
       const t = schedulerPhases(p1, p0);
       const per = (us: number) => Math.round(us / t.steps);
       // A steady step, from the rate: what a step costs once every stream is decoding.
-      rows.push([name, n, Math.round(rate), Math.round((n / rate) * 1e6), per(t.decodeUs), per(t.sampleUs), per(t.emitUs + t.otherUs), t.steps]);
+      rows.push([
+        name,
+        n,
+        Math.round(rate),
+        Math.round((n / rate) * 1e6),
+        per(t.decodeUs),
+        per(t.sampleUs),
+        per(t.emitUs + t.otherUs),
+        t.steps,
+      ]);
       console.error(`${name}, ${n} streams: ${Math.round(rate)} tok/s`);
     }
   } finally {
     await engine.close();
   }
 }
-console.log(table(['settings', 'streams', 'tok/s (steady)', 'µs per steady step', 'decode µs/step (all)', 'sample µs/step', 'other µs/step', 'steps'], rows));
+console.log(
+  table(
+    [
+      'settings',
+      'streams',
+      'tok/s (steady)',
+      'µs per steady step',
+      'decode µs/step (all)',
+      'sample µs/step',
+      'other µs/step',
+      'steps',
+    ],
+    rows,
+  ),
+);

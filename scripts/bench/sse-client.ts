@@ -4,7 +4,10 @@ export interface PredictStream {
   start: number;
   /** performance.now() at each {"token"} event */
   times: number[];
-  done: { usage: { prompt_tokens: number; completion_tokens: number }; timings: { prefillMs: number; decodeTokensPerSecond: number } };
+  done: {
+    usage: { prompt_tokens: number; completion_tokens: number };
+    timings: { prefillMs: number; decodeTokensPerSecond: number };
+  };
 }
 
 export async function streamPredict(url: string, request: Record<string, unknown>): Promise<PredictStream> {
@@ -32,10 +35,14 @@ export async function streamPredict(url: string, request: Record<string, unknown
   }
   if (!done) throw new Error(`no final event from ${url} (status ${res.status}): ${buf.slice(0, 200)}`);
   // Tokens that print nothing (control or byte pieces) send no event: there is nothing to time.
-  if (times.length < 2) throw new Error(`${times.length} of ${done.usage.completion_tokens} tokens streamed text: the model's output has nothing to time`);
+  if (times.length < 2)
+    throw new Error(
+      `${times.length} of ${done.usage.completion_tokens} tokens streamed text: the model's output has nothing to time`,
+    );
   return { start, times, done };
 }
 
 /** Decode tokens/s between the first and last token event; tokens whose text is held back (a
  * partial UTF-8 character) send no event, so the count comes from the final record. */
-export const streamDecodeRate = (s: PredictStream) => (s.done.usage.completion_tokens - 1) / ((s.times.at(-1)! - s.times[0]!) / 1000);
+export const streamDecodeRate = (s: PredictStream) =>
+  (s.done.usage.completion_tokens - 1) / ((s.times.at(-1)! - s.times[0]!) / 1000);

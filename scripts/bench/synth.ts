@@ -26,15 +26,24 @@ export type Projection = (typeof PROJECTIONS)[number];
 function projectionShape(s: Shape, p: Projection): [number, number] {
   const kv = (s.hidden / s.heads) * s.kvHeads;
   switch (p) {
-    case 'attn_q': case 'attn_output': return [s.hidden, s.hidden];
-    case 'attn_k': case 'attn_v': return [kv, s.hidden];
-    case 'ffn_gate': case 'ffn_up': return [s.ffn, s.hidden];
-    case 'ffn_down': return [s.hidden, s.ffn];
+    case 'attn_q':
+    case 'attn_output':
+      return [s.hidden, s.hidden];
+    case 'attn_k':
+    case 'attn_v':
+      return [kv, s.hidden];
+    case 'ffn_gate':
+    case 'ffn_up':
+      return [s.ffn, s.hidden];
+    case 'ffn_down':
+      return [s.hidden, s.ffn];
   }
 }
 
 /** llama.cpp's SentencePiece test vocabulary (32000 tokens), shipped in node-llama-cpp's checkout. */
-export const DEFAULT_VOCAB = path.resolve('node_modules/node-llama-cpp/llama/llama.cpp/models/ggml-vocab-llama-spm.gguf');
+export const DEFAULT_VOCAB = path.resolve(
+  'node_modules/node-llama-cpp/llama/llama.cpp/models/ggml-vocab-llama-spm.gguf',
+);
 
 async function vocabKvs(file: string): Promise<{ kv: [string, KvValue][]; size: number; types: number[] }> {
   const h = await readGgufHeader(file);
@@ -64,7 +73,10 @@ function gaussianish(n: number, std: number, seed: number): Float32Array {
   for (let i = 0; i < n; i++) {
     let sum = 0;
     for (let k = 0; k < 4; k++) {
-      x ^= x << 13; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
       sum += x / 2 ** 32;
     }
     out[i] = (sum - 2) * std * 1.7;
@@ -79,7 +91,8 @@ function tiled(rows: number, cols: number, type: OutType, std: number, seed: num
     const block = encodeTensor(gaussianish(blockRows * cols, std, seed), type);
     const total = byteSize(rows * cols, type);
     const out = new Uint8Array(total);
-    for (let off = 0; off < total; off += block.length) out.set(block.subarray(0, Math.min(block.length, total - off)), off);
+    for (let off = 0; off < total; off += block.length)
+      out.set(block.subarray(0, Math.min(block.length, total - off)), off);
     return out;
   };
 }
@@ -94,17 +107,28 @@ function iq2xxs(rows: number, cols: number, seed: number): () => Promise<Uint8Ar
     const out = new Uint8Array(byteSize(rows * cols, 'iq2_xxs'));
     let x = seed >>> 0 || 1;
     for (let i = 0; i < out.length; i++) {
-      x ^= x << 13; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
       out[i] = x & 0xff;
     }
     // d = 0.001: weights of about 0.02, like the other types' (|grid| 8..43, sub-scale 0.125..3.9)
-    for (let b = 0; b < out.length; b += 66) { out[b] = 0x19; out[b + 1] = 0x14; }
+    for (let b = 0; b < out.length; b += 66) {
+      out[b] = 0x19;
+      out[b + 1] = 0x14;
+    }
     return out;
   };
 }
 
 /** `type` applies to every matrix; 'iq2_xxs' to the projections only (embeddings and output stay F16). */
-export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0' | 'q4_0' | 'iq2_xxs'; out: string; vocab?: string }): Promise<void> {
+export async function writeSyntheticModel(o: {
+  shape: Shape;
+  type: 'f16' | 'q8_0' | 'q4_0' | 'iq2_xxs';
+  out: string;
+  vocab?: string;
+}): Promise<void> {
   const { shape: s } = o;
   const type = o.type === 'iq2_xxs' ? 'f16' : o.type;
   const { kv, size: vocab, types } = await vocabKvs(o.vocab ?? DEFAULT_VOCAB);
@@ -146,14 +170,24 @@ export async function writeSyntheticModel(o: { shape: Shape; type: 'f16' | 'q8_0
   const rowBytes = byteSize(s.hidden, type);
   w.tensor('output.weight', [vocab, s.hidden], type, async () => {
     const bytes = await output();
-    types.forEach((t, id) => { if (t !== 1) bytes.fill(0, id * rowBytes, (id + 1) * rowBytes); });
+    types.forEach((t, id) => {
+      if (t !== 1) bytes.fill(0, id * rowBytes, (id + 1) * rowBytes);
+    });
     return bytes;
   });
   await w.write(o.out);
 }
 
 /** `std`: of A's and B's entries (default 0.01: a small change to the model, as training makes). */
-export async function writeSyntheticLora(o: { shape: Shape; rank: number; alpha?: number; targets: readonly Projection[]; out: string; seed?: number; std?: number }): Promise<void> {
+export async function writeSyntheticLora(o: {
+  shape: Shape;
+  rank: number;
+  alpha?: number;
+  targets: readonly Projection[];
+  out: string;
+  seed?: number;
+  std?: number;
+}): Promise<void> {
   const std = o.std ?? 0.01;
   const w = new GgufWriter()
     .kv('general.architecture', { type: 'string', value: 'llama' })
@@ -165,7 +199,9 @@ export async function writeSyntheticLora(o: { shape: Shape; rank: number; alpha?
     for (const p of o.targets) {
       const [rows, cols] = projectionShape(o.shape, p);
       w.tensor(`blk.${l}.${p}.weight.lora_a`, [o.rank, cols], 'f16', tiled(o.rank, cols, 'f16', std, seed++));
-      w.tensor(`blk.${l}.${p}.weight.lora_b`, [rows, o.rank], 'f16', async () => encodeTensor(gaussianish(rows * o.rank, std, seed++), 'f16'));
+      w.tensor(`blk.${l}.${p}.weight.lora_b`, [rows, o.rank], 'f16', async () =>
+        encodeTensor(gaussianish(rows * o.rank, std, seed++), 'f16'),
+      );
     }
   }
   await w.write(o.out);

@@ -29,8 +29,48 @@ export interface FuzzReport {
 
 // Values that have broken servers: float32 overflow and underflow, integer edges, numbers as text,
 // the wrong types, sizes.
-const NUMBERS = [0, -0, 1, -1, 0.5, 1.5, 1e-45, 1e-7, 1e-6, 3.4e38, 1e39, -1e39, 1e308, 2 ** 31, 2 ** 32, 2 ** 53, -(2 ** 31), 16, 16.5, -16, 100, 1000, 1e5, 1e9];
-const STRINGS = ['', 'x', '0.5', '1e39', 'NaN', 'Infinity', '-Infinity', 'true', 'false', 'none', 'null', '\u0000', '💥'.repeat(100), 'y'.repeat(10_000)];
+const NUMBERS = [
+  0,
+  -0,
+  1,
+  -1,
+  0.5,
+  1.5,
+  1e-45,
+  1e-7,
+  1e-6,
+  3.4e38,
+  1e39,
+  -1e39,
+  1e308,
+  2 ** 31,
+  2 ** 32,
+  2 ** 53,
+  -(2 ** 31),
+  16,
+  16.5,
+  -16,
+  100,
+  1000,
+  1e5,
+  1e9,
+];
+const STRINGS = [
+  '',
+  'x',
+  '0.5',
+  '1e39',
+  'NaN',
+  'Infinity',
+  '-Infinity',
+  'true',
+  'false',
+  'none',
+  'null',
+  '\u0000',
+  '💥'.repeat(100),
+  'y'.repeat(10_000),
+];
 
 function extreme(r: () => number): unknown {
   const k = r();
@@ -43,8 +83,39 @@ function extreme(r: () => number): unknown {
   return Math.floor(r() * 300) - 50;
 }
 
-const PREDICT_PARAMS = ['temperature', 'top_p', 'top_k', 'repetition_penalty', 'max_new_tokens', 'min_new_tokens', 'num_beams', 'do_sample', 'seed', 'stop', 'adapter', 'adapter_scale', 'stream', 'max_length', 'nonsense'];
-const OPENAI_PARAMS = ['max_tokens', 'temperature', 'top_p', 'presence_penalty', 'frequency_penalty', 'logprobs', 'seed', 'stop', 'n', 'best_of', 'echo', 'stream', 'model', 'logit_bias'];
+const PREDICT_PARAMS = [
+  'temperature',
+  'top_p',
+  'top_k',
+  'repetition_penalty',
+  'max_new_tokens',
+  'min_new_tokens',
+  'num_beams',
+  'do_sample',
+  'seed',
+  'stop',
+  'adapter',
+  'adapter_scale',
+  'stream',
+  'max_length',
+  'nonsense',
+];
+const OPENAI_PARAMS = [
+  'max_tokens',
+  'temperature',
+  'top_p',
+  'presence_penalty',
+  'frequency_penalty',
+  'logprobs',
+  'seed',
+  'stop',
+  'n',
+  'best_of',
+  'echo',
+  'stream',
+  'model',
+  'logit_bias',
+];
 
 function deep(n: number): string {
   return `${'['.repeat(n)}${']'.repeat(n)}`;
@@ -57,10 +128,26 @@ function makeCase(r: () => number, pool: PoolRequest[]): { send: Send; check?: P
   if (k < 0.25) {
     const p = pick(r, pool);
     const stream = r() < 0.5;
-    return { send: { path: '/predict', body: JSON.stringify({ request: { ...p.request, ...(stream ? { stream: true } : {}) } }), ...abort }, check: abort.abortAfterMs === undefined ? p : undefined, stream };
+    return {
+      send: {
+        path: '/predict',
+        body: JSON.stringify({ request: { ...p.request, ...(stream ? { stream: true } : {}) } }),
+        ...abort,
+      },
+      check: abort.abortAfterMs === undefined ? p : undefined,
+      stream,
+    };
   }
   if (k < 0.37) {
-    const request = { prompt: pick(r, pool).request.prompt, temperature: 0.1 + r() * 1.5, top_k: Math.floor(r() * 60), top_p: 0.05 + r() * 0.95, max_new_tokens: 1 + Math.floor(r() * 30), seed: Math.floor(r() * 1000), ...(r() < 0.3 ? { stream: true } : {}) };
+    const request = {
+      prompt: pick(r, pool).request.prompt,
+      temperature: 0.1 + r() * 1.5,
+      top_k: Math.floor(r() * 60),
+      top_p: 0.05 + r() * 0.95,
+      max_new_tokens: 1 + Math.floor(r() * 30),
+      seed: Math.floor(r() * 1000),
+      ...(r() < 0.3 ? { stream: true } : {}),
+    };
     return { send: { path: '/predict', body: JSON.stringify({ request }), ...abort } };
   }
   if (k < 0.72) {
@@ -95,7 +182,21 @@ function makeCase(r: () => number, pool: PoolRequest[]): { send: Send; check?: P
     return { send: { path: '/v1/completions', body: JSON.stringify(b), ...abort } };
   }
   const method = pick(r, ['GET', 'PUT', 'DELETE', 'HEAD', 'POST']);
-  return { send: { path: pick(r, ['/predict', '/v1/models', `/v1/${Math.floor(r() * 1e6)}`, '/health', '/metrics', '/%', '/..%2f..%2fetc']), method, body: '{}' } };
+  return {
+    send: {
+      path: pick(r, [
+        '/predict',
+        '/v1/models',
+        `/v1/${Math.floor(r() * 1e6)}`,
+        '/health',
+        '/metrics',
+        '/%',
+        '/..%2f..%2fetc',
+      ]),
+      method,
+      body: '{}',
+    },
+  };
 }
 
 export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
@@ -104,7 +205,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   await server.start();
   const r = rng(o.seed);
   const pool = await greedyPool(server.url, 40, r);
-  log(`server ${server.url}, pool of ${pool.length} greedy requests run alone; ${o.cases} cases, ${o.concurrency} at once, seed ${o.seed}`);
+  log(
+    `server ${server.url}, pool of ${pool.length} greedy requests run alone; ${o.cases} cases, ${o.concurrency} at once, seed ${o.seed}`,
+  );
   const byStatus: Record<string, number> = {};
   const serverErrors: string[] = [];
   const mismatches: string[] = [];
@@ -118,7 +221,10 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       const res = await send(server.url, c.send);
       const key = res.status === -1 ? 'client aborted' : res.status === 0 ? 'connection failed' : String(res.status);
       byStatus[key] = (byStatus[key] ?? 0) + 1;
-      if (res.status >= 500) serverErrors.push(`case ${n}: ${res.status} ${res.text.slice(0, 200)} for ${String(c.send.body).slice(0, 200)}`);
+      if (res.status >= 500)
+        serverErrors.push(
+          `case ${n}: ${res.status} ${res.text.slice(0, 200)} for ${String(c.send.body).slice(0, 200)}`,
+        );
       if (res.status === 0) {
         connectionErrors++;
         if (await server.revive()) log(`case ${n}: the server had died (${server.crashes.at(-1)}); started again`);
@@ -126,7 +232,10 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       if (c.check && res.status === 200) {
         checked++;
         const got = res.streamed ? res.streamed.text : (JSON.parse(res.text) as { response: string }).response;
-        if (got !== c.check.alone || (res.streamed && !res.streamed.done)) mismatches.push(`case ${n}: ${JSON.stringify(c.check.request)} gave ${JSON.stringify(got)}, alone ${JSON.stringify(c.check.alone)}`);
+        if (got !== c.check.alone || (res.streamed && !res.streamed.done))
+          mismatches.push(
+            `case ${n}: ${JSON.stringify(c.check.request)} gave ${JSON.stringify(got)}, alone ${JSON.stringify(c.check.alone)}`,
+          );
       }
       if ((n + 1) % 1000 === 0) log(`${n + 1} cases`);
     }
@@ -137,7 +246,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   await server.stop();
   const rows: [string, string | number][] = [
     ['cases', o.cases],
-    ...Object.entries(byStatus).sort().map(([k, v]) => [`  status ${k}`, v] as [string, number]),
+    ...Object.entries(byStatus)
+      .sort()
+      .map(([k, v]) => [`  status ${k}`, v] as [string, number]),
     ['crashes', server.crashes.length],
     ['5xx', serverErrors.length],
     ['failed connections', connectionErrors],
@@ -146,7 +257,17 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     ...rssRows(server.rss),
     ['slots busy at the end', busyAtEnd],
   ];
-  return { cases: o.cases, byStatus, crashes: server.crashes, serverErrors, connectionErrors, mismatches, checked, busyAtEnd, table: table(rows) };
+  return {
+    cases: o.cases,
+    byStatus,
+    crashes: server.crashes,
+    serverErrors,
+    connectionErrors,
+    mismatches,
+    checked,
+    busyAtEnd,
+    table: table(rows),
+  };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
@@ -160,6 +281,11 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const rep = await runFuzz({ ...(cli.opts() as Omit<FuzzOptions, 'log'>), log: (l) => console.error(l) });
   console.log(rep.table);
   for (const line of [...rep.crashes, ...rep.serverErrors, ...rep.mismatches].slice(0, 20)) console.log(line);
-  const ok = rep.crashes.length === 0 && rep.serverErrors.length === 0 && rep.connectionErrors === 0 && rep.mismatches.length === 0 && rep.busyAtEnd === 0;
+  const ok =
+    rep.crashes.length === 0 &&
+    rep.serverErrors.length === 0 &&
+    rep.connectionErrors === 0 &&
+    rep.mismatches.length === 0 &&
+    rep.busyAtEnd === 0;
   process.exitCode = ok ? 0 : 1;
 }

@@ -54,8 +54,19 @@ export class ServerProcess {
   async start(): Promise<void> {
     const port = await freePort();
     this.url = `http://127.0.0.1:${port}`;
-    const env = { ...process.env, PORT: String(port), HOST: '127.0.0.1', SLOTS: String(this.o.slots), THREADS: String(this.o.threads), ...this.o.env };
-    const child = spawn(process.execPath, [path.join(root, 'bin/cml-lora-serve.mjs'), 'serve'], { cwd: root, env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const env = {
+      ...process.env,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      SLOTS: String(this.o.slots),
+      THREADS: String(this.o.threads),
+      ...this.o.env,
+    };
+    const child = spawn(process.execPath, [path.join(root, 'bin/cml-lora-serve.mjs'), 'serve'], {
+      cwd: root,
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     this.child = child;
     child.stderr!.on('data', (d: Buffer) => (this.stderrTail = (this.stderrTail + d.toString()).slice(-2000)));
     child.once('exit', (code, signal) => {
@@ -65,7 +76,10 @@ export class ServerProcess {
     });
     for (let i = 0; i < 600; i++) {
       if (this.child !== child) throw new Error(`the server exited while starting: ${this.stderrTail}`);
-      const ok = await fetch(`${this.url}/health`).then((r) => r.status === 200, () => false);
+      const ok = await fetch(`${this.url}/health`).then(
+        (r) => r.status === 200,
+        () => false,
+      );
       if (ok) break;
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -96,7 +110,10 @@ export class ServerProcess {
   }
 
   async health(): Promise<Record<string, unknown> | null> {
-    return fetch(`${this.url}/health`).then((r) => r.json() as Promise<Record<string, unknown>>, () => null);
+    return fetch(`${this.url}/health`).then(
+      (r) => r.json() as Promise<Record<string, unknown>>,
+      () => null,
+    );
   }
 
   async stop(): Promise<number | null> {
@@ -134,7 +151,8 @@ export async function greedyPool(url: string, size: number, r: () => number): Pr
     if (r() < 0.2) request.stop = pick(r, ['.', '!', ' is', '\n']);
     if (r() < 0.2) request.min_new_tokens = 4;
     const res = await send(url, { path: '/predict', body: JSON.stringify({ request }) });
-    if (res.status !== 200) throw new Error(`pool request ${JSON.stringify(request)} answered ${res.status}: ${res.text}`);
+    if (res.status !== 200)
+      throw new Error(`pool request ${JSON.stringify(request)} answered ${res.status}: ${res.text}`);
     pool.push({ request, alone: (JSON.parse(res.text) as { response: string }).response });
   }
   return pool;
@@ -164,7 +182,9 @@ export async function send(url: string, s: Send): Promise<Sent> {
     const res = await fetch(`${url}${s.path}`, {
       method: s.method ?? 'POST',
       headers: { 'content-type': 'application/json', ...s.headers },
-      ...(s.body !== undefined && s.method !== 'GET' && s.method !== 'HEAD' ? { body: typeof s.body === 'string' ? s.body : new Uint8Array(s.body) } : {}),
+      ...(s.body !== undefined && s.method !== 'GET' && s.method !== 'HEAD'
+        ? { body: typeof s.body === 'string' ? s.body : new Uint8Array(s.body) }
+        : {}),
       signal: ac.signal,
     });
     const text = await res.text();
@@ -193,14 +213,24 @@ export async function send(url: string, s: Send): Promise<Sent> {
  * A streamed /predict whose first token event is awaited apart from its end: a request known to
  * be running (or queued with its headers out) when something else happens, such as a SIGTERM.
  */
-export function streamed(url: string, request: Record<string, unknown>): { started: Promise<void>; ended: Promise<{ done: boolean; error: boolean; text: string }> } {
+export function streamed(
+  url: string,
+  request: Record<string, unknown>,
+): { started: Promise<void>; ended: Promise<{ done: boolean; error: boolean; text: string }> } {
   let markStarted!: () => void;
   const started = new Promise<void>((r) => (markStarted = r));
   const ended = (async () => {
-    const res = await fetch(`${url}/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ request: { ...request, stream: true } }) });
+    const res = await fetch(`${url}/predict`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ request: { ...request, stream: true } }),
+    });
     markStarted();
     const text = await res.text();
-    const events = text.split('\n\n').filter((f) => f.startsWith('data: ')).map((f) => JSON.parse(f.slice(6)) as Record<string, unknown>);
+    const events = text
+      .split('\n\n')
+      .filter((f) => f.startsWith('data: '))
+      .map((f) => JSON.parse(f.slice(6)) as Record<string, unknown>);
     return { done: events.some((e) => e.done === true), error: events.some((e) => e.success === false), text };
   })().catch((e: Error) => {
     markStarted();

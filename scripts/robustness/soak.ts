@@ -40,7 +40,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   await server.start();
   const r = rng(o.seed);
   const pool = await greedyPool(server.url, 60, r);
-  log(`server ${server.url}, ${o.clients} clients for ${o.seconds} s, ${Math.round(o.disconnect * 100)}% disconnect, seed ${o.seed}`);
+  log(
+    `server ${server.url}, ${o.clients} clients for ${o.seconds} s, ${Math.round(o.disconnect * 100)}% disconnect, seed ${o.seed}`,
+  );
   const byStatus: Record<string, number> = {};
   const serverErrors: string[] = [];
   const mismatches: string[] = [];
@@ -64,15 +66,19 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       byStatus[key] = (byStatus[key] ?? 0) + 1;
       if (res.status === -1) disconnected++;
       if (res.status >= 500 || res.status === 0) serverErrors.push(`${res.status} ${res.text.slice(0, 200)}`);
-      if (res.status === 0 && (await server.revive())) log(`the server had died (${server.crashes.at(-1)}); started again`);
+      if (res.status === 0 && (await server.revive()))
+        log(`the server had died (${server.crashes.at(-1)}); started again`);
       if (res.status === 200) {
         completed++;
         const got = res.streamed ? res.streamed.text : (JSON.parse(res.text) as { response: string }).response;
-        if (got !== p.alone || (res.streamed && !res.streamed.done)) mismatches.push(`${JSON.stringify(p.request)} gave ${JSON.stringify(got)}, alone ${JSON.stringify(p.alone)}`);
+        if (got !== p.alone || (res.streamed && !res.streamed.done))
+          mismatches.push(`${JSON.stringify(p.request)} gave ${JSON.stringify(got)}, alone ${JSON.stringify(p.alone)}`);
       }
       if (performance.now() - lastLog > 60_000) {
         lastLog = performance.now();
-        log(`${requests} requests, ${completed} completed, ${mismatches.length} mismatches, RSS ${server.rss.at(-1)?.mb.toFixed(1)} MB`);
+        log(
+          `${requests} requests, ${completed} completed, ${mismatches.length} mismatches, RSS ${server.rss.at(-1)?.mb.toFixed(1)} MB`,
+        );
       }
     }
   };
@@ -85,20 +91,43 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   const t0 = performance.now();
   const exitCode = await server.stop();
   const ends = await Promise.all(burst.map((b) => b.ended));
-  const drain = { inFlight: burst.length, done: ends.filter((e) => e.done).length, cut: ends.filter((e) => !e.done).length, exitCode, ms: Math.round(performance.now() - t0) };
+  const drain = {
+    inFlight: burst.length,
+    done: ends.filter((e) => e.done).length,
+    cut: ends.filter((e) => !e.done).length,
+    exitCode,
+    ms: Math.round(performance.now() - t0),
+  };
   const slope = rssSlope(server.rss);
   const rows: [string, string | number][] = [
     ['clients / seconds / disconnect', `${o.clients} / ${o.seconds} / ${o.disconnect}`],
     ['requests', requests],
-    ...Object.entries(byStatus).sort().map(([k, v]) => [`  ${k}`, v] as [string, number]),
+    ...Object.entries(byStatus)
+      .sort()
+      .map(([k, v]) => [`  ${k}`, v] as [string, number]),
     ['crashes', server.crashes.length],
     ['5xx or failed connections', serverErrors.length],
     ['mismatches with the same prompt alone', `${mismatches.length} of ${completed} completed`],
     ...rssRows(server.rss),
     ['slots busy at the end', busyAtEnd],
-    ['SIGTERM with streams in flight', `${drain.inFlight}: ${drain.done} ended with done, ${drain.cut} cut; exit ${drain.exitCode} after ${drain.ms} ms`],
+    [
+      'SIGTERM with streams in flight',
+      `${drain.inFlight}: ${drain.done} ended with done, ${drain.cut} cut; exit ${drain.exitCode} after ${drain.ms} ms`,
+    ],
   ];
-  return { requests, completed, disconnected, byStatus, crashes: server.crashes, serverErrors, mismatches, busyAtEnd, rssSlopeMbPerMin: slope, drain, table: table(rows) };
+  return {
+    requests,
+    completed,
+    disconnected,
+    byStatus,
+    crashes: server.crashes,
+    serverErrors,
+    mismatches,
+    busyAtEnd,
+    rssSlopeMbPerMin: slope,
+    drain,
+    table: table(rows),
+  };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
@@ -110,10 +139,24 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     .option('--slots <n>', 'server slots', intArg('--slots', 1), 8)
     .option('--threads <n>', 'server threads', intArg('--threads', 1), 1)
     .parse();
-  const f = cli.opts() as { clients: number; minutes: number; disconnect: number; seed: number; slots: number; threads: number };
+  const f = cli.opts() as {
+    clients: number;
+    minutes: number;
+    disconnect: number;
+    seed: number;
+    slots: number;
+    threads: number;
+  };
   const rep = await runSoak({ ...f, seconds: f.minutes * 60, log: (l) => console.error(l) });
   console.log(rep.table);
   for (const line of [...rep.crashes, ...rep.serverErrors, ...rep.mismatches].slice(0, 20)) console.log(line);
   const drained = rep.drain.cut === 0 && rep.drain.exitCode === 0;
-  process.exitCode = rep.crashes.length === 0 && rep.serverErrors.length === 0 && rep.mismatches.length === 0 && rep.busyAtEnd === 0 && drained ? 0 : 1;
+  process.exitCode =
+    rep.crashes.length === 0 &&
+    rep.serverErrors.length === 0 &&
+    rep.mismatches.length === 0 &&
+    rep.busyAtEnd === 0 &&
+    drained
+      ? 0
+      : 1;
 }

@@ -8,20 +8,30 @@ import { convertHfModel } from '../intake/hf-model.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 import type { OutType } from '../intake/gguf-writer.ts';
 
-export async function runConvertLora(peftDir: string, o: { base?: string; out: string; outtype: string }): Promise<void> {
+export async function runConvertLora(
+  peftDir: string,
+  o: { base?: string; out: string; outtype: string },
+): Promise<void> {
   if (!['f32', 'f16', 'bf16'].includes(o.outtype)) throw new Error('--outtype must be f32, f16 or bf16');
   let base = o.base;
   if (!base) {
     // Like llama.cpp's converter: fall back to the base the adapter names, when it is on disk.
     const cfgFile = path.join(peftDir, 'adapter_config.json');
-    const named = existsSync(cfgFile) ? (JSON.parse(readFileSync(cfgFile, 'utf8')).base_model_name_or_path as string | null) : null;
+    const named = existsSync(cfgFile)
+      ? (JSON.parse(readFileSync(cfgFile, 'utf8')).base_model_name_or_path as string | null)
+      : null;
     if (!named || !existsSync(path.join(named, 'config.json'))) {
-      throw new Error(`the base model is needed: pass --base <hf-dir or base.gguf>${named ? ` ('${named}' is not a local directory)` : ''}`);
+      throw new Error(
+        `the base model is needed: pass --base <hf-dir or base.gguf>${named ? ` ('${named}' is not a local directory)` : ''}`,
+      );
     }
     base = named;
   }
   const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: 'converting [{bar}] {value}/{total} tensors', stream: process.stderr, clearOnComplete: true }, cliProgress.Presets.shades_classic)
+    ? new cliProgress.SingleBar(
+        { format: 'converting [{bar}] {value}/{total} tensors', stream: process.stderr, clearOnComplete: true },
+        cliProgress.Presets.shades_classic,
+      )
     : null;
   const t0 = performance.now();
   const r = await convertPeftAdapter({
@@ -35,14 +45,24 @@ export async function runConvertLora(peftDir: string, o: { base?: string; out: s
     },
   });
   bar?.stop();
-  console.error(`wrote ${o.out}: ${r.tensors} tensors, alpha ${r.alpha}, ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+  console.error(
+    `wrote ${o.out}: ${r.tensors} tensors, alpha ${r.alpha}, ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+  );
 }
 
 /** `convert-model`: a Hugging Face checkpoint directory to a GGUF model, streamed tensor by tensor. */
 export async function runConvertModel(dir: string, o: { out: string; outtype: string }): Promise<void> {
-  if (!['auto', 'f32', 'f16', 'bf16', 'q8_0'].includes(o.outtype)) throw new Error('--outtype must be auto, f32, f16, bf16 or q8_0');
+  if (!['auto', 'f32', 'f16', 'bf16', 'q8_0'].includes(o.outtype))
+    throw new Error('--outtype must be auto, f32, f16, bf16 or q8_0');
   const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: 'converting [{bar}] {percentage}% {value}/{total} MB', stream: process.stderr, clearOnComplete: true }, cliProgress.Presets.shades_classic)
+    ? new cliProgress.SingleBar(
+        {
+          format: 'converting [{bar}] {percentage}% {value}/{total} MB',
+          stream: process.stderr,
+          clearOnComplete: true,
+        },
+        cliProgress.Presets.shades_classic,
+      )
     : null;
   const t0 = performance.now();
   let started = false;
@@ -58,13 +78,25 @@ export async function runConvertModel(dir: string, o: { out: string; outtype: st
   });
   bar?.stop();
   const s = (performance.now() - t0) / 1000;
-  console.error(`wrote ${o.out}: ${r.tensors} tensors as ${r.outtype}, ${(r.bytes / 1e6).toFixed(1)} MB read in ${s.toFixed(2)} s (${(r.bytes / 1e6 / s).toFixed(0)} MB/s)`);
+  console.error(
+    `wrote ${o.out}: ${r.tensors} tensors as ${r.outtype}, ${(r.bytes / 1e6).toFixed(1)} MB read in ${s.toFixed(2)} s (${(r.bytes / 1e6 / s).toFixed(0)} MB/s)`,
+  );
 }
 
 /** `merge-lora`: base + adapter into one GGUF of the base's types, the file `serve` would cache. */
-export async function runMergeLora(o: { model: string; adapter: string; out: string; scale: number; threads?: number; backend: string }): Promise<void> {
+export async function runMergeLora(o: {
+  model: string;
+  adapter: string;
+  out: string;
+  scale: number;
+  threads?: number;
+  backend: string;
+}): Promise<void> {
   const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: 'merging [{bar}] {percentage}%', stream: process.stderr, clearOnComplete: true }, cliProgress.Presets.shades_classic)
+    ? new cliProgress.SingleBar(
+        { format: 'merging [{bar}] {percentage}%', stream: process.stderr, clearOnComplete: true },
+        cliProgress.Presets.shades_classic,
+      )
     : null;
   bar?.start(100, 0);
   const t0 = performance.now();
@@ -79,5 +111,7 @@ export async function runMergeLora(o: { model: string; adapter: string; out: str
   });
   bar?.stop();
   const widened = r.widened ? `, ${r.widened} widened to F16` : '';
-  console.error(`wrote ${o.out}: ${r.merged} of ${r.tensors} tensors merged at scale ${r.effectiveScale.toPrecision(4)} (scale·alpha/rank)${widened}, ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+  console.error(
+    `wrote ${o.out}: ${r.merged} of ${r.tensors} tensors merged at scale ${r.effectiveScale.toPrecision(4)} (scale·alpha/rank)${widened}, ${((performance.now() - t0) / 1000).toFixed(2)} s`,
+  );
 }

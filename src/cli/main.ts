@@ -45,29 +45,62 @@ const serveOptions = (cmd: Command) =>
     .option('--gen-config <json>', 'generation config (env FINE_TUNING_STUDIO_GEN_CONFIG_STRING / GEN_CONFIG_STRING)')
     .option('--models-dir <dir>', 'where org/name model ids are looked up (env MODELS_DIR)')
     .option('--slots <n>', `concurrent sequences (env SLOTS, default ${SERVE_DEFAULTS.slots})`, intArg('--slots', 1))
-    .option('--max-queue <n>', `requests waiting beyond the slots (env MAX_QUEUE, default ${SERVE_DEFAULTS.maxQueue})`, intArg('--max-queue', 0))
-    .option('--context <n>', `context tokens per slot (env CONTEXT_SIZE, default ${SERVE_DEFAULTS.contextSize})`, intArg('--context', 16))
+    .option(
+      '--max-queue <n>',
+      `requests waiting beyond the slots (env MAX_QUEUE, default ${SERVE_DEFAULTS.maxQueue})`,
+      intArg('--max-queue', 0),
+    )
+    .option(
+      '--context <n>',
+      `context tokens per slot (env CONTEXT_SIZE, default ${SERVE_DEFAULTS.contextSize})`,
+      intArg('--context', 16),
+    )
     .option('--threads <n>', 'CPU threads (env THREADS)', intArg('--threads', 1))
     .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)')
     .option('--no-merge', 'apply the adapter per token instead of merging it into the weights (env MERGE_ADAPTER=off)')
     .option('--no-check-tensors', 'skip the check of every weight for NaN/inf at load (env CHECK_TENSORS=off)');
 
-serveOptions(program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'))
+serveOptions(
+  program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'),
+)
   .option('--port <n>', `port (env CDSW_APP_PORT, else PORT; default ${SERVE_DEFAULTS.port})`, intArg('--port', 0))
   .option('--host <h>', `address (env HOST, default ${SERVE_DEFAULTS.host})`)
   .option('--api-key <key>', 'require Authorization: Bearer <key> (env API_KEY)')
-  .option('--headers-timeout <s>', `seconds a client has to send its request headers (env HEADERS_TIMEOUT, default ${HTTP_DEFAULTS.headersTimeoutS})`, positiveArg('--headers-timeout'))
-  .option('--body-timeout <s>', `seconds a client has to send its whole request (env BODY_TIMEOUT, default ${HTTP_DEFAULTS.bodyTimeoutS})`, positiveArg('--body-timeout'))
-  .option('--keep-alive-timeout <s>', `seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default ${HTTP_DEFAULTS.keepAliveTimeoutS})`, positiveArg('--keep-alive-timeout'))
-  .option('--max-connections <n>', `open connections at most; more are refused (env MAX_CONNECTIONS, default ${HTTP_DEFAULTS.maxConnections})`, intArg('--max-connections', 1))
-  .option('--drain-timeout <s>', `on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default ${SERVE_DEFAULTS.drainTimeoutS})`, positiveArg('--drain-timeout'))
+  .option(
+    '--headers-timeout <s>',
+    `seconds a client has to send its request headers (env HEADERS_TIMEOUT, default ${HTTP_DEFAULTS.headersTimeoutS})`,
+    positiveArg('--headers-timeout'),
+  )
+  .option(
+    '--body-timeout <s>',
+    `seconds a client has to send its whole request (env BODY_TIMEOUT, default ${HTTP_DEFAULTS.bodyTimeoutS})`,
+    positiveArg('--body-timeout'),
+  )
+  .option(
+    '--keep-alive-timeout <s>',
+    `seconds an idle keep-alive connection stays open (env KEEP_ALIVE_TIMEOUT, default ${HTTP_DEFAULTS.keepAliveTimeoutS})`,
+    positiveArg('--keep-alive-timeout'),
+  )
+  .option(
+    '--max-connections <n>',
+    `open connections at most; more are refused (env MAX_CONNECTIONS, default ${HTTP_DEFAULTS.maxConnections})`,
+    intArg('--max-connections', 1),
+  )
+  .option(
+    '--drain-timeout <s>',
+    `on SIGTERM/SIGINT, seconds requests in flight may finish (env DRAIN_TIMEOUT, default ${SERVE_DEFAULTS.drainTimeoutS})`,
+    positiveArg('--drain-timeout'),
+  )
   .action(runServe);
 
 program
   .command('convert-lora')
   .description('convert a PEFT LoRA adapter directory to a GGUF LoRA')
   .argument('<peft-dir>', 'directory with adapter_config.json and adapter_model.safetensors')
-  .option('--base <dir-or-gguf>', "the base model's Hugging Face directory or GGUF (default: the adapter's base_model_name_or_path)")
+  .option(
+    '--base <dir-or-gguf>',
+    "the base model's Hugging Face directory or GGUF (default: the adapter's base_model_name_or_path)",
+  )
   .requiredOption('--out <file.gguf>', 'output file')
   .option('--outtype <t>', 'f32 | f16 | bf16', 'f32')
   .action(runConvertLora);
@@ -99,25 +132,40 @@ serveOptions(program.command('predict').description('one prompt through the CML 
 const collect = (v: string, all: string[]) => [...all, v];
 program
   .command('deploy-cml')
-  .description("deploy to Cloudera ML as Fine Tuning Studio does (a Model built from this checkout's predict script), or as an Application")
+  .description(
+    "deploy to Cloudera ML as Fine Tuning Studio does (a Model built from this checkout's predict script), or as an Application",
+  )
   .option('--api-url <url>', 'CML workspace URL, scheme and host used (env CDSW_API_URL)')
   .option('--api-key <key>', 'CML API v2 key (env CDSW_APIV2_KEY)')
   .option('--project <id>', 'project id (env CDSW_PROJECT_ID)')
   .requiredOption('--name <name>', 'model (or application) name; a model of that name is reused')
   .option('--description <text>', 'description')
   .option('--model <hub-id>', 'base model (env FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME)')
-  .option('--adapter <path>', 'adapter location, relative to the project root (env FINE_TUNING_STUDIO_ADAPTER_LOCATION)')
+  .option(
+    '--adapter <path>',
+    'adapter location, relative to the project root (env FINE_TUNING_STUDIO_ADAPTER_LOCATION)',
+  )
   .option('--gen-config <json>', 'generation config (env FINE_TUNING_STUDIO_GEN_CONFIG_STRING)')
   .option('--cpu <n>', 'vCPUs', numArg('--cpu'), 2)
   .option('--memory <gb>', 'memory in GB', numArg('--memory'), 8)
   .option('--gpus <n>', 'NVIDIA GPUs', intArg('--gpus', 0), 1)
   .option('--replicas <n>', 'replicas (each serves one request at a time)', intArg('--replicas', 1), 1)
-  .option('--runtime <id>', "runtime identifier (default: the runtime of the job named like 'Finetuning_Base_Job', as the studio does)")
+  .option(
+    '--runtime <id>',
+    "runtime identifier (default: the runtime of the job named like 'Finetuning_Base_Job', as the studio does)",
+  )
   .option('--env <KEY=VALUE>', 'another environment variable for the deployment (repeatable)', collect, [])
-  .option('--application', 'create a CML Application (the server with batching, streaming and the playground) instead of a Model')
+  .option(
+    '--application',
+    'create a CML Application (the server with batching, streaming and the playground) instead of a Model',
+  )
   .option('--wait', 'follow the build to built and the deployment to deployed (or the application to running)')
   .option('--dry-run', 'print the exact requests and send nothing')
-  .option('--file-path <path>', "the predict script's path from the project root", 'scripts/cml_model_predict_script.py')
+  .option(
+    '--file-path <path>',
+    "the predict script's path from the project root",
+    'scripts/cml_model_predict_script.py',
+  )
   .option('--app-script <path>', "the Application's launcher, from the project root", 'scripts/cml_application.py')
   .option('--poll <s>', 'seconds between status checks with --wait', positiveArg('--poll'), 5)
   .option('--timeout <min>', 'minutes --wait waits at most', positiveArg('--timeout'), 30)

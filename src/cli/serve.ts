@@ -58,10 +58,17 @@ function overrides(f: ServeFlags): Overrides {
 }
 
 /** Progress bars on a terminal (a fetch from the Hub, then the load); nothing otherwise (the logs say). */
-function loadProgress(): { onProgress?: (f: number) => void; onFetch?: (done: number, total: number) => void; done: () => void } {
+function loadProgress(): {
+  onProgress?: (f: number) => void;
+  onFetch?: (done: number, total: number) => void;
+  done: () => void;
+} {
   if (!process.stderr.isTTY) return { done: () => {} };
   const bar = (format: string) =>
-    new cliProgress.SingleBar({ format, stream: process.stderr, hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic);
+    new cliProgress.SingleBar(
+      { format, stream: process.stderr, hideCursor: true, clearOnComplete: true },
+      cliProgress.Presets.shades_classic,
+    );
   const load = bar('loading model [{bar}] {percentage}%');
   const fetch = bar('fetching from the Hub [{bar}] {percentage}% {value}/{total} MB');
   let fetching = false;
@@ -107,10 +114,13 @@ export async function runServe(flags: ServeFlags): Promise<void> {
         // A model still loading is not waited for: nothing was served from it.
         return running.state.status === 'failed' || running.state.predictor ? running.close() : undefined;
       })
-      .then(() => process.exit(0), (err: Error) => {
-        log.error({ err: err.message }, 'shutdown failed');
-        process.exit(1);
-      });
+      .then(
+        () => process.exit(0),
+        (err: Error) => {
+          log.error({ err: err.message }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

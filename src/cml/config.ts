@@ -43,7 +43,10 @@ export interface ServeConfig {
   drainTimeoutS: number;
 }
 
-export type Overrides = Partial<Omit<ServeConfig, 'genConfig' | 'warnings' | 'http'>> & { genConfigString?: string; http?: Partial<HttpLimits> };
+export type Overrides = Partial<Omit<ServeConfig, 'genConfig' | 'warnings' | 'http'>> & {
+  genConfigString?: string;
+  http?: Partial<HttpLimits>;
+};
 
 export class ConfigError extends Error {}
 
@@ -90,18 +93,25 @@ function intFrom(name: string, raw: string | undefined, fallback: number, min: n
 function secondsFrom(name: string, raw: string | undefined, fallback: number): number {
   if (raw === undefined || raw === '') return fallback;
   const n = Number(raw);
-  if (!Number.isFinite(n) || n <= 0 || n > 86400) throw new ConfigError(`${name} must be a number of seconds in (0, 86400], got '${raw}'`);
+  if (!Number.isFinite(n) || n <= 0 || n > 86400)
+    throw new ConfigError(`${name} must be a number of seconds in (0, 86400], got '${raw}'`);
   return n;
 }
 
 function onOff(name: string, raw: string | undefined, fallback: boolean): boolean {
   const v = (raw ?? (fallback ? 'on' : 'off')).toLowerCase();
-  if (!['on', 'off', 'true', 'false', '1', '0'].includes(v)) throw new ConfigError(`${name} must be on or off, got '${raw}'`);
+  if (!['on', 'off', 'true', 'false', '1', '0'].includes(v))
+    throw new ConfigError(`${name} must be on or off, got '${raw}'`);
   return ['on', 'true', '1'].includes(v);
 }
 
 /** The HTTP limits' defaults: generous for any real client, short for one that holds a socket. */
-export const HTTP_DEFAULTS: HttpLimits = { headersTimeoutS: 10, bodyTimeoutS: 30, keepAliveTimeoutS: 5, maxConnections: 512 };
+export const HTTP_DEFAULTS: HttpLimits = {
+  headersTimeoutS: 10,
+  bodyTimeoutS: 30,
+  keepAliveTimeoutS: 5,
+  maxConnections: 512,
+};
 
 export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConfig {
   const pick = (...names: string[]) => names.map((n) => env[n]).find((v) => v !== undefined && v !== '');
@@ -110,10 +120,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
   const base = o.baseModel ?? baseEnv;
   // Nothing configured at all: the embedded tiny-qa base + adapter.
   const embedded = base === undefined && o.adapter === undefined && adapterEnv === undefined;
-  const parsed = parseGenConfigString(o.genConfigString ?? pick('FINE_TUNING_STUDIO_GEN_CONFIG_STRING', 'GEN_CONFIG_STRING'));
+  const parsed = parseGenConfigString(
+    o.genConfigString ?? pick('FINE_TUNING_STUDIO_GEN_CONFIG_STRING', 'GEN_CONFIG_STRING'),
+  );
   const values = envGenConfig(parsed.config);
   const backend = (o.backend ?? pick('BACKEND') ?? D.backend) as BackendChoice;
-  if (!['cpu', 'cuda', 'auto'].includes(backend)) throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
+  if (!['cpu', 'cuda', 'auto'].includes(backend))
+    throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
   const threads = o.threads ?? (pick('THREADS') ? intFrom('THREADS', pick('THREADS'), 1, 1) : undefined);
   const h = o.http ?? {};
   return {
@@ -122,7 +135,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     genConfig: values,
     warnings: parsed.warning ? [parsed.warning] : [],
     // A CML Application must listen on 127.0.0.1:$CDSW_APP_PORT: that port wins over PORT.
-    port: o.port ?? (pick('CDSW_APP_PORT') ? intFrom('CDSW_APP_PORT', pick('CDSW_APP_PORT'), D.port, 1) : intFrom('PORT', pick('PORT'), D.port, 0)),
+    port:
+      o.port ??
+      (pick('CDSW_APP_PORT')
+        ? intFrom('CDSW_APP_PORT', pick('CDSW_APP_PORT'), D.port, 1)
+        : intFrom('PORT', pick('PORT'), D.port, 0)),
     host: o.host ?? pick('HOST') ?? D.host,
     modelsDir: path.resolve(o.modelsDir ?? pick('MODELS_DIR') ?? path.join(root, 'models')),
     projectRoot: path.resolve(o.projectRoot ?? pick('CDSW_PROJECT_DIR') ?? process.cwd()),
@@ -135,10 +152,14 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     mergeAdapter: o.mergeAdapter ?? onOff('MERGE_ADAPTER', pick('MERGE_ADAPTER'), true),
     checkTensors: o.checkTensors ?? onOff('CHECK_TENSORS', pick('CHECK_TENSORS'), true),
     http: {
-      headersTimeoutS: h.headersTimeoutS ?? secondsFrom('HEADERS_TIMEOUT', pick('HEADERS_TIMEOUT'), HTTP_DEFAULTS.headersTimeoutS),
+      headersTimeoutS:
+        h.headersTimeoutS ?? secondsFrom('HEADERS_TIMEOUT', pick('HEADERS_TIMEOUT'), HTTP_DEFAULTS.headersTimeoutS),
       bodyTimeoutS: h.bodyTimeoutS ?? secondsFrom('BODY_TIMEOUT', pick('BODY_TIMEOUT'), HTTP_DEFAULTS.bodyTimeoutS),
-      keepAliveTimeoutS: h.keepAliveTimeoutS ?? secondsFrom('KEEP_ALIVE_TIMEOUT', pick('KEEP_ALIVE_TIMEOUT'), HTTP_DEFAULTS.keepAliveTimeoutS),
-      maxConnections: h.maxConnections ?? intFrom('MAX_CONNECTIONS', pick('MAX_CONNECTIONS'), HTTP_DEFAULTS.maxConnections, 1),
+      keepAliveTimeoutS:
+        h.keepAliveTimeoutS ??
+        secondsFrom('KEEP_ALIVE_TIMEOUT', pick('KEEP_ALIVE_TIMEOUT'), HTTP_DEFAULTS.keepAliveTimeoutS),
+      maxConnections:
+        h.maxConnections ?? intFrom('MAX_CONNECTIONS', pick('MAX_CONNECTIONS'), HTTP_DEFAULTS.maxConnections, 1),
     },
     drainTimeoutS: o.drainTimeoutS ?? secondsFrom('DRAIN_TIMEOUT', pick('DRAIN_TIMEOUT'), D.drainTimeoutS),
   };

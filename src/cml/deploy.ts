@@ -92,7 +92,11 @@ class CmlApi {
     try {
       res = await fetch(`${this.base}${path}`, {
         method,
-        headers: { authorization: `Bearer ${this.key}`, accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        headers: {
+          authorization: `Bearer ${this.key}`,
+          accept: 'application/json',
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
     } catch (e) {
@@ -108,7 +112,10 @@ class CmlApi {
       } catch {
         // not JSON: the text as it came
       }
-      throw new CmlApiError(`CML API ${method} ${path} answered ${res.status}: ${message || res.statusText}`, res.status);
+      throw new CmlApiError(
+        `CML API ${method} ${path} answered ${res.status}: ${message || res.statusText}`,
+        res.status,
+      );
     }
     return (text ? JSON.parse(text) : {}) as T;
   }
@@ -126,9 +133,16 @@ function studioEnvironment(o: DeployOptions): Record<string, string> {
 /** The runtime of the studio's template job, as the studio picks it: the first job named like it. */
 async function templateRuntime(api: CmlApi, project: string): Promise<string> {
   const filter = encodeURIComponent(JSON.stringify({ name: TEMPLATE_JOB }));
-  const r = await api.call<{ jobs?: { name?: string; runtime_identifier?: string }[] }>('GET', `/api/v2/projects/${project}/jobs?search_filter=${filter}`);
+  const r = await api.call<{ jobs?: { name?: string; runtime_identifier?: string }[] }>(
+    'GET',
+    `/api/v2/projects/${project}/jobs?search_filter=${filter}`,
+  );
   const job = (r.jobs ?? []).find((j) => j.name?.includes(TEMPLATE_JOB) && j.runtime_identifier);
-  if (!job) throw new CmlApiError(`no job named like '${TEMPLATE_JOB}' with a runtime in project ${project}: pass --runtime <runtime identifier>`, 0);
+  if (!job)
+    throw new CmlApiError(
+      `no job named like '${TEMPLATE_JOB}' with a runtime in project ${project}: pass --runtime <runtime identifier>`,
+      0,
+    );
   return job.runtime_identifier!;
 }
 
@@ -149,7 +163,8 @@ async function poll<T extends { status?: string }>(
     last = s;
     if (done(s)) return v;
     if (failed(s)) throw new CmlApiError(`${what} ended as '${s}'`, 0);
-    if (Date.now() > deadline) throw new CmlApiError(`${what} was still '${s}' after ${o.timeoutMinutes} min (--timeout)`, 0);
+    if (Date.now() > deadline)
+      throw new CmlApiError(`${what} was still '${s}' after ${o.timeoutMinutes} min (--timeout)`, 0);
     await new Promise((r) => setTimeout(r, o.pollSeconds * 1000));
   }
 }
@@ -158,13 +173,19 @@ export async function deploy(o: DeployOptions, log: (line: string) => void = () 
   const api = new CmlApi(apiBase(o.apiUrl), o.apiKey);
   const p = `/api/v2/projects/${o.project}`;
   const environment = studioEnvironment(o);
-  const runtime = o.runtime ?? (o.dryRun ? `<runtime of the job named like ${TEMPLATE_JOB}>` : await templateRuntime(api, o.project));
+  const runtime =
+    o.runtime ?? (o.dryRun ? `<runtime of the job named like ${TEMPLATE_JOB}>` : await templateRuntime(api, o.project));
 
   if (o.application) {
     const body = {
       project_id: o.project,
       name: o.name,
-      subdomain: o.name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63) || 'cml-lora-serve',
+      subdomain:
+        o.name
+          .toLowerCase()
+          .replace(/[^a-z0-9-]+/g, '-')
+          .replace(/^-+|-+$/g, '')
+          .slice(0, 63) || 'cml-lora-serve',
       description: o.description,
       script: o.appScript,
       kernel: 'python3',
@@ -175,14 +196,28 @@ export async function deploy(o: DeployOptions, log: (line: string) => void = () 
       runtime_identifier: runtime,
       bypass_authentication: false,
     };
-    if (o.dryRun) return { kind: 'application', requests: [...api.sent, { method: 'POST', path: `${p}/applications`, body }] };
+    if (o.dryRun)
+      return { kind: 'application', requests: [...api.sent, { method: 'POST', path: `${p}/applications`, body }] };
     const app = await api.call<{ id: string; subdomain?: string; status?: string }>('POST', `${p}/applications`, body);
     log(`application ${app.id} created`);
     const final = o.wait
-      ? await poll(() => api.call<{ status?: string }>('GET', `${p}/applications/${app.id}`), `application ${app.id}`, (s) => s === 'running', (s) => /failed|stopped/.test(s), o, log)
+      ? await poll(
+          () => api.call<{ status?: string }>('GET', `${p}/applications/${app.id}`),
+          `application ${app.id}`,
+          (s) => s === 'running',
+          (s) => /failed|stopped/.test(s),
+          o,
+          log,
+        )
       : app;
     const host = new URL(o.apiUrl).host;
-    return { kind: 'application', requests: api.sent, applicationId: app.id, endpoint: `https://${app.subdomain ?? body.subdomain}.${host}`, ...(final.status ? { status: final.status } : {}) };
+    return {
+      kind: 'application',
+      requests: api.sent,
+      applicationId: app.id,
+      endpoint: `https://${app.subdomain ?? body.subdomain}.${host}`,
+      ...(final.status ? { status: final.status } : {}),
+    };
   }
 
   // The model: reused by name, as a redeploy of the same adapter should be.
@@ -190,7 +225,10 @@ export async function deploy(o: DeployOptions, log: (line: string) => void = () 
   const createModel = { project_id: o.project, name: o.name, description: o.description, disable_authentication: true };
   let model: { id: string; access_key?: string } | undefined;
   if (!o.dryRun) {
-    const found = await api.call<{ models?: { id: string; name?: string; access_key?: string }[] }>('GET', `${p}/models?search_filter=${filter}`);
+    const found = await api.call<{ models?: { id: string; name?: string; access_key?: string }[] }>(
+      'GET',
+      `${p}/models?search_filter=${filter}`,
+    );
     model = (found.models ?? []).find((m) => m.name === o.name);
     if (model) log(`model ${model.id} '${o.name}' exists: a new build of it`);
   }
@@ -231,10 +269,20 @@ export async function deploy(o: DeployOptions, log: (line: string) => void = () 
   };
   if (o.wait) {
     const path = `${p}/models/${model.id}/builds/${b.id}`;
-    await poll(() => api.call<{ status?: string }>('GET', path), `build ${b.id}`, (s) => s === 'built', (s) => s === 'build failed' || s === 'timedout', o, log);
+    await poll(
+      () => api.call<{ status?: string }>('GET', path),
+      `build ${b.id}`,
+      (s) => s === 'built',
+      (s) => s === 'build failed' || s === 'timedout',
+      o,
+      log,
+    );
     const deployments = await poll(
       async () => {
-        const r = await api.call<{ model_deployments?: { id: string; status?: string }[] }>('GET', `${path}/deployments`);
+        const r = await api.call<{ model_deployments?: { id: string; status?: string }[] }>(
+          'GET',
+          `${path}/deployments`,
+        );
         const d = r.model_deployments?.[0];
         return { status: d ? 'listed' : 'none yet', d };
       },
@@ -245,7 +293,14 @@ export async function deploy(o: DeployOptions, log: (line: string) => void = () 
       log,
     );
     const d = deployments.d!;
-    const final = await poll(() => api.call<{ status?: string }>('GET', `${path}/deployments/${d.id}`), `deployment ${d.id}`, (s) => s === 'deployed', (s) => /fail|stopped/.test(s), o, log);
+    const final = await poll(
+      () => api.call<{ status?: string }>('GET', `${path}/deployments/${d.id}`),
+      `deployment ${d.id}`,
+      (s) => s === 'deployed',
+      (s) => /fail|stopped/.test(s),
+      o,
+      log,
+    );
     result.deploymentId = d.id;
     if (final.status) result.status = final.status;
   }

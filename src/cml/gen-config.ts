@@ -40,7 +40,10 @@ export function parseGenConfigString(raw: string | undefined): GenConfigParse {
   if (!(first instanceof Error)) return { config: first };
   const second = attempt(raw.replaceAll("'", '"'));
   if (!(second instanceof Error)) {
-    return { config: second, warning: 'generation config is not valid JSON; read it with single quotes as double quotes' };
+    return {
+      config: second,
+      warning: 'generation config is not valid JSON; read it with single quotes as double quotes',
+    };
   }
   return { config: {}, warning: `generation config ignored, using the studio defaults: ${first.message}` };
 }
@@ -115,7 +118,8 @@ export function coerceLayer(layer: Record<string, unknown>, bounds?: ParamBounds
     const v = coerce(key, layer[key]);
     const b = bound && bounds?.[bound];
     if (b && !withinBound(b, v as number)) throw new BadRequestError(boundMessage(b, key, layer[key]));
-    if (key === 'num_beams' && (v as number) < 1) throw new BadRequestError(`num_beams must be an integer >= 1, got ${JSON.stringify(layer[key])}`);
+    if (key === 'num_beams' && (v as number) < 1)
+      throw new BadRequestError(`num_beams must be an integer >= 1, got ${JSON.stringify(layer[key])}`);
     out[key] = v;
   }
   return out;
@@ -130,7 +134,11 @@ export function resolveGeneration(
   defaultAdapter: string | null,
   bounds?: ParamBounds,
 ): ResolvedGeneration {
-  const merged: Record<string, unknown> = { ...STUDIO_DEFAULTS, ...coerceLayer(env, bounds), ...coerceLayer(request, bounds) };
+  const merged: Record<string, unknown> = {
+    ...STUDIO_DEFAULTS,
+    ...coerceLayer(env, bounds),
+    ...coerceLayer(request, bounds),
+  };
   if ((merged.num_beams as number) > 1) {
     throw new BadRequestError('num_beams > 1 (beam search) is not supported; use num_beams 1');
   }
@@ -148,7 +156,9 @@ export function resolveGeneration(
   if (merged.stop !== undefined) params.stop = merged.stop as string[];
   if (merged.min_new_tokens !== undefined) params.minTokens = merged.min_new_tokens as number;
   if (adapter !== null) {
-    params.adapters = [{ name: adapter, ...(merged.adapter_scale !== undefined ? { scale: merged.adapter_scale as number } : {}) }];
+    params.adapters = [
+      { name: adapter, ...(merged.adapter_scale !== undefined ? { scale: merged.adapter_scale as number } : {}) },
+    ];
   }
   return { params, adapter };
 }

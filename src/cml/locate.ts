@@ -23,7 +23,9 @@ const SPLIT = /-(\d{5})-of-(\d{5})\.gguf$/;
 
 /** The GGUF files of one kind in dir: a single file, or the first part of one split set. */
 async function ggufIn(dir: string, kind: 'model' | 'adapter'): Promise<string | string[]> {
-  const files = readdirSync(dir).filter((f) => f.endsWith('.gguf')).sort();
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.gguf'))
+    .sort();
   const matching: string[] = [];
   for (const f of files) {
     const split = SPLIT.exec(f);
@@ -45,7 +47,9 @@ async function fromDir(dir: string, kind: 'model' | 'adapter', rule: string, tri
   const found = await ggufIn(dir, kind);
   if (typeof found === 'string') return { path: found, rule };
   if (found.length > 1) {
-    throw new LocateError(`${dir} holds several ${kind} GGUF files (${found.map((f) => path.basename(f)).join(', ')}); name one`);
+    throw new LocateError(
+      `${dir} holds several ${kind} GGUF files (${found.map((f) => path.basename(f)).join(', ')}); name one`,
+    );
   }
   tried.push(`${dir} (no ${kind} GGUF inside)`);
   return null;
@@ -100,22 +104,41 @@ export async function locateBaseModel(
 const HUB_ID = /^[\w.-]+\/[\w.-]+$/;
 
 /** A Hub id found nowhere on disk: fetched into the HF cache (unless HF_HUB_OFFLINE), then converted. */
-async function fromHub(id: string, cache: string, tried: string[], onDownload?: (done: number, total: number) => void): Promise<Located> {
+async function fromHub(
+  id: string,
+  cache: string,
+  tried: string[],
+  onDownload?: (done: number, total: number) => void,
+): Promise<Located> {
   const hub = hubEnv();
   if (hub.offline) {
-    throw new LocateError(`base model '${id}' not found, and HF_HUB_OFFLINE=1 forbids fetching it from the Hub; tried: ${tried.join('; ')}`);
+    throw new LocateError(
+      `base model '${id}' not found, and HF_HUB_OFFLINE=1 forbids fetching it from the Hub; tried: ${tried.join('; ')}`,
+    );
   }
   let snapshot: string;
   try {
-    snapshot = await downloadHfModel(id, { endpoint: hub.endpoint, ...(hub.token ? { token: hub.token } : {}), cacheDir: hfHubCache(), ...(onDownload ? { onProgress: onDownload } : {}) });
+    snapshot = await downloadHfModel(id, {
+      endpoint: hub.endpoint,
+      ...(hub.token ? { token: hub.token } : {}),
+      cacheDir: hfHubCache(),
+      ...(onDownload ? { onProgress: onDownload } : {}),
+    });
   } catch (e) {
-    throw new LocateError(`base model '${id}' not found on disk (tried: ${tried.join('; ')}), and fetching it failed: ${(e as Error).message}`);
+    throw new LocateError(
+      `base model '${id}' not found on disk (tried: ${tried.join('; ')}), and fetching it failed: ${(e as Error).message}`,
+    );
   }
   return converted(snapshot, `fetched from ${hub.endpoint} into the Hugging Face cache`, cache);
 }
 
 /** FINE_TUNING_STUDIO_ADAPTER_LOCATION → a GGUF LoRA file; a PEFT directory is converted (cached). */
-export async function locateAdapter(value: string, baseGguf?: string, cache = cacheDir(), projectRoot = process.cwd()): Promise<Located> {
+export async function locateAdapter(
+  value: string,
+  baseGguf?: string,
+  cache = cacheDir(),
+  projectRoot = process.cwd(),
+): Promise<Located> {
   const p = path.resolve(projectRoot, value);
   if (isFile(p)) {
     if (!value.endsWith('.gguf')) throw new LocateError(`adapter ${p} is not a .gguf file`);
@@ -128,8 +151,13 @@ export async function locateAdapter(value: string, baseGguf?: string, cache = ca
     if (isFile(path.join(p, 'adapter_config.json'))) {
       if (!baseGguf) throw new LocateError(`${p} is a PEFT adapter directory; converting it needs the base model`);
       const key = inputKey([p, baseGguf], { outtype: 'f32', converter: 1 });
-      const made = await cached(cache, `adapter-${key}.gguf`, (out) => convertPeftAdapter({ peftDir: p, base: baseGguf, out }));
-      return { path: made.path, rule: `a PEFT adapter directory, ${made.reused ? 'reused from' : 'converted into'} the cache` };
+      const made = await cached(cache, `adapter-${key}.gguf`, (out) =>
+        convertPeftAdapter({ peftDir: p, base: baseGguf, out }),
+      );
+      return {
+        path: made.path,
+        rule: `a PEFT adapter directory, ${made.reused ? 'reused from' : 'converted into'} the cache`,
+      };
     }
     throw new LocateError(`adapter directory ${p} holds no GGUF LoRA and no PEFT adapter`);
   }

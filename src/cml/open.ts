@@ -53,16 +53,29 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       engine = await load(merged ?? base.path, merged !== null);
     } catch (again) {
       if (merged === null || !(again instanceof ModelLoadError)) throw again;
-      ev.warn?.({ path: merged, error: again.message }, 'the merged model does not load: serving the adapter unmerged (slower per token)');
+      ev.warn?.(
+        { path: merged, error: again.message },
+        'the merged model does not load: serving the adapter unmerged (slower per token)',
+      );
       merged = null;
       engine = await load(base.path, false);
     }
   }
-  ev.info?.({ backend: engine.backend.name, reason: engine.backend.reason, devices: engine.backend.devices.map((d) => d.description) }, 'backend');
+  ev.info?.(
+    {
+      backend: engine.backend.name,
+      reason: engine.backend.reason,
+      devices: engine.backend.devices.map((d) => d.description),
+    },
+    'backend',
+  );
   ev.info?.({ ...engine.model }, 'model loaded');
   const m = engine.model;
   if (m.contextPerSlot < m.contextRequested) {
-    ev.warn?.({ requested: m.contextRequested, trainContext: m.trainContext }, `context per slot capped at ${m.contextPerSlot} tokens, the model's trained context`);
+    ev.warn?.(
+      { requested: m.contextRequested, trainContext: m.trainContext },
+      `context per slot capped at ${m.contextPerSlot} tokens, the model's trained context`,
+    );
   }
   try {
     if (adapter && !merged) await engine.loadAdapter(DEFAULT_ADAPTER, adapter.path);
@@ -84,7 +97,12 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
  * The base with the adapter merged at scale 1, from the cache or made now; null (and a warning)
  * when it cannot be merged, and the adapter is then served unmerged.
  */
-async function mergedModel(basePath: string, adapterPath: string, cfg: ServeConfig, ev: OpenEvents): Promise<string | null> {
+async function mergedModel(
+  basePath: string,
+  adapterPath: string,
+  cfg: ServeConfig,
+  ev: OpenEvents,
+): Promise<string | null> {
   try {
     const key = inputKey([basePath, adapterPath], { merge: { scale: 1 } });
     const t0 = performance.now();
@@ -92,15 +110,28 @@ async function mergedModel(basePath: string, adapterPath: string, cfg: ServeConf
       // A merged model is a full copy of the base: never fill the disk for it.
       const { bavail, bsize } = statfsSync(path.dirname(out));
       const need = statSync(basePath).size * 1.05;
-      if (bavail * bsize < need) throw new Error(`${path.dirname(out)} has ${Math.round((bavail * bsize) / 2 ** 20)} MiB free; the merged model needs ${Math.round(need / 2 ** 20)} MiB`);
+      if (bavail * bsize < need)
+        throw new Error(
+          `${path.dirname(out)} has ${Math.round((bavail * bsize) / 2 ** 20)} MiB free; the merged model needs ${Math.round(need / 2 ** 20)} MiB`,
+        );
       ev.info?.({ out }, 'merging the adapter into the base weights (once; cached)');
-      const info = await mergeAdapter({ modelPath: basePath, adapterPath, out, scale: 1, backend: cfg.backend, threads: cfg.threads ?? os.availableParallelism() });
+      const info = await mergeAdapter({
+        modelPath: basePath,
+        adapterPath,
+        out,
+        scale: 1,
+        backend: cfg.backend,
+        threads: cfg.threads ?? os.availableParallelism(),
+      });
       ev.info?.({ ...info, ms: Math.round(performance.now() - t0) }, 'adapter merged');
     });
     ev.info?.({ path: made.path, reused: made.reused }, 'serving the adapter merged into the weights');
     return made.path;
   } catch (e) {
-    ev.warn?.({ error: (e as Error).message }, 'the adapter could not be merged: serving it unmerged (slower per token)');
+    ev.warn?.(
+      { error: (e as Error).message },
+      'the adapter could not be merged: serving it unmerged (slower per token)',
+    );
     return null;
   }
 }

@@ -29,7 +29,9 @@ export interface ResolvedBackend {
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 // CML_ADDON swaps in another CPU build of the same sources (the sanitizer run: scripts/sanitize.sh).
-export const cpuAddonPath = process.env.CML_ADDON ? path.resolve(process.env.CML_ADDON) : path.join(root, 'build/Release/cml_llama.node');
+export const cpuAddonPath = process.env.CML_ADDON
+  ? path.resolve(process.env.CML_ADDON)
+  : path.join(root, 'build/Release/cml_llama.node');
 export const cudaAddonPath = path.join(root, 'build-cuda/Release/cml_llama.node');
 export const cudaPrebuiltAddonPath = path.join(root, 'build/Release/cml_llama_cuda_prebuilt.node');
 
@@ -37,11 +39,19 @@ export const cudaPrebuiltAddonPath = path.join(root, 'build/Release/cml_llama_cu
 const cpuBinsDir = path.join(root, 'node_modules/@node-llama-cpp/linux-x64/bins/linux-x64');
 const cudaBinsDir = path.join(root, 'node_modules/@node-llama-cpp/linux-x64-cuda/bins/linux-x64-cuda');
 // The CUDA 12 build of the CUDA backend (Cloudera's CUDA runtimes carry CUDA 12).
-const cuda12Backend = path.join(root, 'node_modules/@node-llama-cpp/linux-x64-cuda-ext/bins/linux-x64-cuda/fallback/libggml-cuda.so');
+const cuda12Backend = path.join(
+  root,
+  'node_modules/@node-llama-cpp/linux-x64-cuda-ext/bins/linux-x64-cuda/fallback/libggml-cuda.so',
+);
 
 const cache = new Map<string, ResolvedBackend>();
 
-function open(variant: ResolvedBackend['variant'], addonPath: string, reason: string, backends: { dir: string; extra?: string }): ResolvedBackend {
+function open(
+  variant: ResolvedBackend['variant'],
+  addonPath: string,
+  reason: string,
+  backends: { dir: string; extra?: string },
+): ResolvedBackend {
   const hit = cache.get(addonPath);
   if (hit) return hit;
   if (!existsSync(addonPath)) {
@@ -57,10 +67,21 @@ function open(variant: ResolvedBackend['variant'], addonPath: string, reason: st
   }
   const devices = addon.devices();
   if (devices.length === 0) {
-    throw new BackendError(`no compute device could be loaded${warnings ? `: ${warnings}` : ''}`, 'BACKEND_UNAVAILABLE');
+    throw new BackendError(
+      `no compute device could be loaded${warnings ? `: ${warnings}` : ''}`,
+      'BACKEND_UNAVAILABLE',
+    );
   }
   const hasGpu = devices.some((d) => d.type === 'gpu');
-  const resolved: ResolvedBackend = { name: variant === 'cpu' ? 'cpu' : 'cuda', variant, addon, addonPath, devices, hasGpu, reason };
+  const resolved: ResolvedBackend = {
+    name: variant === 'cpu' ? 'cpu' : 'cuda',
+    variant,
+    addon,
+    addonPath,
+    devices,
+    hasGpu,
+    reason,
+  };
   cache.set(addonPath, resolved);
   return resolved;
 }
@@ -102,45 +123,73 @@ function findCudaRuntime(): { major: 13 | 12 } | { missing: string } {
   if (have13.length === 3) return { major: 13 };
   const have12 = loadable(need(12));
   if (have12.length === 3 && existsSync(cuda12Backend)) return { major: 12 };
-  const lacking = (v: number, have: string[]) => need(v).filter((n) => !have.includes(n)).join(', ');
-  return { missing: `CUDA 13 (${lacking(13, have13)}) or CUDA 12 (${lacking(12, have12)}${existsSync(cuda12Backend) ? '' : ', and @node-llama-cpp/linux-x64-cuda-ext'})` };
+  const lacking = (v: number, have: string[]) =>
+    need(v)
+      .filter((n) => !have.includes(n))
+      .join(', ');
+  return {
+    missing: `CUDA 13 (${lacking(13, have13)}) or CUDA 12 (${lacking(12, have12)}${existsSync(cuda12Backend) ? '' : ', and @node-llama-cpp/linux-x64-cuda-ext'})`,
+  };
 }
 
 function openPrebuilt(reason: string): ResolvedBackend {
   const rt = cudaRuntime();
-  return open('cuda-prebuilt', cudaPrebuiltAddonPath, reason, { dir: cudaBinsDir, ...('major' in rt && rt.major === 12 ? { extra: cuda12Backend } : {}) });
+  return open('cuda-prebuilt', cudaPrebuiltAddonPath, reason, {
+    dir: cudaBinsDir,
+    ...('major' in rt && rt.major === 12 ? { extra: cuda12Backend } : {}),
+  });
 }
 
 export function resolveBackend(choice: BackendChoice = 'auto'): ResolvedBackend {
-  if (!['cpu', 'cuda', 'auto'].includes(choice)) throw new BackendError(`backend must be cpu, cuda or auto, got '${String(choice)}'`, 'BACKEND_UNAVAILABLE');
+  if (!['cpu', 'cuda', 'auto'].includes(choice))
+    throw new BackendError(`backend must be cpu, cuda or auto, got '${String(choice)}'`, 'BACKEND_UNAVAILABLE');
   if (choice === 'cpu') return openCpu('CPU requested');
   const source = existsSync(cudaAddonPath);
   const prebuilt = existsSync(cudaPrebuiltAddonPath);
   const driver = nvidiaDriverPresent();
   if (choice === 'cuda') {
     if (!source && !prebuilt) {
-      throw new BackendError('CUDA requested but there is no CUDA build: run `npm run build:cuda` on the GPU machine, or install on linux x64 (the prebuilt CUDA libraries)', 'BACKEND_UNAVAILABLE');
+      throw new BackendError(
+        'CUDA requested but there is no CUDA build: run `npm run build:cuda` on the GPU machine, or install on linux x64 (the prebuilt CUDA libraries)',
+        'BACKEND_UNAVAILABLE',
+      );
     }
-    const b = source ? open('cuda-source', cudaAddonPath, 'CUDA requested', { dir: cpuBinsDir }) : openPrebuilt('CUDA requested (prebuilt CUDA llama.cpp)');
+    const b = source
+      ? open('cuda-source', cudaAddonPath, 'CUDA requested', { dir: cpuBinsDir })
+      : openPrebuilt('CUDA requested (prebuilt CUDA llama.cpp)');
     if (!b.hasGpu) {
       const rt = b.variant === 'cuda-prebuilt' ? cudaRuntime() : null;
-      const why = !driver ? 'no NVIDIA driver on this machine' : rt && 'missing' in rt ? `the CUDA runtime libraries are missing: ${rt.missing}` : 'no usable device';
-      throw new BackendError(`CUDA requested but llama.cpp sees no CUDA device (${b.variant}): ${why}`, 'BACKEND_UNAVAILABLE');
+      const why = !driver
+        ? 'no NVIDIA driver on this machine'
+        : rt && 'missing' in rt
+          ? `the CUDA runtime libraries are missing: ${rt.missing}`
+          : 'no usable device';
+      throw new BackendError(
+        `CUDA requested but llama.cpp sees no CUDA device (${b.variant}): ${why}`,
+        'BACKEND_UNAVAILABLE',
+      );
     }
     return b;
   }
   if (driver && source) {
-    const b = open('cuda-source', cudaAddonPath, 'auto: CUDA build present and an NVIDIA driver found', { dir: cpuBinsDir });
+    const b = open('cuda-source', cudaAddonPath, 'auto: CUDA build present and an NVIDIA driver found', {
+      dir: cpuBinsDir,
+    });
     if (b.hasGpu) return b;
     return openCpu('auto: the CUDA build found no usable GPU, using CPU');
   }
   if (driver && prebuilt) {
     const rt = cudaRuntime();
-    if ('missing' in rt) return openCpu(`auto: CPU, because the prebuilt CUDA build needs the CUDA runtime libraries: ${rt.missing}`);
-    const b = openPrebuilt(`auto: an NVIDIA driver and the CUDA ${rt.major} runtime found: prebuilt CUDA llama.cpp (npm run build:cuda is faster on the GPU)`);
+    if ('missing' in rt)
+      return openCpu(`auto: CPU, because the prebuilt CUDA build needs the CUDA runtime libraries: ${rt.missing}`);
+    const b = openPrebuilt(
+      `auto: an NVIDIA driver and the CUDA ${rt.major} runtime found: prebuilt CUDA llama.cpp (npm run build:cuda is faster on the GPU)`,
+    );
     if (b.hasGpu) return b;
     return openCpu('auto: the prebuilt CUDA build found no usable GPU, using CPU');
   }
-  const why = !driver ? 'no NVIDIA driver on this machine' : 'no CUDA build (npm run build:cuda, or the prebuilt CUDA libraries at npm install)';
+  const why = !driver
+    ? 'no NVIDIA driver on this machine'
+    : 'no CUDA build (npm run build:cuda, or the prebuilt CUDA libraries at npm install)';
   return openCpu(`auto: CPU, because there is ${why}`);
 }

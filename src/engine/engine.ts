@@ -4,7 +4,15 @@ import { resolveBackend, type BackendChoice, type ResolvedBackend } from './back
 import type { EngineClient, EngineHealth, ServedAdapter } from './client.ts';
 import { AbortedError, AdapterError, EngineClosedError, InvalidParamsError, fromNative } from './errors.ts';
 import { Generation } from './generation.ts';
-import type { NativeAdapterInfo, NativeEngine, NativeEngineOptions, NativeEvent, NativeModelInfo, NativeRequestParams, NativeStats } from './native.ts';
+import type {
+  NativeAdapterInfo,
+  NativeEngine,
+  NativeEngineOptions,
+  NativeEvent,
+  NativeModelInfo,
+  NativeRequestParams,
+  NativeStats,
+} from './native.ts';
 import { ENGINE_DEFAULTS as D } from './defaults.ts';
 import { boundMessage, withinBound, type ParamBounds } from './params.ts';
 
@@ -152,7 +160,10 @@ export class Engine implements EngineClient {
 
   private refuseMerged(name: string, what: string): void {
     if (this.merged?.name === name) {
-      throw new AdapterError(`adapter '${name}' is merged into the model's weights and cannot be ${what}; load the base model without it`, 'ADAPTER_MERGED');
+      throw new AdapterError(
+        `adapter '${name}' is merged into the model's weights and cannot be ${what}; load the base model without it`,
+        'ADAPTER_MERGED',
+      );
     }
   }
 
@@ -178,7 +189,12 @@ export class Engine implements EngineClient {
 
   health(): EngineHealth {
     const s = this.native.stats();
-    return { backend: this.backend.name, busySlots: s.busySlots, queued: s.queued, adapterMerged: this.merged !== null };
+    return {
+      backend: this.backend.name,
+      busySlots: s.busySlots,
+      queued: s.queued,
+      adapterMerged: this.merged !== null,
+    };
   }
 
   /**

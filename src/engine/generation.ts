@@ -80,7 +80,11 @@ export class Generation implements AsyncIterable<Chunk> {
         stopReason: ev.stopReason,
         ...(ev.stopString !== undefined ? { stopString: ev.stopString } : {}),
         ...(this.logprobs!.length ? { logprobs: this.logprobs } : {}),
-        usage: { promptTokens: ev.promptTokens, cachedPromptTokens: ev.cachedTokens, generatedTokens: ev.generatedTokens },
+        usage: {
+          promptTokens: ev.promptTokens,
+          cachedPromptTokens: ev.cachedTokens,
+          generatedTokens: ev.generatedTokens,
+        },
         timings: {
           prefillMs: ev.prefillMs,
           ttftMs: ev.ttftMs,

@@ -56,8 +56,19 @@ export interface ParamBound {
 }
 
 export type ParamKey =
-  | 'maxTokens' | 'minTokens' | 'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty'
-  | 'presencePenalty' | 'frequencyPenalty' | 'logprobs' | 'seed' | 'logitBias' | 'adapterScale';
+  | 'maxTokens'
+  | 'minTokens'
+  | 'temperature'
+  | 'topK'
+  | 'topP'
+  | 'minP'
+  | 'repetitionPenalty'
+  | 'presencePenalty'
+  | 'frequencyPenalty'
+  | 'logprobs'
+  | 'seed'
+  | 'logitBias'
+  | 'adapterScale';
 
 export interface NativeRequestParams {
   maxTokens?: number;
@@ -173,7 +184,10 @@ export interface NativeAddon {
   paramBounds(): Record<ParamKey, ParamBound>;
   /** Every error code the addon reports (native/error_codes.h). */
   errorCodes(): string[];
-  mergeLora(options: { base: string; adapter: string; out: string; scale?: number; threads?: number }, onProgress?: (fraction: number) => void): Promise<NativeMergeInfo>;
+  mergeLora(
+    options: { base: string; adapter: string; out: string; scale?: number; threads?: number },
+    onProgress?: (fraction: number) => void,
+  ): Promise<NativeMergeInfo>;
 }
 
 export interface NativeMergeInfo {
@@ -208,7 +222,15 @@ export interface NativeStats {
    * the KV cells such requests may have left behind. Absent once closed.
    */
   profile?: {
-    steps: number; decodeUs: number; sampleUs: number; emitUs: number; loopUs: number; fillerTokens: number;
-    adapterSwitches: number; switchCostUs: number; nonFinite: number; kvScrubs: number;
+    steps: number;
+    decodeUs: number;
+    sampleUs: number;
+    emitUs: number;
+    loopUs: number;
+    fillerTokens: number;
+    adapterSwitches: number;
+    switchCostUs: number;
+    nonFinite: number;
+    kvScrubs: number;
   };
 }

@@ -15,13 +15,19 @@ const readJson = (file: string) => JSON.parse(readFileSync(file, 'utf8')) as Rec
 
 /** The config.json of the model the adapter names, when it is on disk (a path, or the HF cache). */
 function claimedConfig(peftDir: string, claimed: string): string | null {
-  const dirs = [path.resolve(peftDir, claimed), ...(/^[\w.-]+\/[\w.-]+$/.test(claimed) ? hfCacheSnapshots(claimed) : [])];
+  const dirs = [
+    path.resolve(peftDir, claimed),
+    ...(/^[\w.-]+\/[\w.-]+$/.test(claimed) ? hfCacheSnapshots(claimed) : []),
+  ];
   return dirs.map((d) => path.join(d, 'config.json')).find((f) => existsSync(f)) ?? null;
 }
 
 /** id → token text from a tokenizer.json (its model's vocabulary and added tokens). */
 function tokenizerJsonTokens(file: string): string[] {
-  const t = readJson(file) as { model?: { vocab?: Record<string, number> | [string, number][] }; added_tokens?: { id: number; content: string }[] };
+  const t = readJson(file) as {
+    model?: { vocab?: Record<string, number> | [string, number][] };
+    added_tokens?: { id: number; content: string }[];
+  };
   const out: string[] = [];
   const vocab = t.model?.vocab ?? {};
   const entries = Array.isArray(vocab) ? vocab.map(([s], i) => [s, i] as const) : Object.entries(vocab);
@@ -45,13 +51,20 @@ async function baseTokens(base: string): Promise<string[] | null> {
 }
 
 /** Throws IntakeError when the adapter folder shows it was trained on another family than `baseArch`. */
-export async function checkAdapterFamily(peftDir: string, claimed: unknown, base: string, baseArch: Arch): Promise<void> {
+export async function checkAdapterFamily(
+  peftDir: string,
+  claimed: unknown,
+  base: string,
+  baseArch: Arch,
+): Promise<void> {
   if (typeof claimed === 'string' && claimed !== '') {
     const file = claimedConfig(peftDir, claimed);
     const name = file ? ((readJson(file).architectures as string[] | undefined)?.[0] ?? '') : '';
     const arch = HF_ARCH[name];
     if (file && arch !== baseArch) {
-      throw new IntakeError(`the adapter was trained on '${claimed}' (${name || 'an unknown architecture'}), but the base is a ${baseArch} model: use the base it was trained on`);
+      throw new IntakeError(
+        `the adapter was trained on '${claimed}' (${name || 'an unknown architecture'}), but the base is a ${baseArch} model: use the base it was trained on`,
+      );
     }
   }
   const mine = tokensIn(peftDir);

@@ -6,14 +6,20 @@ import os from 'node:os';
 import path from 'node:path';
 
 export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(env.CACHE_DIR ?? path.join(env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'cml-lora-serve'));
+  return path.resolve(
+    env.CACHE_DIR ?? path.join(env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'cml-lora-serve'),
+  );
 }
 
 /** A key over files (path, size, mtime: cheap, and changes whenever the file does) and options. */
 export function inputKey(files: string[], options: Record<string, unknown>): string {
   const h = createHash('sha256');
   for (const f of files) {
-    const list = statSync(f).isDirectory() ? readdirSync(f).sort().map((n) => path.join(f, n)) : [f];
+    const list = statSync(f).isDirectory()
+      ? readdirSync(f)
+          .sort()
+          .map((n) => path.join(f, n))
+      : [f];
     for (const p of list) {
       const s = statSync(p);
       if (s.isFile()) h.update(`${path.resolve(p)}\0${s.size}\0${s.mtimeMs}\n`);
@@ -41,7 +47,11 @@ function removeStale(dir: string): void {
 }
 
 /** Returns the cached file for `key`, making it with `make(path)` when it is not there yet. */
-export async function cached(dir: string, name: string, make: (out: string) => Promise<unknown>): Promise<{ path: string; reused: boolean }> {
+export async function cached(
+  dir: string,
+  name: string,
+  make: (out: string) => Promise<unknown>,
+): Promise<{ path: string; reused: boolean }> {
   mkdirSync(dir, { recursive: true });
   removeStale(dir);
   const out = path.join(dir, name);

@@ -24,7 +24,21 @@ export class GgufFormatError extends Error {}
 
 const MAX_HEADER = 64 * 1024 * 1024; // metadata with a full vocabulary stays well below this
 
-enum T { U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 }
+enum T {
+  U8,
+  I8,
+  U16,
+  I16,
+  U32,
+  I32,
+  F32,
+  BOOL,
+  STRING,
+  ARRAY,
+  U64,
+  I64,
+  F64,
+}
 
 class Cursor {
   private off = 0;
@@ -32,9 +46,21 @@ class Cursor {
   need(n: number): void {
     if (this.off + n > this.buf.length) throw new RangeError('short');
   }
-  get offset(): number { return this.off; }
-  u32(): number { this.need(4); const v = this.buf.readUInt32LE(this.off); this.off += 4; return v; }
-  u64(): bigint { this.need(8); const v = this.buf.readBigUInt64LE(this.off); this.off += 8; return v; }
+  get offset(): number {
+    return this.off;
+  }
+  u32(): number {
+    this.need(4);
+    const v = this.buf.readUInt32LE(this.off);
+    this.off += 4;
+    return v;
+  }
+  u64(): bigint {
+    this.need(8);
+    const v = this.buf.readBigUInt64LE(this.off);
+    this.off += 8;
+    return v;
+  }
   str(): string {
     const n = Number(this.u64());
     this.need(n);
@@ -44,20 +70,37 @@ class Cursor {
   }
   value(type: number): GgufValue {
     const b = this.buf;
-    const take = <V>(n: number, read: (o: number) => V): V => { this.need(n); const v = read(this.off); this.off += n; return v; };
+    const take = <V>(n: number, read: (o: number) => V): V => {
+      this.need(n);
+      const v = read(this.off);
+      this.off += n;
+      return v;
+    };
     switch (type) {
-      case T.U8: return take(1, (o) => b.readUInt8(o));
-      case T.I8: return take(1, (o) => b.readInt8(o));
-      case T.U16: return take(2, (o) => b.readUInt16LE(o));
-      case T.I16: return take(2, (o) => b.readInt16LE(o));
-      case T.U32: return take(4, (o) => b.readUInt32LE(o));
-      case T.I32: return take(4, (o) => b.readInt32LE(o));
-      case T.F32: return take(4, (o) => b.readFloatLE(o));
-      case T.BOOL: return take(1, (o) => b.readUInt8(o) !== 0);
-      case T.STRING: return this.str();
-      case T.U64: return take(8, (o) => b.readBigUInt64LE(o));
-      case T.I64: return take(8, (o) => b.readBigInt64LE(o));
-      case T.F64: return take(8, (o) => b.readDoubleLE(o));
+      case T.U8:
+        return take(1, (o) => b.readUInt8(o));
+      case T.I8:
+        return take(1, (o) => b.readInt8(o));
+      case T.U16:
+        return take(2, (o) => b.readUInt16LE(o));
+      case T.I16:
+        return take(2, (o) => b.readInt16LE(o));
+      case T.U32:
+        return take(4, (o) => b.readUInt32LE(o));
+      case T.I32:
+        return take(4, (o) => b.readInt32LE(o));
+      case T.F32:
+        return take(4, (o) => b.readFloatLE(o));
+      case T.BOOL:
+        return take(1, (o) => b.readUInt8(o) !== 0);
+      case T.STRING:
+        return this.str();
+      case T.U64:
+        return take(8, (o) => b.readBigUInt64LE(o));
+      case T.I64:
+        return take(8, (o) => b.readBigInt64LE(o));
+      case T.F64:
+        return take(8, (o) => b.readDoubleLE(o));
       case T.ARRAY: {
         const inner = this.u32();
         const n = Number(this.u64());
@@ -93,7 +136,8 @@ export async function readGgufHeader(path: string): Promise<GgufHeader> {
 }
 
 function parse(data: Buffer, path: string): GgufHeader {
-  if (data.length < 4 || data.toString('latin1', 0, 4) !== 'GGUF') throw new GgufFormatError(`${path}: not a GGUF file`);
+  if (data.length < 4 || data.toString('latin1', 0, 4) !== 'GGUF')
+    throw new GgufFormatError(`${path}: not a GGUF file`);
   const c = new Cursor(data.subarray(4));
   const version = c.u32();
   if (version < 2 || version > 3) throw new GgufFormatError(`${path}: unsupported GGUF version ${version}`);

@@ -8,7 +8,12 @@ export type OutType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0';
 /** Types written only from bytes already encoded (IQ2_XXS: a type that needs an importance matrix to make). */
 export type BytesOnlyType = 'iq2_xxs';
 const TYPE_OF: Record<OutType | BytesOnlyType, number> = {
-  f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, bf16: GGML_TYPE.BF16, q8_0: GGML_TYPE.Q8_0, q4_0: GGML_TYPE.Q4_0, iq2_xxs: GGML_TYPE.IQ2_XXS,
+  f32: GGML_TYPE.F32,
+  f16: GGML_TYPE.F16,
+  bf16: GGML_TYPE.BF16,
+  q8_0: GGML_TYPE.Q8_0,
+  q4_0: GGML_TYPE.Q4_0,
+  iq2_xxs: GGML_TYPE.IQ2_XXS,
 };
 
 /** Bytes of a tensor of `count` values (Q8_0 / Q4_0: blocks of 32 values with an f16 scale; IQ2_XXS: 66 bytes per 256). */
@@ -20,7 +25,15 @@ export function byteSize(count: number, t: OutType | BytesOnlyType): number {
 }
 
 const ALIGN = 32;
-enum V { U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9, U64 = 10 }
+enum V {
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  U64 = 10,
+}
 
 export type KvValue =
   | { type: 'string'; value: string }
@@ -40,13 +53,38 @@ interface PendingTensor {
 class Bytes {
   private parts: Buffer[] = [];
   length = 0;
-  push(b: Buffer) { this.parts.push(b); this.length += b.length; }
-  u32(v: number) { const b = Buffer.alloc(4); b.writeUInt32LE(v); this.push(b); }
-  i32(v: number) { const b = Buffer.alloc(4); b.writeInt32LE(v); this.push(b); }
-  f32(v: number) { const b = Buffer.alloc(4); b.writeFloatLE(v); this.push(b); }
-  u64(v: number | bigint) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); this.push(b); }
-  str(s: string) { const b = Buffer.from(s, 'utf8'); this.u64(b.length); this.push(b); }
-  concat() { return Buffer.concat(this.parts); }
+  push(b: Buffer) {
+    this.parts.push(b);
+    this.length += b.length;
+  }
+  u32(v: number) {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    this.push(b);
+  }
+  i32(v: number) {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    this.push(b);
+  }
+  f32(v: number) {
+    const b = Buffer.alloc(4);
+    b.writeFloatLE(v);
+    this.push(b);
+  }
+  u64(v: number | bigint) {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(v));
+    this.push(b);
+  }
+  str(s: string) {
+    const b = Buffer.from(s, 'utf8');
+    this.u64(b.length);
+    this.push(b);
+  }
+  concat() {
+    return Buffer.concat(this.parts);
+  }
 }
 
 export function encodeTensor(values: Float32Array, t: OutType): Buffer {
@@ -96,10 +134,14 @@ function quantizeQ40(x: Float32Array): Buffer {
   if (x.length % 32 !== 0) throw new Error('Q4_0 needs a multiple of 32 values per row');
   const out = Buffer.alloc((x.length / 32) * 18);
   for (let b = 0; b < x.length / 32; b++) {
-    let amax = 0, max = 0;
+    let amax = 0,
+      max = 0;
     for (let j = 0; j < 32; j++) {
       const v = x[b * 32 + j]!;
-      if (Math.abs(v) > amax) { amax = Math.abs(v); max = v; }
+      if (Math.abs(v) > amax) {
+        amax = Math.abs(v);
+        max = v;
+      }
     }
     const d = max / -8;
     const id = d ? 1 / d : 0;
@@ -154,7 +196,12 @@ export class GgufWriter {
 
   tensor(name: string, shape: number[], outType: OutType, produce: () => Promise<Float32Array | Uint8Array>): this;
   tensor(name: string, shape: number[], outType: BytesOnlyType, produce: () => Promise<Uint8Array>): this;
-  tensor(name: string, shape: number[], outType: OutType | BytesOnlyType, produce: () => Promise<Float32Array | Uint8Array>): this {
+  tensor(
+    name: string,
+    shape: number[],
+    outType: OutType | BytesOnlyType,
+    produce: () => Promise<Float32Array | Uint8Array>,
+  ): this {
     this.tensors.push({ name, shape, outType, produce });
     return this;
   }
@@ -168,15 +215,48 @@ export class GgufWriter {
     for (const [key, v] of this.kvs) {
       b.str(key);
       switch (v.type) {
-        case 'string': b.u32(V.STRING); b.str(v.value); break;
-        case 'u32': b.u32(V.U32); b.u32(v.value); break;
-        case 'i32': b.u32(V.I32); b.i32(v.value); break;
-        case 'f32': b.u32(V.F32); b.f32(v.value); break;
-        case 'u64': b.u32(V.U64); b.u64(v.value); break;
-        case 'bool': b.u32(V.BOOL); b.push(Buffer.from([v.value ? 1 : 0])); break;
-        case 'string[]': b.u32(V.ARRAY); b.u32(V.STRING); b.u64(v.value.length); for (const s of v.value) b.str(s); break;
-        case 'i32[]': b.u32(V.ARRAY); b.u32(V.I32); b.u64(v.value.length); for (const x of v.value) b.i32(x); break;
-        case 'f32[]': b.u32(V.ARRAY); b.u32(V.F32); b.u64(v.value.length); for (const x of v.value) b.f32(x); break;
+        case 'string':
+          b.u32(V.STRING);
+          b.str(v.value);
+          break;
+        case 'u32':
+          b.u32(V.U32);
+          b.u32(v.value);
+          break;
+        case 'i32':
+          b.u32(V.I32);
+          b.i32(v.value);
+          break;
+        case 'f32':
+          b.u32(V.F32);
+          b.f32(v.value);
+          break;
+        case 'u64':
+          b.u32(V.U64);
+          b.u64(v.value);
+          break;
+        case 'bool':
+          b.u32(V.BOOL);
+          b.push(Buffer.from([v.value ? 1 : 0]));
+          break;
+        case 'string[]':
+          b.u32(V.ARRAY);
+          b.u32(V.STRING);
+          b.u64(v.value.length);
+          for (const s of v.value) b.str(s);
+          break;
+        case 'i32[]':
+          b.u32(V.ARRAY);
+          b.u32(V.I32);
+          b.u64(v.value.length);
+          for (const x of v.value) b.i32(x);
+          break;
+        case 'f32[]':
+          b.u32(V.ARRAY);
+          b.u32(V.F32);
+          b.u64(v.value.length);
+          for (const x of v.value) b.f32(x);
+          break;
       }
     }
     const offsets: number[] = [];
@@ -188,7 +268,12 @@ export class GgufWriter {
       b.u32(TYPE_OF[t.outType]);
       b.u64(offset);
       offsets.push(offset);
-      offset += pad(byteSize(t.shape.reduce((x, y) => x * y, 1), t.outType));
+      offset += pad(
+        byteSize(
+          t.shape.reduce((x, y) => x * y, 1),
+          t.outType,
+        ),
+      );
     }
     const head = b.concat();
     return { head: Buffer.concat([head, Buffer.alloc(pad(head.length) - head.length)]), offsets };
@@ -214,7 +299,8 @@ export class GgufWriter {
         const values = await next!;
         next = start(i + 1);
         const count = t.shape.reduce((x, y) => x * y, 1);
-        if (values instanceof Float32Array && t.outType === 'iq2_xxs') throw new Error(`tensor ${t.name}: ${t.outType} is written from bytes only`);
+        if (values instanceof Float32Array && t.outType === 'iq2_xxs')
+          throw new Error(`tensor ${t.name}: ${t.outType} is written from bytes only`);
         const data = values instanceof Float32Array ? encodeTensor(values, t.outType as OutType) : values;
         if (values instanceof Float32Array ? values.length !== count : data.length !== byteSize(count, t.outType)) {
           throw new Error(`tensor ${t.name}: wrong amount of data for shape ${t.shape}`);

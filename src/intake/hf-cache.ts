@@ -6,7 +6,9 @@ import path from 'node:path';
 
 /** The hub folder of the HF cache, as huggingface_hub finds it: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub. */
 export function hfHubCache(env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(env.HF_HUB_CACHE ?? path.join(env.HF_HOME ?? path.join(os.homedir(), '.cache/huggingface'), 'hub'));
+  return path.resolve(
+    env.HF_HUB_CACHE ?? path.join(env.HF_HOME ?? path.join(os.homedir(), '.cache/huggingface'), 'hub'),
+  );
 }
 
 export function hfCacheSnapshots(id: string, env: NodeJS.ProcessEnv = process.env): string[] {

@@ -14,7 +14,10 @@ const CONVERTS: Arch[] = ['llama', 'qwen2'];
 
 /** A layer's tensors: the linear modules (attention with an optional bias, as Qwen2 has) and the norms. */
 const LAYER: [RegExp, string][] = [
-  ...Object.entries(LAYERS.llama.linear).map(([hf, gguf]) => [new RegExp(`^${literal(hf)}\\.(weight${gguf.startsWith('attn_') ? '|bias' : ''})$`), gguf] as [RegExp, string]),
+  ...Object.entries(LAYERS.llama.linear).map(
+    ([hf, gguf]) =>
+      [new RegExp(`^${literal(hf)}\\.(weight${gguf.startsWith('attn_') ? '|bias' : ''})$`), gguf] as [RegExp, string],
+  ),
   [/^input_layernorm\.(weight)$/, 'attn_norm'],
   [/^post_attention_layernorm\.(weight)$/, 'ffn_norm'],
 ];
@@ -42,7 +45,9 @@ function ggufName(hf: string): string | null {
  */
 export function llamaPermutedRow(i: number, rows: number, nHead: number): number {
   const half = rows / nHead / 2;
-  const h = Math.floor(i / (2 * half)), j = Math.floor((i % (2 * half)) / 2), k = i % 2;
+  const h = Math.floor(i / (2 * half)),
+    j = Math.floor((i % (2 * half)) / 2),
+    k = i % 2;
   return h * 2 * half + k * half + j;
 }
 
@@ -65,18 +70,24 @@ export function sizeLabel(n: number): string {
   return `${scaled.toFixed(fix)}${suffix}`;
 }
 
-async function openShards(dir: string): Promise<{ entries: Map<string, [SafetensorsFile, TensorEntry]>; close: () => Promise<void> }> {
+async function openShards(
+  dir: string,
+): Promise<{ entries: Map<string, [SafetensorsFile, TensorEntry]>; close: () => Promise<void> }> {
   const index = path.join(dir, 'model.safetensors.index.json');
   let files: string[];
   if (existsSync(index)) {
     const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
     files = [...new Set(Object.values(map))].sort();
   } else {
-    files = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
+    files = readdirSync(dir)
+      .filter((f) => f.endsWith('.safetensors'))
+      .sort();
   }
   if (files.length === 0) {
     const bin = readdirSync(dir).some((f) => f.endsWith('.bin') || f.endsWith('.pt'));
-    throw new IntakeError(`${dir}: no safetensors weights${bin ? ' (PyTorch .bin pickles are not read: save with safetensors)' : ''}`);
+    throw new IntakeError(
+      `${dir}: no safetensors weights${bin ? ' (PyTorch .bin pickles are not read: save with safetensors)' : ''}`,
+    );
   }
   const opened: SafetensorsFile[] = [];
   const entries = new Map<string, [SafetensorsFile, TensorEntry]>();
@@ -101,9 +112,12 @@ export interface ConvertModelOptions {
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
-export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors: number; bytes: number; outtype: OutType }> {
+export async function convertHfModel(
+  o: ConvertModelOptions,
+): Promise<{ tensors: number; bytes: number; outtype: OutType }> {
   const cfgFile = path.join(o.dir, 'config.json');
-  if (!existsSync(cfgFile) || !statSync(o.dir).isDirectory()) throw new IntakeError(`${o.dir}: no config.json (not a Hugging Face checkpoint)`);
+  if (!existsSync(cfgFile) || !statSync(o.dir).isDirectory())
+    throw new IntakeError(`${o.dir}: no config.json (not a Hugging Face checkpoint)`);
   const c = JSON.parse(readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
   const archName = (c.architectures as string[] | undefined)?.[0] ?? String(c.model_type);
   const arch = HF_ARCH[archName];
@@ -119,20 +133,32 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
   const rope = (c.rope_parameters ?? {}) as Record<string, unknown>;
   const ropeTheta = Number(rope.rope_theta ?? c.rope_theta ?? 10000);
   const ropeType = rope.rope_type ?? (c.rope_scaling as Record<string, unknown> | null)?.rope_type ?? 'default';
-  if (ropeType !== 'default') throw new IntakeError(`config.json: rope scaling '${String(ropeType)}' is not supported yet`);
+  if (ropeType !== 'default')
+    throw new IntakeError(`config.json: rope scaling '${String(ropeType)}' is not supported yet`);
   const vocab = readVocab(o.dir, c);
 
   const shards = await openShards(o.dir);
   try {
     const names = [...shards.entries.keys()].filter((n) => ggufName(n) !== null);
     const dtypes = new Set(names.map((n) => shards.entries.get(n)![1].dtype));
-    const outtype: OutType = o.outtype && o.outtype !== 'auto' ? o.outtype : dtypes.has('BF16') ? 'bf16' : dtypes.has('F16') ? 'f16' : 'f32';
+    const outtype: OutType =
+      o.outtype && o.outtype !== 'auto' ? o.outtype : dtypes.has('BF16') ? 'bf16' : dtypes.has('F16') ? 'f16' : 'f32';
     const params = names.reduce((s, n) => s + shards.entries.get(n)![1].shape.reduce((a, b) => a * b, 1), 0);
     const a = arch;
     const kv: [string, KvValue][] = [
       ['general.architecture', { type: 'string', value: a }],
       ['general.type', { type: 'string', value: 'model' }],
-      ['general.name', { type: 'string', value: path.basename(path.resolve(o.dir)).split(/[-_]/).map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join(' ') }],
+      [
+        'general.name',
+        {
+          type: 'string',
+          value: path
+            .basename(path.resolve(o.dir))
+            .split(/[-_]/)
+            .map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+            .join(' '),
+        },
+      ],
       ['general.size_label', { type: 'string', value: sizeLabel(params) }],
       [`${a}.block_count`, { type: 'u32', value: num('num_hidden_layers') }],
       [`${a}.context_length`, { type: 'u32', value: num('max_position_embeddings') }],
@@ -144,8 +170,14 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
       [`${a}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: num('rms_norm_eps') }],
     ];
     if (arch === 'llama') {
-      kv.push([`${a}.attention.key_length`, { type: 'u32', value: headDim }], [`${a}.attention.value_length`, { type: 'u32', value: headDim }]);
-      kv.push([`${a}.vocab_size`, { type: 'u32', value: num('vocab_size') }], [`${a}.rope.dimension_count`, { type: 'u32', value: headDim }]);
+      kv.push(
+        [`${a}.attention.key_length`, { type: 'u32', value: headDim }],
+        [`${a}.attention.value_length`, { type: 'u32', value: headDim }],
+      );
+      kv.push(
+        [`${a}.vocab_size`, { type: 'u32', value: num('vocab_size') }],
+        [`${a}.rope.dimension_count`, { type: 'u32', value: headDim }],
+      );
     }
     kv.push(['general.file_type', { type: 'u32', value: { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 }[outtype] }]);
     kv.push(['general.quantization_version', { type: 'u32', value: 2 }]);
@@ -159,8 +191,15 @@ export async function convertHfModel(o: ConvertModelOptions): Promise<{ tensors:
       const [st, e] = shards.entries.get(n)!;
       const dest = ggufName(n)!;
       // 1-D tensors (norms, biases) stay f32, as llama.cpp's converter keeps them.
-      const type: OutType = e.shape.length === 1 ? 'f32' : outtype === 'q8_0' && e.shape.at(-1)! % 32 !== 0 ? 'f16' : outtype;
-      const permuteHeads = permutesQK(arch) ? (dest.includes('.attn_q.') ? nHead : dest.includes('.attn_k.') ? nHeadKv : 0) : 0;
+      const type: OutType =
+        e.shape.length === 1 ? 'f32' : outtype === 'q8_0' && e.shape.at(-1)! % 32 !== 0 ? 'f16' : outtype;
+      const permuteHeads = permutesQK(arch)
+        ? dest.includes('.attn_q.')
+          ? nHead
+          : dest.includes('.attn_k.')
+            ? nHeadKv
+            : 0
+        : 0;
       // Same precision in and out: copy the bytes (rows permuted where needed), converting nothing.
       const passThrough = ({ F32: 'f32', F16: 'f16', BF16: 'bf16' } as Record<string, OutType>)[e.dtype] === type;
       writer.tensor(dest, e.shape, type, async () => {

@@ -17,7 +17,8 @@ export interface HubOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-const NEEDED = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|model\.safetensors\.index\.json|[^/]+\.safetensors)$/;
+const NEEDED =
+  /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|model\.safetensors\.index\.json|[^/]+\.safetensors)$/;
 
 export function hubEnv(env: NodeJS.ProcessEnv = process.env): { endpoint: string; token?: string; offline: boolean } {
   const token = env.HF_TOKEN ?? env.HUGGING_FACE_HUB_TOKEN;
@@ -32,16 +33,24 @@ export function hubEnv(env: NodeJS.ProcessEnv = process.env): { endpoint: string
 export async function downloadHfModel(id: string, o: HubOptions): Promise<string> {
   // Loaded only for a fetch: the client is large, and most starts find the model on disk.
   const { downloadFileToCacheDir, listFiles } = await import('@huggingface/hub');
-  const common = { repo: { type: 'model' as const, name: id }, hubUrl: o.endpoint, ...(o.token ? { accessToken: o.token } : {}), revision: o.revision ?? 'main' };
+  const common = {
+    repo: { type: 'model' as const, name: id },
+    hubUrl: o.endpoint,
+    ...(o.token ? { accessToken: o.token } : {}),
+    revision: o.revision ?? 'main',
+  };
   const files: { path: string; size: number }[] = [];
   try {
     for await (const f of listFiles({ ...common, recursive: true })) {
       if (f.type === 'file' && NEEDED.test(f.path)) files.push({ path: f.path, size: f.lfs?.size ?? f.size });
     }
   } catch (e) {
-    throw new IntakeError(`cannot list '${id}' on ${o.endpoint}: ${(e as Error).message}${o.token ? '' : ' (a gated or private repo needs HF_TOKEN)'}`);
+    throw new IntakeError(
+      `cannot list '${id}' on ${o.endpoint}: ${(e as Error).message}${o.token ? '' : ' (a gated or private repo needs HF_TOKEN)'}`,
+    );
   }
-  if (!files.some((f) => f.path === 'config.json')) throw new IntakeError(`'${id}' on ${o.endpoint} has no config.json: not a transformers model`);
+  if (!files.some((f) => f.path === 'config.json'))
+    throw new IntakeError(`'${id}' on ${o.endpoint} has no config.json: not a transformers model`);
   if (!files.some((f) => f.path.endsWith('.safetensors'))) {
     throw new IntakeError(`'${id}' on ${o.endpoint} has no safetensors weights (pickled .bin files are never loaded)`);
   }

@@ -24,24 +24,33 @@ export interface BaseShape {
   permuteQK: boolean;
 }
 
-
 /** From a Hugging Face config.json directory or a base GGUF file. */
 export async function baseShape(base: string): Promise<BaseShape> {
   if (base.endsWith('.gguf')) {
     const h = await readGgufHeader(base);
     if (ggufKind(h) !== 'model') throw new IntakeError(`${base} is not a model GGUF`);
     const arch = String(h.metadata.get('general.architecture'));
-    if (!isArch(arch)) throw new IntakeError(`unsupported base architecture '${arch}' in ${base} (supported: ${ARCHS.join(', ')})`);
+    if (!isArch(arch))
+      throw new IntakeError(`unsupported base architecture '${arch}' in ${base} (supported: ${ARCHS.join(', ')})`);
     const num = (k: string) => Number(h.metadata.get(`${arch}.${k}`));
     const nHead = num('attention.head_count');
-    return { arch, nHead, nHeadKv: num('attention.head_count_kv') || nHead, nEmbd: num('embedding_length'), permuteQK: permutesQK(arch) };
+    return {
+      arch,
+      nHead,
+      nHeadKv: num('attention.head_count_kv') || nHead,
+      nEmbd: num('embedding_length'),
+      permuteQK: permutesQK(arch),
+    };
   }
   const file = path.join(base, 'config.json');
   if (!existsSync(file)) throw new IntakeError(`no config.json in ${base} (the base model's Hugging Face directory)`);
   const c = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
   const name = (c.architectures as string[] | undefined)?.[0] ?? '';
   const arch = HF_ARCH[name];
-  if (!arch) throw new IntakeError(`unsupported base architecture '${name || c.model_type}' (supported: ${Object.keys(HF_ARCH).join(', ')})`);
+  if (!arch)
+    throw new IntakeError(
+      `unsupported base architecture '${name || c.model_type}' (supported: ${Object.keys(HF_ARCH).join(', ')})`,
+    );
   const nHead = Number(c.num_attention_heads ?? c.n_head);
   return {
     arch,
@@ -56,7 +65,9 @@ export async function baseShape(base: string): Promise<BaseShape> {
 const MODULES = Object.fromEntries(
   Object.entries(LAYERS).map(([arch, l]) => [
     arch,
-    Object.entries(l.linear).map(([hf, gguf]) => [new RegExp(`^${literal(l.prefix)}\\.(\\d+)\\.${literal(hf)}$`), gguf] as [RegExp, string]),
+    Object.entries(l.linear).map(
+      ([hf, gguf]) => [new RegExp(`^${literal(l.prefix)}\\.(\\d+)\\.${literal(hf)}$`), gguf] as [RegExp, string],
+    ),
   ]),
 ) as Record<Arch, [RegExp, string][]>;
 
@@ -74,18 +85,22 @@ function readConfig(dir: string): LoraConfig {
   if (!existsSync(file)) throw new IntakeError(`no adapter_config.json in ${dir}: not a PEFT adapter directory`);
   const c = JSON.parse(readFileSync(file, 'utf8')) as LoraConfig;
   const refuse = (key: string, why: string) => {
-    throw new IntakeError(`adapter_config.json: ${key} ${why}; only plain LoRA on linear layers converts to a llama.cpp adapter`);
+    throw new IntakeError(
+      `adapter_config.json: ${key} ${why}; only plain LoRA on linear layers converts to a llama.cpp adapter`,
+    );
   };
   if (c.peft_type !== undefined && c.peft_type !== 'LORA') refuse('peft_type', `is ${JSON.stringify(c.peft_type)}`);
   if (c.use_dora) refuse('use_dora', 'is true (DoRA)');
-  if (c.modules_to_save && (c.modules_to_save as unknown[]).length) refuse('modules_to_save', `is set (${JSON.stringify(c.modules_to_save)})`);
+  if (c.modules_to_save && (c.modules_to_save as unknown[]).length)
+    refuse('modules_to_save', `is set (${JSON.stringify(c.modules_to_save)})`);
   if (c.bias !== undefined && c.bias !== 'none') refuse('bias', `is ${JSON.stringify(c.bias)}`);
   if (c.lora_bias) refuse('lora_bias', 'is true');
   if (c.fan_in_fan_out) refuse('fan_in_fan_out', 'is true');
   if (c.target_parameters) refuse('target_parameters', 'is set');
   if (c.trainable_token_indices) refuse('trainable_token_indices', 'is set');
   if (c.layer_replication) refuse('layer_replication', 'is set');
-  if (!(c.r > 0) || typeof c.lora_alpha !== 'number') throw new IntakeError('adapter_config.json: r and lora_alpha are required');
+  if (!(c.r > 0) || typeof c.lora_alpha !== 'number')
+    throw new IntakeError('adapter_config.json: r and lora_alpha are required');
   return c;
 }
 
@@ -129,7 +144,9 @@ export async function convertPeftAdapter(o: ConvertLoraOptions): Promise<{ tenso
   const file = path.join(o.peftDir, 'adapter_model.safetensors');
   if (!existsSync(file)) {
     if (existsSync(path.join(o.peftDir, 'adapter_model.bin'))) {
-      throw new IntakeError(`${o.peftDir} holds adapter_model.bin (a pickle): save the adapter with safetensors (save_pretrained(..., safe_serialization=True))`);
+      throw new IntakeError(
+        `${o.peftDir} holds adapter_model.bin (a pickle): save the adapter with safetensors (save_pretrained(..., safe_serialization=True))`,
+      );
     }
     throw new IntakeError(`no adapter_model.safetensors in ${o.peftDir}`);
   }
@@ -141,9 +158,13 @@ export async function convertPeftAdapter(o: ConvertLoraOptions): Promise<{ tenso
     for (const name of st.tensors.keys()) {
       const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$/.exec(name);
       if (!m) {
-        const why = /lora_embedding_/.test(name) ? 'embedding adapters are not supported'
-          : /lora_magnitude_vector/.test(name) ? 'DoRA magnitudes are not supported'
-          : /\.bias$/.test(name) ? 'LoRA biases are not supported' : 'not a lora_A/lora_B weight';
+        const why = /lora_embedding_/.test(name)
+          ? 'embedding adapters are not supported'
+          : /lora_magnitude_vector/.test(name)
+            ? 'DoRA magnitudes are not supported'
+            : /\.bias$/.test(name)
+              ? 'LoRA biases are not supported'
+              : 'not a lora_A/lora_B weight';
         throw new IntakeError(`tensor '${name}': ${why}`);
       }
       const entry = modules.get(m[1]!) ?? {};

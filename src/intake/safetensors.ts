@@ -14,7 +14,18 @@ export interface TensorEntry {
   end: number;
 }
 
-const BYTES: Record<string, number> = { F64: 8, I64: 8, F32: 4, I32: 4, F16: 2, BF16: 2, I16: 2, I8: 1, U8: 1, BOOL: 1 };
+const BYTES: Record<string, number> = {
+  F64: 8,
+  I64: 8,
+  F32: 4,
+  I32: 4,
+  F16: 2,
+  BF16: 2,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+};
 
 export class SafetensorsFile {
   private constructor(
@@ -32,7 +43,9 @@ export class SafetensorsFile {
       if ((await fh.read(lenBuf, 0, 8, 0)).bytesRead < 8) throw new SafetensorsError(`${path}: truncated (no header)`);
       const headerLen = Number(lenBuf.readBigUInt64LE(0));
       if (headerLen <= 0 || 8 + headerLen > size || headerLen > 100 * 1024 * 1024) {
-        throw new SafetensorsError(`${path}: truncated or not a safetensors file (header length ${headerLen}, file ${size} bytes)`);
+        throw new SafetensorsError(
+          `${path}: truncated or not a safetensors file (header length ${headerLen}, file ${size} bytes)`,
+        );
       }
       const hb = Buffer.alloc(headerLen);
       await fh.read(hb, 0, headerLen, 8);
@@ -51,8 +64,10 @@ export class SafetensorsFile {
         if (!width) throw new SafetensorsError(`${path}: tensor ${name} has unsupported dtype ${t.dtype}`);
         const [a, b] = t.data_offsets;
         const count = t.shape.reduce((x, y) => x * y, 1);
-        if (b - a !== count * width) throw new SafetensorsError(`${path}: tensor ${name} has ${b - a} bytes for shape ${t.shape}`);
-        if (dataStart + b > size) throw new SafetensorsError(`${path}: truncated (tensor ${name} ends past the end of the file)`);
+        if (b - a !== count * width)
+          throw new SafetensorsError(`${path}: tensor ${name} has ${b - a} bytes for shape ${t.shape}`);
+        if (dataStart + b > size)
+          throw new SafetensorsError(`${path}: truncated (tensor ${name} ends past the end of the file)`);
         tensors.set(name, { name, dtype: t.dtype, shape: t.shape, start: dataStart + a, end: dataStart + b });
       }
       return new SafetensorsFile(path, fh, tensors, (header.__metadata__ ?? {}) as Record<string, string>);

@@ -18,7 +18,9 @@ export interface Vocab {
 function* protoFields(buf: Buffer): Generator<{ field: number; wire: number; value: number | Buffer }> {
   let i = 0;
   const varint = (): number => {
-    let result = 0, shift = 0, b: number;
+    let result = 0,
+      shift = 0,
+      b: number;
     do {
       if (i >= buf.length) throw new IntakeError('tokenizer.model: truncated protobuf');
       b = buf[i++]!;
@@ -29,17 +31,29 @@ function* protoFields(buf: Buffer): Generator<{ field: number; wire: number; val
   };
   while (i < buf.length) {
     const key = varint();
-    const field = Math.floor(key / 8), wire = key & 7;
+    const field = Math.floor(key / 8),
+      wire = key & 7;
     if (wire === 0) yield { field, wire, value: varint() };
-    else if (wire === 1) { yield { field, wire, value: buf.subarray(i, i + 8) }; i += 8; }
-    else if (wire === 2) { const n = varint(); yield { field, wire, value: buf.subarray(i, i + n) }; i += n; }
-    else if (wire === 5) { yield { field, wire, value: buf.subarray(i, i + 4) }; i += 4; }
-    else throw new IntakeError(`tokenizer.model: unsupported protobuf wire type ${wire}`);
+    else if (wire === 1) {
+      yield { field, wire, value: buf.subarray(i, i + 8) };
+      i += 8;
+    } else if (wire === 2) {
+      const n = varint();
+      yield { field, wire, value: buf.subarray(i, i + n) };
+      i += n;
+    } else if (wire === 5) {
+      yield { field, wire, value: buf.subarray(i, i + 4) };
+      i += 4;
+    } else throw new IntakeError(`tokenizer.model: unsupported protobuf wire type ${wire}`);
     if (i > buf.length) throw new IntakeError('tokenizer.model: truncated protobuf');
   }
 }
 
-interface Piece { piece: string; score: number; type: number }
+interface Piece {
+  piece: string;
+  score: number;
+  type: number;
+}
 
 export function readSentencePiece(file: string): Piece[] {
   const pieces: Piece[] = [];
@@ -61,11 +75,18 @@ function jsonIf(file: string): Record<string, unknown> | null {
   return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>) : null;
 }
 
-interface AddedToken { id: number; content: string; special?: boolean; normalized?: boolean }
+interface AddedToken {
+  id: number;
+  content: string;
+  special?: boolean;
+  normalized?: boolean;
+}
 
 const looksSpecial = (t: string) =>
-  ['<pad>', '<mask>', '<2mass>', '[@BOS@]'].includes(t) || (t.startsWith('<|') && t.endsWith('|>')) ||
-  (t.startsWith('<｜') && t.endsWith('｜>')) || (t.startsWith('<unused') && t.endsWith('>'));
+  ['<pad>', '<mask>', '<2mass>', '[@BOS@]'].includes(t) ||
+  (t.startsWith('<|') && t.endsWith('|>')) ||
+  (t.startsWith('<｜') && t.endsWith('｜>')) ||
+  (t.startsWith('<unused') && t.endsWith('>'));
 
 function sentencePieceVocab(dir: string, vocabSize: number, tc: Record<string, unknown> | null): [string, KvValue][] {
   const pieces = readSentencePiece(path.join(dir, 'tokenizer.model'));
@@ -74,7 +95,14 @@ function sentencePieceVocab(dir: string, vocabSize: number, tc: Record<string, u
   const scores = new Array<number>(n).fill(-10000);
   const types = new Array<number>(n).fill(T.UNUSED);
   // SentencePiece's own types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
-  const spmToLlama: Record<number, number> = { 1: T.NORMAL, 2: T.UNKNOWN, 3: T.CONTROL, 4: T.NORMAL, 5: T.UNUSED, 6: T.BYTE };
+  const spmToLlama: Record<number, number> = {
+    1: T.NORMAL,
+    2: T.UNKNOWN,
+    3: T.CONTROL,
+    4: T.NORMAL,
+    5: T.UNUSED,
+    6: T.BYTE,
+  };
   pieces.slice(0, n).forEach((p, i) => {
     tokens[i] = p.piece;
     scores[i] = p.score;
@@ -82,12 +110,20 @@ function sentencePieceVocab(dir: string, vocabSize: number, tc: Record<string, u
   });
   const added = jsonIf(path.join(dir, 'added_tokens.json')) as Record<string, number> | null;
   for (const [content, id] of Object.entries(added ?? {})) {
-    if (id < n) { tokens[id] = content; scores[id] = -1000; types[id] = T.USER_DEFINED; }
+    if (id < n) {
+      tokens[id] = content;
+      scores[id] = -1000;
+      types[id] = T.USER_DEFINED;
+    }
   }
   const decoder = (tc?.added_tokens_decoder ?? {}) as Record<string, { content: string; special?: boolean }>;
   for (const [id, t] of Object.entries(decoder)) {
     const i = Number(id);
-    if (i < n) { tokens[i] = t.content; scores[i] = -1000; types[i] = t.special ? T.CONTROL : T.USER_DEFINED; }
+    if (i < n) {
+      tokens[i] = t.content;
+      scores[i] = -1000;
+      types[i] = t.special ? T.CONTROL : T.USER_DEFINED;
+    }
   }
   return [
     ['tokenizer.ggml.model', { type: 'string', value: 'llama' }],
@@ -100,22 +136,36 @@ function sentencePieceVocab(dir: string, vocabSize: number, tc: Record<string, u
 
 // Pre-tokenizer names llama.cpp knows, by the split regex of tokenizer.json (llama.cpp itself
 // identifies them by hashing a tokenization, which needs the Python tokenizer).
-const QWEN2_RE = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const LLAMA3_RE = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const QWEN2_RE =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const LLAMA3_RE =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 function preTokenizer(tok: Record<string, unknown>): string {
-  const pre = tok.pre_tokenizer as { type?: string; pretokenizers?: { type: string; pattern?: { Regex?: string }; use_regex?: boolean }[]; use_regex?: boolean } | null;
-  const steps = pre?.type === 'Sequence' ? (pre.pretokenizers ?? []) : pre ? [pre as { type: string; pattern?: { Regex?: string }; use_regex?: boolean }] : [];
+  const pre = tok.pre_tokenizer as {
+    type?: string;
+    pretokenizers?: { type: string; pattern?: { Regex?: string }; use_regex?: boolean }[];
+    use_regex?: boolean;
+  } | null;
+  const steps =
+    pre?.type === 'Sequence'
+      ? (pre.pretokenizers ?? [])
+      : pre
+        ? [pre as { type: string; pattern?: { Regex?: string }; use_regex?: boolean }]
+        : [];
   const regex = steps.find((s) => s.type === 'Split')?.pattern?.Regex;
   if (regex === QWEN2_RE) return 'qwen2';
   if (regex === LLAMA3_RE) return 'llama-bpe';
   if (!regex && steps.some((s) => s.type === 'ByteLevel' && s.use_regex !== false)) return 'gpt-2';
-  throw new IntakeError(`tokenizer.json: unknown pre-tokenizer (${regex ? `split regex ${JSON.stringify(regex)}` : JSON.stringify(pre)}); supported: qwen2, llama-bpe, gpt-2`);
+  throw new IntakeError(
+    `tokenizer.json: unknown pre-tokenizer (${regex ? `split regex ${JSON.stringify(regex)}` : JSON.stringify(pre)}); supported: qwen2, llama-bpe, gpt-2`,
+  );
 }
 
 function bpeVocab(tok: Record<string, unknown>, vocabSize: number): [string, KvValue][] {
   const model = tok.model as { type: string; vocab: Record<string, number>; merges: (string | [string, string])[] };
-  if (model?.type !== 'BPE') throw new IntakeError(`tokenizer.json: model type ${model?.type} is not supported (BPE only)`);
+  if (model?.type !== 'BPE')
+    throw new IntakeError(`tokenizer.json: model type ${model?.type} is not supported (BPE only)`);
   const added = (tok.added_tokens ?? []) as AddedToken[];
   const reverse = new Map<number, string>();
   for (const [t, id] of Object.entries(model.vocab)) reverse.set(id, t);
@@ -126,13 +176,28 @@ function bpeVocab(tok: Record<string, unknown>, vocabSize: number): [string, KvV
   const types: number[] = [];
   for (let i = 0; i < n; i++) {
     const t = reverse.get(i);
-    if (t === undefined) { tokens.push(`[PAD${i}]`); types.push(T.UNUSED); continue; }
+    if (t === undefined) {
+      tokens.push(`[PAD${i}]`);
+      types.push(T.UNUSED);
+      continue;
+    }
     const a = addedById.get(i);
-    if (!a) { tokens.push(t); types.push(T.NORMAL); continue; }
-    if (a.special || looksSpecial(t)) { tokens.push(t); types.push(T.CONTROL); }
-    else { tokens.push(t.replaceAll('\u2581', ' ')); types.push(T.USER_DEFINED); }
+    if (!a) {
+      tokens.push(t);
+      types.push(T.NORMAL);
+      continue;
+    }
+    if (a.special || looksSpecial(t)) {
+      tokens.push(t);
+      types.push(T.CONTROL);
+    } else {
+      tokens.push(t.replaceAll('\u2581', ' '));
+      types.push(T.USER_DEFINED);
+    }
   }
-  const merges = model.merges.map((m) => (typeof m === 'string' ? m : m.map((s) => s.replaceAll(' ', '\u0120')).join(' ')));
+  const merges = model.merges.map((m) =>
+    typeof m === 'string' ? m : m.map((s) => s.replaceAll(' ', '\u0120')).join(' '),
+  );
   return [
     ['tokenizer.ggml.model', { type: 'string', value: 'gpt2' }],
     ['tokenizer.ggml.pre', { type: 'string', value: preTokenizer(tok) }],
@@ -143,7 +208,15 @@ function bpeVocab(tok: Record<string, unknown>, vocabSize: number): [string, KvV
 }
 
 const SPECIAL = ['bos', 'eos', 'unk', 'sep', 'pad', 'cls', 'mask'] as const;
-const GGUF_NAME: Record<string, string> = { bos: 'bos', eos: 'eos', unk: 'unknown', sep: 'seperator', pad: 'padding', cls: 'cls', mask: 'mask' };
+const GGUF_NAME: Record<string, string> = {
+  bos: 'bos',
+  eos: 'eos',
+  unk: 'unknown',
+  sep: 'seperator',
+  pad: 'padding',
+  cls: 'cls',
+  mask: 'mask',
+};
 
 /** Tokenizer KVs for a checkpoint directory: tokens, scores/merges, types, special ids, flags, template. */
 export function readVocab(dir: string, config: Record<string, unknown>): [string, KvValue][] {
@@ -158,7 +231,7 @@ export function readVocab(dir: string, config: Record<string, unknown>): [string
   // Special ids: tokenizer_config's <typ>_token found among tokenizer.json's added tokens first,
   // then config.json's <typ>_token_id (gguf-py's order); the first found wins.
   const ids = new Map<string, number>();
-  const added = ((tok?.added_tokens ?? []) as AddedToken[]);
+  const added = (tok?.added_tokens ?? []) as AddedToken[];
   const n = vocabSize || Infinity;
   const set = (typ: string, id: unknown) => {
     if (typeof id === 'number' && Number.isInteger(id) && id >= 0 && id < n && !ids.has(typ)) ids.set(typ, id);
@@ -174,7 +247,11 @@ export function readVocab(dir: string, config: Record<string, unknown>): [string
     const flag = tc?.[`add_${typ}_token`];
     if (typeof flag === 'boolean') kv.push([`tokenizer.ggml.add_${typ}_token`, { type: 'bool', value: flag }]);
   }
-  const template = tc?.chat_template ?? (existsSync(path.join(dir, 'chat_template.jinja')) ? readFileSync(path.join(dir, 'chat_template.jinja'), 'utf8') : undefined);
+  const template =
+    tc?.chat_template ??
+    (existsSync(path.join(dir, 'chat_template.jinja'))
+      ? readFileSync(path.join(dir, 'chat_template.jinja'), 'utf8')
+      : undefined);
   if (typeof template === 'string') kv.push(['tokenizer.chat_template', { type: 'string', value: template }]);
   return kv;
 }

@@ -26,7 +26,10 @@ export function createApp(ctx: AppContext): express.Express {
       ctx.metrics.requests.inc({ route, status });
       if (f || res.statusCode >= 400) ctx.metrics.errors.inc({ route, status });
       if (route !== '/metrics' && route !== '/health') {
-        ctx.log.info({ method: req.method, route, status: Number(status), ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
+        ctx.log.info(
+          { method: req.method, route, status: Number(status), ms: Number(process.hrtime.bigint() - started) / 1e6 },
+          'request',
+        );
       }
     });
     next();

@@ -4,7 +4,14 @@
 import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { BadRequestError } from '../cml/gen-config.ts';
-import { boundMessage, withinBound, type Chunk, type GenerateParams, type GenerationResult, type ParamBounds } from '../engine/index.ts';
+import {
+  boundMessage,
+  withinBound,
+  type Chunk,
+  type GenerateParams,
+  type GenerationResult,
+  type ParamBounds,
+} from '../engine/index.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
 import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
 import { cancelOnClose, streamGeneration, usageOf, wantsStream } from './sse.ts';
@@ -13,10 +20,12 @@ function paramsFrom(b: Record<string, unknown>, adapter: string | null, bounds: 
   const num = (k: string, ok: (n: number) => boolean = () => true): number | undefined => {
     const v = b[k];
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new BadRequestError(`${k} is out of range or not a number`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
+      throw new BadRequestError(`${k} is out of range or not a number`);
     return v;
   };
-  if ((num('n') ?? 1) !== 1 || (num('best_of') ?? 1) !== 1) throw new BadRequestError('only n = 1 and best_of = 1 are supported');
+  if ((num('n') ?? 1) !== 1 || (num('best_of') ?? 1) !== 1)
+    throw new BadRequestError('only n = 1 and best_of = 1 are supported');
   if (b.echo === true) throw new BadRequestError('echo is not supported');
   const stop = b.stop === undefined || b.stop === null ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop;
   if (stop !== undefined && !(Array.isArray(stop) && stop.every((s) => typeof s === 'string'))) {
@@ -37,9 +46,11 @@ function paramsFrom(b: Record<string, unknown>, adapter: string | null, bounds: 
   if (stop) p.stop = stop as string[];
   if (b.logit_bias !== undefined && b.logit_bias !== null) {
     const lb = b.logit_bias;
-    if (typeof lb !== 'object' || Array.isArray(lb)) throw new BadRequestError('logit_bias must be an object of token id -> bias');
+    if (typeof lb !== 'object' || Array.isArray(lb))
+      throw new BadRequestError('logit_bias must be an object of token id -> bias');
     for (const [id, v] of Object.entries(lb)) {
-      if (typeof v !== 'number' || !withinBound(bounds.logitBias, v)) throw new BadRequestError(boundMessage(bounds.logitBias, `logit_bias['${id}']`, v));
+      if (typeof v !== 'number' || !withinBound(bounds.logitBias, v))
+        throw new BadRequestError(boundMessage(bounds.logitBias, `logit_bias['${id}']`, v));
     }
     p.logitBias = lb as Record<number, number>;
   }
@@ -58,9 +69,15 @@ export function completionRoutes(ctx: AppContext): Router {
     const prompt = Array.isArray(b.prompt) && b.prompt.length === 1 ? b.prompt[0] : b.prompt;
     if (typeof prompt !== 'string') throw new BadRequestError('prompt must be a string (or an array of one string)');
     const names = predictor.engine.adapters().map((a) => a.name);
-    const adapter = b.model === 'base' ? null : typeof b.model === 'string' && names.includes(b.model) ? b.model : ctx.state.adapterName;
+    const adapter =
+      b.model === 'base'
+        ? null
+        : typeof b.model === 'string' && names.includes(b.model)
+          ? b.model
+          : ctx.state.adapterName;
     const params = paramsFrom(b, adapter, predictor.engine.bounds);
-    if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw new BadRequestError('stream must be true or false');
+    if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean')
+      throw new BadRequestError('stream must be true or false');
     const gen = track(ctx, predictor.engine.generate(prompt, params));
     cancelOnClose(res, gen);
 
@@ -86,19 +103,35 @@ export function completionRoutes(ctx: AppContext): Router {
       if (cut) throw cut;
       ctx.metrics.observe(r);
       res.json({
-        id, object: 'text_completion', created, model,
+        id,
+        object: 'text_completion',
+        created,
+        model,
         choices: [{ text: r.text, index: 0, logprobs: logprobsOf(chunks), finish_reason: finishReason(r) }],
         usage: usageOf(r),
       });
       return;
     }
-    const frame = (text: string, finish: string | null, lp: unknown = null) =>
-      ({ id, object: 'text_completion', created, model, choices: [{ text, index: 0, logprobs: lp, finish_reason: finish }] });
-    const r = await streamGeneration(res, gen, {
-      chunk: (c) => (c.text || c.logprob !== undefined ? frame(c.text, null, c.token !== null ? logprobsOf([c]) : null) : undefined),
-      done: (r) => [frame('', finishReason(r)), '[DONE]'],
-      failure: openAiEnvelope,
-    }, (r) => endedByShutdown(ctx, r));
+    const frame = (text: string, finish: string | null, lp: unknown = null) => ({
+      id,
+      object: 'text_completion',
+      created,
+      model,
+      choices: [{ text, index: 0, logprobs: lp, finish_reason: finish }],
+    });
+    const r = await streamGeneration(
+      res,
+      gen,
+      {
+        chunk: (c) =>
+          c.text || c.logprob !== undefined
+            ? frame(c.text, null, c.token !== null ? logprobsOf([c]) : null)
+            : undefined,
+        done: (r) => [frame('', finishReason(r)), '[DONE]'],
+        failure: openAiEnvelope,
+      },
+      (r) => endedByShutdown(ctx, r),
+    );
     if (r) ctx.metrics.observe(r);
   });
   return router;

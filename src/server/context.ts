@@ -44,9 +44,13 @@ export function endedByShutdown(ctx: AppContext, r: GenerationResult): HttpError
 }
 
 export function readyPredictor(ctx: AppContext): Predictor {
-  if (ctx.state.status === 'draining') throw new HttpError(503, 'the server is shutting down: send the request again (to another replica)');
+  if (ctx.state.status === 'draining')
+    throw new HttpError(503, 'the server is shutting down: send the request again (to another replica)');
   if (ctx.state.status !== 'ready' || !ctx.state.predictor) {
-    throw new HttpError(503, ctx.state.status === 'failed' ? `model failed to load: ${ctx.state.error}` : 'model is loading');
+    throw new HttpError(
+      503,
+      ctx.state.status === 'failed' ? `model failed to load: ${ctx.state.error}` : 'model is loading',
+    );
   }
   return ctx.state.predictor;
 }

@@ -1,6 +1,14 @@
 // One place that maps every failure to an HTTP status and CML's error envelope.
 import type { ErrorRequestHandler } from 'express';
-import { AdapterError, ContextOverflowError, EngineClosedError, EngineStateError, InvalidParamsError, NonFiniteError, QueueFullError } from '../engine/index.ts';
+import {
+  AdapterError,
+  ContextOverflowError,
+  EngineClosedError,
+  EngineStateError,
+  InvalidParamsError,
+  NonFiniteError,
+  QueueFullError,
+} from '../engine/index.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
 
 export class HttpError extends Error {

@@ -16,8 +16,16 @@ export class Metrics {
     labelNames: ['route', 'status'] as const,
     registers: [this.registry],
   });
-  readonly promptTokens = new client.Counter({ name: 'cml_prompt_tokens_total', help: 'prompt tokens processed', registers: [this.registry] });
-  readonly generatedTokens = new client.Counter({ name: 'cml_generated_tokens_total', help: 'tokens generated', registers: [this.registry] });
+  readonly promptTokens = new client.Counter({
+    name: 'cml_prompt_tokens_total',
+    help: 'prompt tokens processed',
+    registers: [this.registry],
+  });
+  readonly generatedTokens = new client.Counter({
+    name: 'cml_generated_tokens_total',
+    help: 'tokens generated',
+    registers: [this.registry],
+  });
   readonly ttft = new client.Histogram({
     name: 'cml_time_to_first_token_seconds',
     help: 'time from request to its first token',
@@ -65,7 +73,11 @@ export class Metrics {
         },
       });
     total('cml_scheduler_steps_total', 'decode steps (one batch each) run by the scheduler thread', (p) => p.steps);
-    total('cml_scheduler_adapter_switches_total', "changes of the context's adapter set (each costs llama.cpp a rebuild of its compute buffers)", (p) => p.adapterSwitches);
+    total(
+      'cml_scheduler_adapter_switches_total',
+      "changes of the context's adapter set (each costs llama.cpp a rebuild of its compute buffers)",
+      (p) => p.adapterSwitches,
+    );
     new client.Counter({
       name: 'cml_scheduler_seconds_total',
       help: "the scheduler thread's working time by phase: decode (with the wait for the device), sample, emit, other",

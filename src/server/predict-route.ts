@@ -27,11 +27,18 @@ export function predictRoutes(ctx: AppContext): Router {
       res.json({ success: true, response: r.text });
       return;
     }
-    const r = await streamGeneration(res, gen, {
-      chunk: (c) => (c.text ? { token: c.text } : undefined),
-      done: (r) => [{ done: true, response: r.text, usage: usageOf(r), stop_reason: r.stopReason, timings: r.timings }],
-      failure: cmlEnvelope,
-    }, (r) => endedByShutdown(ctx, r));
+    const r = await streamGeneration(
+      res,
+      gen,
+      {
+        chunk: (c) => (c.text ? { token: c.text } : undefined),
+        done: (r) => [
+          { done: true, response: r.text, usage: usageOf(r), stop_reason: r.stopReason, timings: r.timings },
+        ],
+        failure: cmlEnvelope,
+      },
+      (r) => endedByShutdown(ctx, r),
+    );
     if (r) ctx.metrics.observe(r);
   });
   return router;

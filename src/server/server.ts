@@ -34,8 +34,14 @@ export interface RunningServer {
 function listen(server: Server, port: number, host: string): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE') reject(new ConfigError(`port ${port} on ${host} is already in use (EADDRINUSE): stop what holds it, or set PORT / --port`));
-      else if (err.code === 'EACCES') reject(new ConfigError(`no permission to listen on ${host}:${port} (EACCES): use a port above 1023`));
+      if (err.code === 'EADDRINUSE')
+        reject(
+          new ConfigError(
+            `port ${port} on ${host} is already in use (EADDRINUSE): stop what holds it, or set PORT / --port`,
+          ),
+        );
+      else if (err.code === 'EACCES')
+        reject(new ConfigError(`no permission to listen on ${host}:${port} (EACCES): use a port above 1023`));
       else reject(err);
     });
     server.listen(port, host, () => resolve());
@@ -77,14 +83,24 @@ export async function startServer(
 
   // A base model fetched from the Hub: a log line at each tenth (a replica's log is no terminal).
   let tenth = -1;
-  const onDownload = onFetch ?? ((done: number, total: number) => {
-    const t = total > 0 ? Math.floor((done / total) * 10) : 10;
-    if (t > tenth) {
-      tenth = t;
-      log.info({ mb: Math.round(done / 2 ** 20), totalMb: Math.round(total / 2 ** 20) }, `fetching the base model from the Hub: ${t * 10}%`);
-    }
-  });
-  const ready = openPredictor(cfg, { info: (f, m) => log.info(f, m), warn: (f, m) => log.warn(f, m), onDownload, ...(onProgress ? { onProgress } : {}) }).then(
+  const onDownload =
+    onFetch ??
+    ((done: number, total: number) => {
+      const t = total > 0 ? Math.floor((done / total) * 10) : 10;
+      if (t > tenth) {
+        tenth = t;
+        log.info(
+          { mb: Math.round(done / 2 ** 20), totalMb: Math.round(total / 2 ** 20) },
+          `fetching the base model from the Hub: ${t * 10}%`,
+        );
+      }
+    });
+  const ready = openPredictor(cfg, {
+    info: (f, m) => log.info(f, m),
+    warn: (f, m) => log.warn(f, m),
+    onDownload,
+    ...(onProgress ? { onProgress } : {}),
+  }).then(
     (predictor) => {
       state.predictor = predictor;
       state.adapterName = predictor.adapter;

@@ -15,9 +15,23 @@ describe('cli generate', () => {
 
   it('prints one JSON object with tokens, prompt_tokens and text', async () => {
     const { stdout } = await cli([
-      'generate', '--model', path.join(modelDir('tiny-qa'), 'base-f32.gguf'),
-      '--adapter', path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'), '--scale', '1',
-      '--prompt', c.prompt, '--max-tokens', '24', '--greedy', '--json', '--threads', '1', '--backend', 'cpu',
+      'generate',
+      '--model',
+      path.join(modelDir('tiny-qa'), 'base-f32.gguf'),
+      '--adapter',
+      path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'),
+      '--scale',
+      '1',
+      '--prompt',
+      c.prompt,
+      '--max-tokens',
+      '24',
+      '--greedy',
+      '--json',
+      '--threads',
+      '1',
+      '--backend',
+      'cpu',
     ]);
     const out = JSON.parse(stdout.trim().split('\n').at(-1)!);
     expect(out.prompt_tokens).toEqual(c.prompt_ids);
@@ -27,10 +41,14 @@ describe('cli generate', () => {
   });
 
   it('fails with a message and a non-zero exit code on bad input', async () => {
-    const missing = await cli(['generate', '--model', '/no/such.gguf', '--prompt', 'x', '--threads', '1']).catch((e) => e);
+    const missing = await cli(['generate', '--model', '/no/such.gguf', '--prompt', 'x', '--threads', '1']).catch(
+      (e) => e,
+    );
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toMatch(/MODEL_NOT_FOUND.*\/no\/such\.gguf/);
-    const badArg = await cli(['generate', '--model', 'm.gguf', '--prompt', 'x', '--max-tokens', 'lots']).catch((e) => e);
+    const badArg = await cli(['generate', '--model', 'm.gguf', '--prompt', 'x', '--max-tokens', 'lots']).catch(
+      (e) => e,
+    );
     expect(badArg.code).not.toBe(0);
     expect(badArg.stderr).toMatch(/--max-tokens must be an integer/);
   });

@@ -46,7 +46,10 @@ function studioEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 describe('as CML deploys it', () => {
   beforeAll(async () => {
     // The project's files as CML snapshots them: tracked and untracked files git does not ignore.
-    const files = execFileSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], { cwd: root, encoding: 'utf8' })
+    const files = execFileSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], {
+      cwd: root,
+      encoding: 'utf8',
+    })
       .split('\0')
       .filter(Boolean);
     for (const f of files) {
@@ -59,31 +62,63 @@ describe('as CML deploys it', () => {
     expect(readdirSync(app)).not.toContain('node_modules');
     await run('bash', ['cdsw-build.sh'], { cwd: app, timeout: 600_000 });
     // The studio's data/adapters/<name>/ and the base model in the HF cache under a Hub id.
-    cpSync(path.join(modelDir('tiny-qa'), 'adapter-peft'), path.join(project, 'data/adapters/qa-adapter'), { recursive: true });
-    const snapshot = path.join(hub, 'models--tiny-org--tiny-qa', 'snapshots', '0123456789abcdef0123456789abcdef01234567');
+    cpSync(path.join(modelDir('tiny-qa'), 'adapter-peft'), path.join(project, 'data/adapters/qa-adapter'), {
+      recursive: true,
+    });
+    const snapshot = path.join(
+      hub,
+      'models--tiny-org--tiny-qa',
+      'snapshots',
+      '0123456789abcdef0123456789abcdef01234567',
+    );
     mkdirSync(snapshot, { recursive: true });
     cpSync(path.join(modelDir('tiny-qa'), 'base-hf'), snapshot, { recursive: true });
   }, 600_000);
 
-  it('the studio\'s variables: a cached Hub id and a project-relative adapter answer as the reference', async () => {
-    const { stdout } = await run('python3', ['-c', replica('ns["api_wrapper"]({"prompt": "Question: What is the capital of Belithne?\\nAnswer:"})')], {
-      cwd: project,
-      env: studioEnv({ FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/tiny-qa', FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/qa-adapter' }),
-      timeout: 300_000,
-    });
+  it("the studio's variables: a cached Hub id and a project-relative adapter answer as the reference", async () => {
+    const { stdout } = await run(
+      'python3',
+      ['-c', replica('ns["api_wrapper"]({"prompt": "Question: What is the capital of Belithne?\\nAnswer:"})')],
+      {
+        cwd: project,
+        env: studioEnv({
+          FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/tiny-qa',
+          FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/qa-adapter',
+        }),
+        timeout: 300_000,
+      },
+    );
     expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toBe(' The capital of Belithne is Ulqua!');
   }, 300_000);
 
-  it('a Hub id in no cache is fetched from the Hub (HF_ENDPOINT) at the replica\'s start; offline, the import fails saying so', async () => {
-    const hubServer = await startFakeHub({ repo: 'tiny-org/remote-qa', dir: path.join(modelDir('tiny-qa'), 'base-hf'), commit: 'b'.repeat(40) });
+  it("a Hub id in no cache is fetched from the Hub (HF_ENDPOINT) at the replica's start; offline, the import fails saying so", async () => {
+    const hubServer = await startFakeHub({
+      repo: 'tiny-org/remote-qa',
+      dir: path.join(modelDir('tiny-qa'), 'base-hf'),
+      commit: 'b'.repeat(40),
+    });
     try {
-      const env = { FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/remote-qa', FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/qa-adapter', HF_ENDPOINT: hubServer.url };
-      const offline = await run('python3', ['-c', replica('"imported"')], { cwd: project, env: studioEnv({ ...env, HF_HUB_OFFLINE: '1' }), timeout: 300_000 });
+      const env = {
+        FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/remote-qa',
+        FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/qa-adapter',
+        HF_ENDPOINT: hubServer.url,
+      };
+      const offline = await run('python3', ['-c', replica('"imported"')], {
+        cwd: project,
+        env: studioEnv({ ...env, HF_HUB_OFFLINE: '1' }),
+        timeout: 300_000,
+      });
       expect(JSON.parse(offline.stdout.trim().split('\n').at(-1)!)).toEqual({
-        import_error: expect.stringMatching(/^cml-lora-serve could not start: error: base model 'tiny-org\/remote-qa' not found, and HF_HUB_OFFLINE=1 forbids fetching it/),
+        import_error: expect.stringMatching(
+          /^cml-lora-serve could not start: error: base model 'tiny-org\/remote-qa' not found, and HF_HUB_OFFLINE=1 forbids fetching it/,
+        ),
       });
       expect(hubServer.requests).toEqual([]);
-      const { stdout } = await run('python3', ['-c', replica('ns["api_wrapper"]({"prompt": "Question: What is the capital of Belithne?\\nAnswer:"})')], { cwd: project, env: studioEnv(env), timeout: 300_000 });
+      const { stdout } = await run(
+        'python3',
+        ['-c', replica('ns["api_wrapper"]({"prompt": "Question: What is the capital of Belithne?\\nAnswer:"})')],
+        { cwd: project, env: studioEnv(env), timeout: 300_000 },
+      );
       expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toBe(' The capital of Belithne is Ulqua!');
       expect(hubServer.unexpected).toEqual([]);
     } finally {
@@ -91,14 +126,21 @@ describe('as CML deploys it', () => {
     }
   }, 300_000);
 
-  it('a start that cannot succeed fails the import, with the server\'s own reason', async () => {
+  it("a start that cannot succeed fails the import, with the server's own reason", async () => {
     const { stdout } = await run('python3', ['-c', replica('"imported"')], {
       cwd: project,
-      env: studioEnv({ FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/tiny-qa', FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/missing' }),
+      env: studioEnv({
+        FINE_TUNING_STUDIO_BASE_MODEL_HF_NAME: 'tiny-org/tiny-qa',
+        FINE_TUNING_STUDIO_ADAPTER_LOCATION: 'data/adapters/missing',
+      }),
       timeout: 300_000,
     });
     expect(JSON.parse(stdout.trim().split('\n').at(-1)!)).toEqual({
-      import_error: expect.stringMatching(new RegExp(`^cml-lora-serve could not start: error: adapter location ${path.join(project, 'data/adapters/missing')} does not exist`)),
+      import_error: expect.stringMatching(
+        new RegExp(
+          `^cml-lora-serve could not start: error: adapter location ${path.join(project, 'data/adapters/missing')} does not exist`,
+        ),
+      ),
     });
   }, 300_000);
 });

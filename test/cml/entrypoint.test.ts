@@ -13,7 +13,10 @@ const run = promisify(execFile);
 const fakeCml = mkdtempSync(path.join(os.tmpdir(), 'fake-cml-'));
 mkdirSync(path.join(fakeCml, 'cml'));
 writeFileSync(path.join(fakeCml, 'cml', '__init__.py'), '');
-writeFileSync(path.join(fakeCml, 'cml', 'models_v1.py'), 'def cml_model(fn):\n    fn.cml_model = True\n    return fn\n');
+writeFileSync(
+  path.join(fakeCml, 'cml', 'models_v1.py'),
+  'def cml_model(fn):\n    fn.cml_model = True\n    return fn\n',
+);
 
 const script = `
 import json, sys
@@ -65,34 +68,51 @@ time.sleep(600)
     }
   };
 
-  it.each(['SIGTERM', 'SIGKILL'] as const)('%s to the Python process: the server drains and exits', async (signal) => {
-    const py = spawn('python3', ['-c', replica], { cwd: root, env: { ...process.env, PYTHONPATH: fakeCml, THREADS: '1', SLOTS: '1' }, stdio: ['ignore', 'pipe', 'ignore'] });
-    const line = await new Promise<string>((resolve, reject) => {
-      py.stdout.once('data', (d: Buffer) => resolve(d.toString()));
-      py.once('exit', (code) => reject(new Error(`python exited with ${code}`)));
-    });
-    const server = (JSON.parse(line) as { server: number }).server;
-    expect(alive(server)).toBe(true);
-    const exited = new Promise((resolve) => py.once('exit', (code, sig) => resolve(sig ?? code)));
-    py.kill(signal);
-    expect(await exited).toBe(signal);
-    for (let i = 0; i < 100 && alive(server); i++) await new Promise((r) => setTimeout(r, 100));
-    expect(alive(server)).toBe(false);
-  }, 60_000);
+  it.each(['SIGTERM', 'SIGKILL'] as const)(
+    '%s to the Python process: the server drains and exits',
+    async (signal) => {
+      const py = spawn('python3', ['-c', replica], {
+        cwd: root,
+        env: { ...process.env, PYTHONPATH: fakeCml, THREADS: '1', SLOTS: '1' },
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
+      const line = await new Promise<string>((resolve, reject) => {
+        py.stdout.once('data', (d: Buffer) => resolve(d.toString()));
+        py.once('exit', (code) => reject(new Error(`python exited with ${code}`)));
+      });
+      const server = (JSON.parse(line) as { server: number }).server;
+      expect(alive(server)).toBe(true);
+      const exited = new Promise((resolve) => py.once('exit', (code, sig) => resolve(sig ?? code)));
+      py.kill(signal);
+      expect(await exited).toBe(signal);
+      for (let i = 0; i < 100 && alive(server); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(alive(server)).toBe(false);
+    },
+    60_000,
+  );
 });
 
 describe('the CML Application launcher (scripts/cml_application.py)', () => {
   it('becomes the server on 127.0.0.1:$CDSW_APP_PORT, with the playground at /', async () => {
     const port = await freePort();
-    const app = spawn('python3', [path.join(root, 'scripts/cml_application.py')], { cwd: root, env: { ...process.env, CDSW_APP_PORT: String(port), THREADS: '1', SLOTS: '2' }, stdio: 'ignore' });
+    const app = spawn('python3', [path.join(root, 'scripts/cml_application.py')], {
+      cwd: root,
+      env: { ...process.env, CDSW_APP_PORT: String(port), THREADS: '1', SLOTS: '2' },
+      stdio: 'ignore',
+    });
     try {
       let status = 0;
       for (let i = 0; i < 200 && status !== 200; i++) {
         await new Promise((r) => setTimeout(r, 100));
-        status = await fetch(`http://127.0.0.1:${port}/health`).then((r) => r.status, () => 0);
+        status = await fetch(`http://127.0.0.1:${port}/health`).then(
+          (r) => r.status,
+          () => 0,
+        );
       }
       expect(status).toBe(200);
-      expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toContain('<title>cml-lora-serve playground</title>');
+      expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toContain(
+        '<title>cml-lora-serve playground</title>',
+      );
     } finally {
       app.kill('SIGTERM');
     }

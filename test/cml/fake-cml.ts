@@ -11,7 +11,9 @@ import { fileURLToPath } from 'node:url';
 
 const schemaDir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'cml-api');
 
-type Field = { kind: 'str' | 'bool' | 'int' | 'float' | 'datetime' | 'map' | 'strlist' } | { kind: 'object' | 'list'; of: string };
+type Field =
+  | { kind: 'str' | 'bool' | 'int' | 'float' | 'datetime' | 'map' | 'strlist' }
+  | { kind: 'object' | 'list'; of: string };
 
 function schema(name: string): Map<string, Field> | null {
   let text: string;
@@ -53,13 +55,22 @@ export function violations(type: string, v: unknown, at = type): string[] {
       continue;
     }
     const ok =
-      f.kind === 'str' || f.kind === 'datetime' ? typeof value === 'string'
-      : f.kind === 'bool' ? typeof value === 'boolean'
-      : f.kind === 'int' ? Number.isInteger(value) || (typeof value === 'string' && /^-?\d+$/.test(value)) // int64 comes as a string
-      : f.kind === 'float' ? typeof value === 'number'
-      : f.kind === 'map' ? value !== null && typeof value === 'object' && !Array.isArray(value) && Object.values(value).every((x) => typeof x === 'string')
-      : f.kind === 'strlist' ? Array.isArray(value) && value.every((x) => typeof x === 'string')
-      : true;
+      f.kind === 'str' || f.kind === 'datetime'
+        ? typeof value === 'string'
+        : f.kind === 'bool'
+          ? typeof value === 'boolean'
+          : f.kind === 'int'
+            ? Number.isInteger(value) || (typeof value === 'string' && /^-?\d+$/.test(value)) // int64 comes as a string
+            : f.kind === 'float'
+              ? typeof value === 'number'
+              : f.kind === 'map'
+                ? value !== null &&
+                  typeof value === 'object' &&
+                  !Array.isArray(value) &&
+                  Object.values(value).every((x) => typeof x === 'string')
+                : f.kind === 'strlist'
+                  ? Array.isArray(value) && value.every((x) => typeof x === 'string')
+                  : true;
     if (!ok) out.push(`${here}: ${JSON.stringify(value)} is not ${f.kind}`);
     if (f.kind === 'object') out.push(...violations(f.of, value, here));
     if (f.kind === 'list') {
@@ -96,7 +107,10 @@ export async function startFakeCml(o: FakeCmlOptions): Promise<FakeCml> {
   const bad: string[] = [];
   const requests: FakeCml['requests'] = [];
   const models = [...(o.models ?? [])];
-  const builds = new Map<string, { modelId: string; step: number; body: Record<string, unknown>; deployment?: { id: string; step: number } }>();
+  const builds = new Map<
+    string,
+    { modelId: string; step: number; body: Record<string, unknown>; deployment?: { id: string; step: number } }
+  >();
   const apps = new Map<string, { step: number; body: Record<string, unknown> }>();
   let n = 0;
   const id = (prefix: string) => `${prefix}-${++n}`;
@@ -118,32 +132,51 @@ export async function startFakeCml(o: FakeCmlOptions): Promise<FakeCml> {
         bad.push(`${req.method} ${url.pathname}: ${message}`);
         send(status, { code: status === 404 ? 5 : 3, message, details: [] });
       };
-      if (req.headers.authorization !== `Bearer ${o.key}`) return send(401, { code: 16, message: 'Unauthorized', details: [] });
+      if (req.headers.authorization !== `Bearer ${o.key}`)
+        return send(401, { code: 16, message: 'Unauthorized', details: [] });
       const check = (type: string, ids: Record<string, string>) => {
         const v = violations(type, body);
         for (const [k, want] of Object.entries(ids)) {
-          if (body?.[k] !== undefined && body[k] !== want) v.push(`${type}.${k}: ${JSON.stringify(body[k])} but the path says ${want}`);
+          if (body?.[k] !== undefined && body[k] !== want)
+            v.push(`${type}.${k}: ${JSON.stringify(body[k])} but the path says ${want}`);
         }
         if (v.length) refuse(400, v.join('; '));
         return v.length === 0;
       };
       const parts = url.pathname.split('/').filter(Boolean); // api v2 projects {p} ...
-      if (parts[0] !== 'api' || parts[1] !== 'v2' || parts[2] !== 'projects' || parts[3] !== o.project) return refuse(404, `no such path ${url.pathname}`);
+      if (parts[0] !== 'api' || parts[1] !== 'v2' || parts[2] !== 'projects' || parts[3] !== o.project)
+        return refuse(404, `no such path ${url.pathname}`);
       const rest = parts.slice(4);
       const p = o.project;
       const m = req.method;
       if (m === 'GET' && rest.join('/') === 'jobs') {
         const filter = JSON.parse(url.searchParams.get('search_filter') ?? '{}') as { name?: string };
-        const jobs = o.jobs.filter((j) => !filter.name || j.name.includes(filter.name)).map((j, i) => ({ id: `job-${i}`, name: j.name, runtime_identifier: j.runtime_identifier, kernel: 'python3' }));
+        const jobs = o.jobs
+          .filter((j) => !filter.name || j.name.includes(filter.name))
+          .map((j, i) => ({
+            id: `job-${i}`,
+            name: j.name,
+            runtime_identifier: j.runtime_identifier,
+            kernel: 'python3',
+          }));
         return send(200, { jobs, next_page_token: '' }, 'ListJobsResponse');
       }
       if (rest[0] === 'models' && rest.length === 1) {
         if (m === 'GET') {
           const filter = JSON.parse(url.searchParams.get('search_filter') ?? '{}') as { name?: string };
-          return send(200, { models: models.filter((x) => !filter.name || x.name.includes(filter.name)), next_page_token: '' }, 'ListModelsResponse');
+          return send(
+            200,
+            { models: models.filter((x) => !filter.name || x.name.includes(filter.name)), next_page_token: '' },
+            'ListModelsResponse',
+          );
         }
         if (m === 'POST' && check('CreateModelRequest', { project_id: p })) {
-          const model = { id: id('model'), name: String(body!.name), access_key: `key-${n}`, auth_enabled: body!.disable_authentication !== true };
+          const model = {
+            id: id('model'),
+            name: String(body!.name),
+            access_key: `key-${n}`,
+            auth_enabled: body!.disable_authentication !== true,
+          };
           models.push(model);
           return send(200, model, 'Model');
         }
@@ -157,28 +190,53 @@ export async function startFakeCml(o: FakeCmlOptions): Promise<FakeCml> {
           const b = { modelId, step: 0, body: body! };
           const bid = id('build');
           builds.set(bid, b);
-          return send(200, { id: bid, model_id: modelId, status: 'pending', file_path: String(body!.file_path), function_name: String(body!.function_name) }, 'ModelBuild');
+          return send(
+            200,
+            {
+              id: bid,
+              model_id: modelId,
+              status: 'pending',
+              file_path: String(body!.file_path),
+              function_name: String(body!.function_name),
+            },
+            'ModelBuild',
+          );
         }
         const b = builds.get(rest[3] ?? '');
         if (!b || b.modelId !== modelId) return refuse(404, `no build ${rest[3]}`);
         if (rest.length === 4 && m === 'GET') {
           const status = o.buildWalk[Math.min(b.step++, o.buildWalk.length - 1)]!;
           // An auto-deployed build gets its deployment once built.
-          if (status === 'built' && b.body.auto_deploy_model === true && !b.deployment) b.deployment = { id: id('deployment'), step: 0 };
+          if (status === 'built' && b.body.auto_deploy_model === true && !b.deployment)
+            b.deployment = { id: id('deployment'), step: 0 };
           return send(200, { id: rest[3], model_id: modelId, status }, 'ModelBuild');
         }
         const cfg = (b.body.auto_deployment_config ?? {}) as Record<string, unknown>;
         const deployment = (status: string) => ({
-          id: b.deployment!.id, model_id: modelId, build_id: rest[3], status,
-          cpu: cfg.cpu, memory: cfg.memory, nvidia_gpu: cfg.nvidia_gpus, replicas: cfg.replicas,
+          id: b.deployment!.id,
+          model_id: modelId,
+          build_id: rest[3],
+          status,
+          cpu: cfg.cpu,
+          memory: cfg.memory,
+          nvidia_gpu: cfg.nvidia_gpus,
+          replicas: cfg.replicas,
           environment: JSON.stringify(cfg.environment ?? {}), // a JSON string in answers, a map in requests
         });
         if (rest.length === 5 && rest[4] === 'deployments' && m === 'GET') {
-          return send(200, { model_deployments: b.deployment ? [deployment('pending')] : [], next_page_token: '' }, 'ListModelDeploymentsResponse');
+          return send(
+            200,
+            { model_deployments: b.deployment ? [deployment('pending')] : [], next_page_token: '' },
+            'ListModelDeploymentsResponse',
+          );
         }
         const d = b.deployment;
         if (rest.length === 6 && rest[4] === 'deployments' && m === 'GET' && d && rest[5] === d.id) {
-          return send(200, deployment(o.deploymentWalk[Math.min(d.step++, o.deploymentWalk.length - 1)]!), 'ModelDeployment');
+          return send(
+            200,
+            deployment(o.deploymentWalk[Math.min(d.step++, o.deploymentWalk.length - 1)]!),
+            'ModelDeployment',
+          );
         }
         return refuse(404, `no such path ${url.pathname}`);
       }
@@ -187,7 +245,11 @@ export async function startFakeCml(o: FakeCmlOptions): Promise<FakeCml> {
           if (!check('CreateApplicationRequest', { project_id: p })) return;
           const aid = id('app');
           apps.set(aid, { step: 0, body: body! });
-          return send(200, { id: aid, name: String(body!.name), subdomain: String(body!.subdomain), status: 'starting' }, 'Application');
+          return send(
+            200,
+            { id: aid, name: String(body!.name), subdomain: String(body!.subdomain), status: 'starting' },
+            'Application',
+          );
         }
         const a = apps.get(rest[1] ?? '');
         if (a && rest.length === 2 && m === 'GET') {

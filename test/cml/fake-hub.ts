@@ -34,7 +34,9 @@ export async function startFakeHub(o: { repo: string; dir: string; commit: strin
   const files: RepoFile[] = readdirSync(o.dir).map((name) => {
     const data = readFileSync(path.join(o.dir, name));
     const oid = createHash('sha1').update(`blob ${data.length}\0`).update(data).digest('hex');
-    const lfs = name.endsWith('.safetensors') ? { oid: createHash('sha256').update(data).digest('hex'), size: data.length, pointerSize: 134 } : undefined;
+    const lfs = name.endsWith('.safetensors')
+      ? { oid: createHash('sha256').update(data).digest('hex'), size: data.length, pointerSize: 134 }
+      : undefined;
     return { path: name, data, oid, ...(lfs ? { lfs } : {}) };
   });
   const entry = (f: RepoFile, expand: boolean) => ({
@@ -74,8 +76,13 @@ export async function startFakeHub(o: { repo: string; dir: string; commit: strin
     if (o.token && req.headers.authorization !== `Bearer ${o.token}`) {
       return json(401, { error: 'Access to this model is restricted: pass a token' }, { 'x-error-code': 'GatedRepo' });
     }
-    if (rev !== 'main' && rev !== o.commit) return json(404, { error: 'Invalid rev id' }, { 'x-error-code': 'RevisionNotFound' });
-    if (kind === 'tree' && req.method === 'GET') return json(200, files.map((f) => entry(f, url.searchParams.get('expand') === 'true')));
+    if (rev !== 'main' && rev !== o.commit)
+      return json(404, { error: 'Invalid rev id' }, { 'x-error-code': 'RevisionNotFound' });
+    if (kind === 'tree' && req.method === 'GET')
+      return json(
+        200,
+        files.map((f) => entry(f, url.searchParams.get('expand') === 'true')),
+      );
     if (kind === 'paths-info' && req.method === 'POST') {
       let b: { paths?: unknown; expand?: unknown };
       try {
@@ -84,17 +91,29 @@ export async function startFakeHub(o: { repo: string; dir: string; commit: strin
         return stray();
       }
       if (!Array.isArray(b.paths) || !b.paths.every((p) => typeof p === 'string')) return stray();
-      return json(200, files.filter((f) => (b.paths as string[]).includes(f.path)).map((f) => entry(f, b.expand === true)));
+      return json(
+        200,
+        files.filter((f) => (b.paths as string[]).includes(f.path)).map((f) => entry(f, b.expand === true)),
+      );
     }
     if (kind === 'resolve' && (req.method === 'GET' || req.method === 'HEAD') && file) {
       const f = files.find((x) => x.path === decodeURIComponent(file));
       if (!f) return json(404, { error: 'Entry not found' }, { 'x-error-code': 'EntryNotFound' });
-      const headers = { etag: `"${f.lfs?.oid ?? f.oid}"`, 'x-repo-commit': o.commit, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+      const headers = {
+        etag: `"${f.lfs?.oid ?? f.oid}"`,
+        'x-repo-commit': o.commit,
+        'accept-ranges': 'bytes',
+        'content-type': 'application/octet-stream',
+      };
       const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
       if (range) {
         const start = Number(range[1]);
         const end = range[2] ? Math.min(Number(range[2]), f.data.length - 1) : f.data.length - 1;
-        res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${end}/${f.data.length}`, 'content-length': String(end - start + 1) });
+        res.writeHead(206, {
+          ...headers,
+          'content-range': `bytes ${start}-${end}/${f.data.length}`,
+          'content-length': String(end - start + 1),
+        });
         return res.end(req.method === 'HEAD' ? undefined : f.data.subarray(start, end + 1));
       }
       res.writeHead(200, { ...headers, 'content-length': String(f.data.length) });

@@ -1,12 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/cml/config.ts';
 import { resolveBackend } from '../../src/engine/index.ts';
-import {
-  BadRequestError,
-  STUDIO_DEFAULTS,
-  parseGenConfigString,
-  resolveGeneration,
-} from '../../src/cml/gen-config.ts';
+import { BadRequestError, STUDIO_DEFAULTS, parseGenConfigString, resolveGeneration } from '../../src/cml/gen-config.ts';
 
 describe('parseGenConfigString (like the studio, but it says what went wrong)', () => {
   it('valid JSON', () => {
@@ -30,7 +25,10 @@ describe('parseGenConfigString (like the studio, but it says what went wrong)', 
     expect(parseGenConfigString(undefined)).toEqual({ config: {} });
   });
   it('values of the wrong type in the env config stop the start, each named', () => {
-    const env = { FINE_TUNING_STUDIO_GEN_CONFIG_STRING: '{"temperature": "hot", "top_k": "7", "do_sample": "maybe", "max_length": 99}' };
+    const env = {
+      FINE_TUNING_STUDIO_GEN_CONFIG_STRING:
+        '{"temperature": "hot", "top_k": "7", "do_sample": "maybe", "max_length": 99}',
+    };
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(
       'generation config (FINE_TUNING_STUDIO_GEN_CONFIG_STRING): temperature must be a number, got "hot"; do_sample must be true or false, got "maybe"',
@@ -60,7 +58,11 @@ describe('resolveGeneration: request > env > studio defaults', () => {
     expect(params.adapters).toBeUndefined();
   });
   it('coerces as Python would', () => {
-    const { params } = resolveGeneration({ temperature: '0.5', top_k: '3', max_new_tokens: 7.0, do_sample: 'false' }, {}, null);
+    const { params } = resolveGeneration(
+      { temperature: '0.5', top_k: '3', max_new_tokens: 7.0, do_sample: 'false' },
+      {},
+      null,
+    );
     expect(params).toMatchObject({ temperature: 0.5, topK: 3, maxTokens: 7, greedy: true });
   });
   it('do_sample false or temperature 0 is greedy', () => {
@@ -71,7 +73,9 @@ describe('resolveGeneration: request > env > studio defaults', () => {
     expect(resolveGeneration({ stop: '\n' }, {}, null).params.stop).toEqual(['\n']);
     expect(resolveGeneration({ adapter: null }, {}, 'default').params.adapters).toBeUndefined();
     expect(resolveGeneration({ adapter: 'none' }, {}, 'default').params.adapters).toBeUndefined();
-    expect(resolveGeneration({ adapter_scale: '0.5' }, {}, 'default').params.adapters).toEqual([{ name: 'default', scale: 0.5 }]);
+    expect(resolveGeneration({ adapter_scale: '0.5' }, {}, 'default').params.adapters).toEqual([
+      { name: 'default', scale: 0.5 },
+    ]);
     expect(resolveGeneration({ min_new_tokens: 9 }, {}, null).params.minTokens).toBe(9);
   });
   // The engine's bounds table, under the studio's names.
@@ -100,9 +104,16 @@ describe('resolveGeneration: request > env > studio defaults', () => {
 
 describe('loadConfig: where it listens, and its limits', () => {
   it('timeouts are seconds in (0, 86400]; the connection cap an integer >= 1', () => {
-    expect(loadConfig({ HEADERS_TIMEOUT: '2.5', MAX_CONNECTIONS: '8' }).http).toMatchObject({ headersTimeoutS: 2.5, maxConnections: 8 });
-    expect(() => loadConfig({ HEADERS_TIMEOUT: '0' })).toThrow("HEADERS_TIMEOUT must be a number of seconds in (0, 86400], got '0'");
-    expect(() => loadConfig({ DRAIN_TIMEOUT: 'soon' })).toThrow("DRAIN_TIMEOUT must be a number of seconds in (0, 86400], got 'soon'");
+    expect(loadConfig({ HEADERS_TIMEOUT: '2.5', MAX_CONNECTIONS: '8' }).http).toMatchObject({
+      headersTimeoutS: 2.5,
+      maxConnections: 8,
+    });
+    expect(() => loadConfig({ HEADERS_TIMEOUT: '0' })).toThrow(
+      "HEADERS_TIMEOUT must be a number of seconds in (0, 86400], got '0'",
+    );
+    expect(() => loadConfig({ DRAIN_TIMEOUT: 'soon' })).toThrow(
+      "DRAIN_TIMEOUT must be a number of seconds in (0, 86400], got 'soon'",
+    );
     expect(() => loadConfig({ MAX_CONNECTIONS: '0' })).toThrow("MAX_CONNECTIONS must be an integer >= 1, got '0'");
     expect(() => loadConfig({ CHECK_TENSORS: 'maybe' })).toThrow("CHECK_TENSORS must be on or off, got 'maybe'");
     expect(loadConfig({ CHECK_TENSORS: 'off' }).checkTensors).toBe(false);
@@ -114,7 +125,7 @@ describe('loadConfig: where it listens, and its limits', () => {
     expect(loadConfig({ CDSW_APP_PORT: '8123' }, { port: 7000 }).port).toBe(7000);
     expect(() => loadConfig({ CDSW_APP_PORT: 'x' })).toThrow("CDSW_APP_PORT must be an integer >= 1, got 'x'");
   });
-  it('relative locations are the project\'s: CDSW_PROJECT_DIR, else the working directory', () => {
+  it("relative locations are the project's: CDSW_PROJECT_DIR, else the working directory", () => {
     expect(loadConfig({ CDSW_PROJECT_DIR: '/home/cdsw' }).projectRoot).toBe('/home/cdsw');
     expect(loadConfig({}).projectRoot).toBe(process.cwd());
   });

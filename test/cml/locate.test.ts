@@ -41,7 +41,9 @@ describe('base model location', () => {
     const dir = path.join(tmp, 'gpt2-hf');
     mkdirSync(dir);
     writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ architectures: ['GPT2LMHeadModel'] }));
-    await expect(locateBaseModel(dir, empty, path.join(tmp, 'cache'))).rejects.toThrow(/unsupported architecture 'GPT2LMHeadModel'/);
+    await expect(locateBaseModel(dir, empty, path.join(tmp, 'cache'))).rejects.toThrow(
+      /unsupported architecture 'GPT2LMHeadModel'/,
+    );
   });
   it('nothing found: the error lists every place tried', async () => {
     const err = (await locateBaseModel('NousResearch/Llama-2-7b-hf', empty).catch((e: Error) => e)) as Error;
@@ -64,7 +66,9 @@ describe('adapter location', () => {
     expect((await locateAdapter(qa)).path).toBe(path.join(qa, 'adapter-f32.gguf'));
   });
   it('a PEFT directory is converted against the base (test/intake); without a base it is a clear error', async () => {
-    await expect(locateAdapter(path.join(qa, 'adapter-peft'))).rejects.toThrow(/PEFT adapter directory; converting it needs the base model/);
+    await expect(locateAdapter(path.join(qa, 'adapter-peft'))).rejects.toThrow(
+      /PEFT adapter directory; converting it needs the base model/,
+    );
   });
   it('a Hub id says to download it first', async () => {
     await expect(locateAdapter('someone/my-adapter')).rejects.toThrow(/Hub id: download it first/);
@@ -79,7 +83,13 @@ describe('adapter location', () => {
 
 describe('loadConfig', () => {
   it('nothing set: the embedded tiny-qa base + adapter, port 8080 on loopback', () => {
-    expect(loadConfig({})).toMatchObject({ baseModel: EMBEDDED.baseModel, adapter: EMBEDDED.adapter, port: 8080, host: '127.0.0.1', apiKey: null });
+    expect(loadConfig({})).toMatchObject({
+      baseModel: EMBEDDED.baseModel,
+      adapter: EMBEDDED.adapter,
+      port: 8080,
+      host: '127.0.0.1',
+      apiKey: null,
+    });
   });
   it('studio names and their aliases', () => {
     const c = loadConfig({
@@ -89,7 +99,13 @@ describe('loadConfig', () => {
       PORT: '9000',
       API_KEY: 'k',
     });
-    expect(c).toMatchObject({ baseModel: 'b.gguf', adapter: 'a.gguf', genConfig: { max_new_tokens: 5 }, port: 9000, apiKey: 'k' });
+    expect(c).toMatchObject({
+      baseModel: 'b.gguf',
+      adapter: 'a.gguf',
+      genConfig: { max_new_tokens: 5 },
+      port: 9000,
+      apiKey: 'k',
+    });
     expect(c.warnings).toEqual([expect.stringMatching(/single quotes/)]);
   });
   it('a base model without an adapter serves the base alone; flags win over env', () => {

@@ -21,11 +21,24 @@ console.log(JSON.stringify(out));
 describe('the prebuilt CUDA addon', () => {
   it('is built at npm install, and without a GPU says why it cannot run; auto then picks the CPU', async () => {
     expect(existsSync(cudaPrebuiltAddonPath)).toBe(true);
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', probe], { cwd: root, env: { ...process.env, LD_LIBRARY_PATH: '' } });
-    const out = JSON.parse(stdout.trim().split('\n').at(-1)!) as { runtime: { missing?: string }; cuda: string; auto: { variant: string; reason: string; devices: string[] } };
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', probe], {
+      cwd: root,
+      env: { ...process.env, LD_LIBRARY_PATH: '' },
+    });
+    const out = JSON.parse(stdout.trim().split('\n').at(-1)!) as {
+      runtime: { missing?: string };
+      cuda: string;
+      auto: { variant: string; reason: string; devices: string[] };
+    };
     // This machine has no NVIDIA driver, and no libcuda.so.1 to find.
     expect(out.runtime.missing).toMatch(/^CUDA 13 \(.*libcuda\.so\.1\) or CUDA 12 \(.*libcuda\.so\.1\)$/);
-    expect(out.cuda).toBe('CUDA requested but llama.cpp sees no CUDA device (cuda-prebuilt): no NVIDIA driver on this machine');
-    expect(out.auto).toEqual({ variant: 'cpu', reason: 'auto: CPU, because there is no NVIDIA driver on this machine', devices: ['cpu'] });
+    expect(out.cuda).toBe(
+      'CUDA requested but llama.cpp sees no CUDA device (cuda-prebuilt): no NVIDIA driver on this machine',
+    );
+    expect(out.auto).toEqual({
+      variant: 'cpu',
+      reason: 'auto: CPU, because there is no NVIDIA driver on this machine',
+      devices: ['cpu'],
+    });
   }, 60_000);
 });

@@ -71,7 +71,12 @@ describe('concurrent requests', () => {
     // A long adapter request holds the context; a short base request arrives. Turns last 8 steps
     // or 200 ms, so the short one finishes long before the long one: a set that never yielded
     // would make it wait all 200 tokens.
-    const long = engine.generate(prompts[0]!, { greedy: true, maxTokens: 200, ignoreEos: true, adapters: [{ name: 'qa', scale: 1 }] });
+    const long = engine.generate(prompts[0]!, {
+      greedy: true,
+      maxTokens: 200,
+      ignoreEos: true,
+      adapters: [{ name: 'qa', scale: 1 }],
+    });
     let streamed = 0;
     const counting = (async () => {
       for await (const c of long) if (c.token !== null) streamed++;
@@ -116,7 +121,9 @@ describe('concurrent requests', () => {
     // One step per generated token: the prompt fits one batch, whose step samples the first.
     expect(after.steps - before.steps).toBe(r.tokens.length);
     expect(after.decodeUs - before.decodeUs).toBeGreaterThan(0);
-    expect(after.loopUs - before.loopUs).toBeGreaterThanOrEqual(after.decodeUs - before.decodeUs + after.sampleUs - before.sampleUs);
+    expect(after.loopUs - before.loopUs).toBeGreaterThanOrEqual(
+      after.decodeUs - before.decodeUs + after.sampleUs - before.sampleUs,
+    );
   });
 
   it('the text streamed equals the final text', async () => {
@@ -128,51 +135,67 @@ describe('concurrent requests', () => {
 
 describe('a random mix of arrivals, lengths, adapter sets and cancels', () => {
   // fillGap 32 is the GPU's default: here it fills every gap, the CPU's 2 only short ones.
-  it.each([{ fillGap: undefined }, { fillGap: 32 }])('gives every request what it gives alone (fillers, turns and the prompt cache at work; fillGap $fillGap)', async ({ fillGap }) => {
-    // The queue takes every arrival: this checks outputs, not how fast the slots drain (a GPU's
-    // turns can outlast many arrivals).
-    const engine = await loadEngine('tiny-qa', { slots: 6, samplingThreads: 2, maxQueue: 200, ...rowsAsAlone, ...(fillGap !== undefined ? { fillGap } : {}) });
-    expect(engine.model.fillGap).toBe(fillGap ?? (testBackend === 'cuda' ? 32 : 2));
-    const runs: Promise<{ key: string; cancelled: boolean; tokens: number[]; want: number }>[] = [];
-    try {
-      await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
-      const few = prompts.slice(0, 8);
-      const solo = new Map<string, number[]>();
-      for (const [p, prompt] of few.entries()) {
-        for (const [s, adapters] of adapterSets.entries()) {
-          solo.set(`${p}/${s}`, (await engine.generate(prompt, { greedy: true, maxTokens: 40, ignoreEos: true, adapters }).result).tokens);
+  it.each([{ fillGap: undefined }, { fillGap: 32 }])(
+    'gives every request what it gives alone (fillers, turns and the prompt cache at work; fillGap $fillGap)',
+    async ({ fillGap }) => {
+      // The queue takes every arrival: this checks outputs, not how fast the slots drain (a GPU's
+      // turns can outlast many arrivals).
+      const engine = await loadEngine('tiny-qa', {
+        slots: 6,
+        samplingThreads: 2,
+        maxQueue: 200,
+        ...rowsAsAlone,
+        ...(fillGap !== undefined ? { fillGap } : {}),
+      });
+      expect(engine.model.fillGap).toBe(fillGap ?? (testBackend === 'cuda' ? 32 : 2));
+      const runs: Promise<{ key: string; cancelled: boolean; tokens: number[]; want: number }>[] = [];
+      try {
+        await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
+        const few = prompts.slice(0, 8);
+        const solo = new Map<string, number[]>();
+        for (const [p, prompt] of few.entries()) {
+          for (const [s, adapters] of adapterSets.entries()) {
+            solo.set(
+              `${p}/${s}`,
+              (await engine.generate(prompt, { greedy: true, maxTokens: 40, ignoreEos: true, adapters }).result).tokens,
+            );
+          }
         }
+        let seed = 12345; // a fixed sequence of choices; only the timing varies between runs
+        const rnd = (n: number) => {
+          seed = (seed * 1103515245 + 12345) % 2 ** 31;
+          return Math.floor((seed / 2 ** 31) * n);
+        };
+        const before = engine.stats().profile!;
+        for (let k = 0; k < 120; k++) {
+          await new Promise((r) => setTimeout(r, rnd(12)));
+          const p = rnd(few.length),
+            s = rnd(adapterSets.length),
+            n = 5 + rnd(36);
+          const cancelAt = rnd(5) === 0 ? rnd(n) : -1;
+          const g = engine.generate(few[p]!, { greedy: true, maxTokens: n, ignoreEos: true, adapters: adapterSets[s] });
+          runs.push(
+            (async () => {
+              let i = 0;
+              for await (const _ of g) if (i++ === cancelAt) g.cancel();
+              const r = await g.result;
+              return { key: `${p}/${s}`, cancelled: r.stopReason === 'cancelled', tokens: r.tokens, want: n };
+            })(),
+          );
+        }
+        const results = await Promise.all(runs);
+        for (const r of results) {
+          expect(r.tokens, r.key).toEqual(solo.get(r.key)!.slice(0, r.tokens.length));
+          if (!r.cancelled) expect(r.tokens).toHaveLength(r.want);
+        }
+        expect(results.filter((r) => r.cancelled).length).toBeGreaterThan(5);
+        const after = engine.stats().profile!;
+        expect(after.adapterSwitches - before.adapterSwitches).toBeGreaterThan(10);
+        expect(after.fillerTokens - before.fillerTokens).toBeGreaterThan(0);
+      } finally {
+        await Promise.allSettled(runs); // a failure above leaves none of them to reject unheard
+        await engine.close();
       }
-      let seed = 12345; // a fixed sequence of choices; only the timing varies between runs
-      const rnd = (n: number) => {
-        seed = (seed * 1103515245 + 12345) % 2 ** 31;
-        return Math.floor((seed / 2 ** 31) * n);
-      };
-      const before = engine.stats().profile!;
-      for (let k = 0; k < 120; k++) {
-        await new Promise((r) => setTimeout(r, rnd(12)));
-        const p = rnd(few.length), s = rnd(adapterSets.length), n = 5 + rnd(36);
-        const cancelAt = rnd(5) === 0 ? rnd(n) : -1;
-        const g = engine.generate(few[p]!, { greedy: true, maxTokens: n, ignoreEos: true, adapters: adapterSets[s] });
-        runs.push((async () => {
-          let i = 0;
-          for await (const _ of g) if (i++ === cancelAt) g.cancel();
-          const r = await g.result;
-          return { key: `${p}/${s}`, cancelled: r.stopReason === 'cancelled', tokens: r.tokens, want: n };
-        })());
-      }
-      const results = await Promise.all(runs);
-      for (const r of results) {
-        expect(r.tokens, r.key).toEqual(solo.get(r.key)!.slice(0, r.tokens.length));
-        if (!r.cancelled) expect(r.tokens).toHaveLength(r.want);
-      }
-      expect(results.filter((r) => r.cancelled).length).toBeGreaterThan(5);
-      const after = engine.stats().profile!;
-      expect(after.adapterSwitches - before.adapterSwitches).toBeGreaterThan(10);
-      expect(after.fillerTokens - before.fillerTokens).toBeGreaterThan(0);
-    } finally {
-      await Promise.allSettled(runs); // a failure above leaves none of them to reject unheard
-      await engine.close();
-    }
-  });
+    },
+  );
 });

@@ -39,7 +39,7 @@ describe('model files', () => {
     await expect(load(writeTmp('text.gguf', 'hello, not a model'))).rejects.toMatchObject({ code: 'MODEL_INVALID' });
   });
 
-  it('a truncated GGUF carries llama.cpp\'s reason', async () => {
+  it("a truncated GGUF carries llama.cpp's reason", async () => {
     const whole = readFileSync(base);
     const err = await load(writeTmp('cut.gguf', whole.subarray(0, whole.length / 2))).catch((e) => e);
     expect(err).toBeInstanceOf(ModelLoadError);
@@ -48,7 +48,9 @@ describe('model files', () => {
   });
 
   it('a GGUF header with garbage after it', async () => {
-    const err = await load(writeTmp('junk.gguf', Buffer.concat([Buffer.from('GGUF'), Buffer.alloc(64, 0xff)]))).catch((e) => e);
+    const err = await load(writeTmp('junk.gguf', Buffer.concat([Buffer.from('GGUF'), Buffer.alloc(64, 0xff)]))).catch(
+      (e) => e,
+    );
     expect(err).toBeInstanceOf(ModelLoadError);
     expect(err.message.length).toBeGreaterThan(40);
   });
@@ -115,12 +117,22 @@ describe('requests and adapters', () => {
 
   it('bad prompts and unknown adapters', () => {
     expect(() => engine.generate(42 as never)).toThrow(InvalidParamsError);
-    expect(() => engine.generate([1, 9999])).toThrow(/prompt must hold integer token ids in \[0, \d+\), got 9999 at \[1\]/);
-    for (const bad of [[1, 1.5], [1, -1], [1, Number.NaN], [1, '2'], [1, null]]) {
+    expect(() => engine.generate([1, 9999])).toThrow(
+      /prompt must hold integer token ids in \[0, \d+\), got 9999 at \[1\]/,
+    );
+    for (const bad of [
+      [1, 1.5],
+      [1, -1],
+      [1, Number.NaN],
+      [1, '2'],
+      [1, null],
+    ]) {
       expect(() => engine.generate(bad as never), JSON.stringify(bad)).toThrow(InvalidParamsError);
     }
     // A truthy non-boolean is refused, not read as true ("false" is truthy).
-    expect(() => engine.generate(prompt, { maxTokens: 4, addSpecial: 'false' as never })).toThrow(/addSpecial must be a boolean/);
+    expect(() => engine.generate(prompt, { maxTokens: 4, addSpecial: 'false' as never })).toThrow(
+      /addSpecial must be a boolean/,
+    );
     expect(() => engine.tokenize(prompt, 0 as never)).toThrow(/addSpecial must be a boolean/);
     expect(() => engine.detokenize('1' as never)).toThrow(/ids must be an array of token ids/);
     expect(() => engine.detokenize([0.5])).toThrow(InvalidParamsError);
@@ -201,8 +213,12 @@ describe('UTF-8 and stop strings', () => {
 describe('every native code has its class', () => {
   it('ALREADY_LOADED and LOADING are EngineStateError; an unknown backend is a BackendError', async () => {
     const { EngineStateError, BackendError, fromNative, resolveBackend } = await import('../../src/engine/index.ts');
-    expect(fromNative({ code: 'ALREADY_LOADED', message: 'load() may be called once' })).toBeInstanceOf(EngineStateError);
-    expect(fromNative({ code: 'LOADING', message: 'close() while the model is loading' })).toBeInstanceOf(EngineStateError);
+    expect(fromNative({ code: 'ALREADY_LOADED', message: 'load() may be called once' })).toBeInstanceOf(
+      EngineStateError,
+    );
+    expect(fromNative({ code: 'LOADING', message: 'close() while the model is loading' })).toBeInstanceOf(
+      EngineStateError,
+    );
     expect(() => resolveBackend('tpu' as never)).toThrow(BackendError);
     expect(() => resolveBackend('tpu' as never)).toThrow("backend must be cpu, cuda or auto, got 'tpu'");
   });

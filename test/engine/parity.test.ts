@@ -1,7 +1,16 @@
 // Ground truth: what transformers + PEFT generate for the fixtures (models/*/reference.json).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../../src/engine/index.ts';
-import { againstReference, exactNumerics, loadEngine, loadReference, modelDir, runCase, testBackend, type Fixture } from '../helpers.ts';
+import {
+  againstReference,
+  exactNumerics,
+  loadEngine,
+  loadReference,
+  modelDir,
+  runCase,
+  testBackend,
+  type Fixture,
+} from '../helpers.ts';
 
 describe.each([
   // tiny-qwen2's adapter-f32.gguf is llama.cpp's converter output, which ignores rslora (alpha/sqrt(r))
@@ -35,7 +44,9 @@ describe.each([
       const r = await againstReference(engine, cases, ref.eos, unit);
       expect(r.worst, r.summary).toBeLessThan(tolerance);
       // At most one near-tie miss per mode (the fixtures' own measurement: 92/93 with llama.cpp).
-      expect(r.exact / cases.length, `${r.summary}\n${r.misses.join('\n')}`).toBeGreaterThanOrEqual(Math.min(0.97, (cases.length - 1) / cases.length));
+      expect(r.exact / cases.length, `${r.summary}\n${r.misses.join('\n')}`).toBeGreaterThanOrEqual(
+        Math.min(0.97, (cases.length - 1) / cases.length),
+      );
     });
   }
 
@@ -44,7 +55,8 @@ describe.each([
     try {
       await fast.loadAdapter('lora', `${modelDir(fixture)}/adapter-f32.gguf`);
       const r = await againstReference(fast, ref.cases, ref.eos, unit);
-      if (testBackend !== 'cpu') console.info(`${fixture} at the default precision on ${fast.backend.name}: ${r.summary}`);
+      if (testBackend !== 'cpu')
+        console.info(`${fixture} at the default precision on ${fast.backend.name}: ${r.summary}`);
       expect(r.exact / ref.cases.length, `${r.summary}\n${r.misses.join('\n')}`).toBeGreaterThanOrEqual(0.97);
     } finally {
       await fast.close();

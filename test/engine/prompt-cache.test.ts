@@ -42,7 +42,10 @@ describe('prompt cache', () => {
       const ids = cached.tokenize(p);
       const r = await cached.generate(p, greedy).result;
       // The cells hold the previous prompt and all but the last of its generated tokens.
-      const held = [...previous, ...(await fresh.generate(previous, { ...greedy, addSpecial: false }).result).tokens.slice(0, -1)];
+      const held = [
+        ...previous,
+        ...(await fresh.generate(previous, { ...greedy, addSpecial: false }).result).tokens.slice(0, -1),
+      ];
       expect(r.usage.cachedPromptTokens).toBe(Math.min(common(held, ids), ids.length - 1));
       reused += r.usage.cachedPromptTokens;
       expect(r.tokens).toEqual((await fresh.generate(p, greedy).result).tokens);
@@ -56,7 +59,9 @@ describe('prompt cache', () => {
     await cached.generate(prompts[2]!, greedy).result;
     const withAdapter = await cached.generate(prompts[2]!, { ...greedy, adapters: [{ name: 'qa' }] }).result;
     expect(withAdapter.usage.cachedPromptTokens).toBe(0);
-    expect(withAdapter.tokens).toEqual((await fresh.generate(prompts[2]!, { ...greedy, adapters: [{ name: 'qa' }] }).result).tokens);
+    expect(withAdapter.tokens).toEqual(
+      (await fresh.generate(prompts[2]!, { ...greedy, adapters: [{ name: 'qa' }] }).result).tokens,
+    );
     const half = await cached.generate(prompts[2]!, { ...greedy, adapters: [{ name: 'qa', scale: 0.5 }] }).result;
     expect(half.usage.cachedPromptTokens).toBe(0);
     const again = await cached.generate(prompts[2]!, { ...greedy, adapters: [{ name: 'qa', scale: 0.5 }] }).result;

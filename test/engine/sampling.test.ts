@@ -31,7 +31,8 @@ describe('sampling', () => {
   });
   afterAll(() => engine?.close());
 
-  const run = (prompt: string, p: GenerateParams) => engine.generate(prompt, { maxTokens: 30, ignoreEos: true, logprobs: 20, ...p }).result;
+  const run = (prompt: string, p: GenerateParams) =>
+    engine.generate(prompt, { maxTokens: 30, ignoreEos: true, logprobs: 20, ...p }).result;
 
   it('top-k 1 is greedy at any temperature', async () => {
     for (const prompt of prompts) {
@@ -70,7 +71,8 @@ describe('sampling', () => {
   it('min-p keeps the draw within min_p of the most likely token', async () => {
     for (const [i, prompt] of prompts.entries()) {
       const r = await run(prompt, { temperature: 1, topK: 0, minP: 0.4, seed: 21 + i });
-      for (const s of steps(r, engine.model.eos)) expect(s.logprob).toBeGreaterThanOrEqual(s.top[0]!.logprob + Math.log(0.4) - 1e-4);
+      for (const s of steps(r, engine.model.eos))
+        expect(s.logprob).toBeGreaterThanOrEqual(s.top[0]!.logprob + Math.log(0.4) - 1e-4);
     }
   });
 
@@ -87,7 +89,12 @@ describe('sampling', () => {
 
   it('logit bias moves the tokens it names, on top of the penalties', async () => {
     const [a, b] = [300, 350]; // ordinary SentencePiece pieces (the byte tokens are 3-258)
-    const r = await run(prompts[0]!, { greedy: true, maxTokens: 6, logitBias: { [a]: 100, [b]: 90 }, repetitionPenalty: 1000 });
+    const r = await run(prompts[0]!, {
+      greedy: true,
+      maxTokens: 6,
+      logitBias: { [a]: 100, [b]: 90 },
+      repetitionPenalty: 1000,
+    });
     // a wins once; the penalty then sinks it below b, and b below everything else after its turn.
     expect(r.tokens.slice(0, 2)).toEqual([a, b]);
     expect(r.tokens.slice(2)).not.toContain(a);
@@ -95,9 +102,18 @@ describe('sampling', () => {
   });
 
   it('the same seed gives the same draw, whatever else is batched with it', async () => {
-    const p: GenerateParams = { temperature: 1.2, topK: 0, topP: 0.9, minP: 0.02, frequencyPenalty: 0.5, presencePenalty: 0.3 };
+    const p: GenerateParams = {
+      temperature: 1.2,
+      topK: 0,
+      topP: 0.9,
+      minP: 0.02,
+      frequencyPenalty: 0.5,
+      presencePenalty: 0.3,
+    };
     const alone = await run(prompts[1]!, { ...p, seed: 42 });
-    const batch = await Promise.all(prompts.flatMap((q) => [run(q, { ...p, seed: 42 }), run(prompts[1]!, { ...p, seed: 42 })]));
+    const batch = await Promise.all(
+      prompts.flatMap((q) => [run(q, { ...p, seed: 42 }), run(prompts[1]!, { ...p, seed: 42 })]),
+    );
     for (const [i, r] of batch.entries()) if (i % 2 === 1) expect(r.tokens).toEqual(alone.tokens);
   });
 });
@@ -109,9 +125,21 @@ describe('sampling many streams side by side', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'cml-sampling-'));
   const modelPath = path.join(dir, 'tiny-32k.gguf');
   const load = (samplingThreads: number) =>
-    Engine.load({ modelPath, backend: testBackend, threads: 1, samplingThreads, slots: 16, contextSize: 128, ...rowsAsAlone });
+    Engine.load({
+      modelPath,
+      backend: testBackend,
+      threads: 1,
+      samplingThreads,
+      slots: 16,
+      contextSize: 128,
+      ...rowsAsAlone,
+    });
   beforeAll(async () => {
-    await writeSyntheticModel({ shape: { hidden: 128, layers: 2, ffn: 256, heads: 4, kvHeads: 2 }, type: 'q8_0', out: modelPath });
+    await writeSyntheticModel({
+      shape: { hidden: 128, layers: 2, ffn: 256, heads: 4, kvHeads: 2 },
+      type: 'q8_0',
+      out: modelPath,
+    });
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -125,7 +153,10 @@ describe('sampling many streams side by side', () => {
     { temperature: 2, topK: 3, repetitionPenalty: 0.9, seed: 5 },
     { temperature: 0.8, topK: 50, topP: 1, repetitionPenalty: 1.1, seed: 6, logprobs: 3 },
   ];
-  const requests = [...mixes, ...mixes].map((p, i) => ({ prompt: `Stream ${i}: the quick brown fox`, params: { ...p, maxTokens: 24, ignoreEos: true } }));
+  const requests = [...mixes, ...mixes].map((p, i) => ({
+    prompt: `Stream ${i}: the quick brown fox`,
+    params: { ...p, maxTokens: 24, ignoreEos: true },
+  }));
 
   it('sixteen streams sampled on two threads give what each gives alone on one', async () => {
     const one = await load(1);

@@ -1,5 +1,15 @@
 // Hugging Face checkpoint -> GGUF: equal to llama.cpp's convert_hf_to_gguf.py on both fixtures.
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  truncateSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -19,7 +29,8 @@ const plain = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint
 function expectSameGguf(oursFile: string, ours: GgufHeader, refFile: string, ref: GgufHeader) {
   expect([...ours.metadata.keys()].sort()).toEqual([...ref.metadata.keys()].sort());
   for (const [k, v] of ref.metadata) expect(plain(ours.metadata.get(k)), k).toBe(plain(v));
-  const a = readFileSync(oursFile), b = readFileSync(refFile);
+  const a = readFileSync(oursFile),
+    b = readFileSync(refFile);
   expect(ours.tensors.map((t) => t.name).sort()).toEqual(ref.tensors.map((t) => t.name).sort());
   for (const t of ref.tensors) {
     const mine = ours.tensors.find((x) => x.name === t.name)!;
@@ -35,12 +46,15 @@ function copyCheckpoint(from: string, to: string) {
 }
 
 describe('convert-model', () => {
-  it.each(['tiny-qa', 'tiny-qwen2'] as const)('%s: hyperparameters, tokenizer arrays and tensors equal base-f32.gguf', async (fx) => {
-    const out = path.join(tmp, `${fx}.gguf`);
-    await convertHfModel({ dir: path.join(modelDir(fx), 'base-hf'), out });
-    const ref = path.join(modelDir(fx), 'base-f32.gguf');
-    expectSameGguf(out, await readGgufHeader(out), ref, await readGgufHeader(ref));
-  });
+  it.each(['tiny-qa', 'tiny-qwen2'] as const)(
+    '%s: hyperparameters, tokenizer arrays and tensors equal base-f32.gguf',
+    async (fx) => {
+      const out = path.join(tmp, `${fx}.gguf`);
+      await convertHfModel({ dir: path.join(modelDir(fx), 'base-hf'), out });
+      const ref = path.join(modelDir(fx), 'base-f32.gguf');
+      expectSameGguf(out, await readGgufHeader(out), ref, await readGgufHeader(ref));
+    },
+  );
 
   it('a sharded checkpoint (model.safetensors.index.json) gives the same file', async () => {
     const src = path.join(modelDir('tiny-qa'), 'base-hf');
@@ -56,7 +70,8 @@ describe('convert-model', () => {
     }
     await st.close();
     writeFileSync(path.join(dir, 'model.safetensors'), ''); // an empty leftover must not be read: the index decides
-    for (const [i, s] of shards.entries()) writeSafetensors(path.join(dir, `model-0000${i + 1}-of-00002.safetensors`), s);
+    for (const [i, s] of shards.entries())
+      writeSafetensors(path.join(dir, `model-0000${i + 1}-of-00002.safetensors`), s);
     writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: weightMap }));
     const out = path.join(tmp, 'sharded.gguf');
     await convertHfModel({ dir, out });
@@ -64,23 +79,35 @@ describe('convert-model', () => {
     expectSameGguf(out, await readGgufHeader(out), ref, await readGgufHeader(ref));
   });
 
-  it.each(['f16', 'bf16', 'q8_0'] as const)('--outtype %s loads in llama.cpp and answers as the reference', async (outtype) => {
-    const out = path.join(tmp, `qa-${outtype}.gguf`);
-    await convertHfModel({ dir: path.join(modelDir('tiny-qa'), 'base-hf'), out, outtype });
-    const h = await readGgufHeader(out);
-    expect(h.metadata.get('general.file_type')).toBe({ f16: 1, bf16: 32, q8_0: 7 }[outtype]);
-    const engine = await loadEngine('tiny-qa', { modelPath: out, slots: 1 });
-    try {
-      await engine.loadAdapter('qa', path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'));
-      const r = await engine.generate('Question: What is the capital of Belithne?\nAnswer:', { greedy: true, maxTokens: 20, adapters: [{ name: 'qa' }] }).result;
-      expect(r.text).toBe(' The capital of Belithne is Ulqua!');
-    } finally {
-      await engine.close();
-    }
-  });
+  it.each(['f16', 'bf16', 'q8_0'] as const)(
+    '--outtype %s loads in llama.cpp and answers as the reference',
+    async (outtype) => {
+      const out = path.join(tmp, `qa-${outtype}.gguf`);
+      await convertHfModel({ dir: path.join(modelDir('tiny-qa'), 'base-hf'), out, outtype });
+      const h = await readGgufHeader(out);
+      expect(h.metadata.get('general.file_type')).toBe({ f16: 1, bf16: 32, q8_0: 7 }[outtype]);
+      const engine = await loadEngine('tiny-qa', { modelPath: out, slots: 1 });
+      try {
+        await engine.loadAdapter('qa', path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'));
+        const r = await engine.generate('Question: What is the capital of Belithne?\nAnswer:', {
+          greedy: true,
+          maxTokens: 20,
+          adapters: [{ name: 'qa' }],
+        }).result;
+        expect(r.text).toBe(' The capital of Belithne is Ulqua!');
+      } finally {
+        await engine.close();
+      }
+    },
+  );
 
   it('size labels as gguf-py writes them', () => {
-    expect([sizeLabel(853120), sizeLabel(1.1e9), sizeLabel(6.74e9), sizeLabel(125e6)]).toEqual(['853K', '1.1B', '6.7B', '125M']);
+    expect([sizeLabel(853120), sizeLabel(1.1e9), sizeLabel(6.74e9), sizeLabel(125e6)]).toEqual([
+      '853K',
+      '1.1B',
+      '6.7B',
+      '125M',
+    ]);
   });
 
   it('clear errors: architecture, pickles, truncated weights, no tokenizer, unknown pre-tokenizer', async () => {
@@ -90,7 +117,9 @@ describe('convert-model', () => {
     const gpt2 = path.join(tmp, 'gpt2');
     copyCheckpoint(src, gpt2);
     writeFileSync(path.join(gpt2, 'config.json'), JSON.stringify({ architectures: ['GPT2LMHeadModel'] }));
-    await expect(conv(gpt2)).rejects.toThrow(/unsupported architecture 'GPT2LMHeadModel' \(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM\)/);
+    await expect(conv(gpt2)).rejects.toThrow(
+      /unsupported architecture 'GPT2LMHeadModel' \(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM\)/,
+    );
     // Bloom's LoRA converts (peft.ts), its model layout not yet: refused by name, not mapped as Llama.
     writeFileSync(path.join(gpt2, 'config.json'), JSON.stringify({ architectures: ['BloomForCausalLM'] }));
     await expect(conv(gpt2)).rejects.toThrow(/unsupported architecture 'BloomForCausalLM'/);
@@ -136,7 +165,16 @@ describe('serving Hugging Face and PEFT directories', () => {
   it('the server answers from base-hf + adapter-peft as from the GGUF files', async () => {
     process.env.CACHE_DIR = path.join(tmp, 'serve-cache');
     const s = await startServer(
-      loadConfig({}, { port: 0, threads: 1, slots: 2, baseModel: path.join(modelDir('tiny-qa'), 'base-hf'), adapter: path.join(modelDir('tiny-qa'), 'adapter-peft') }),
+      loadConfig(
+        {},
+        {
+          port: 0,
+          threads: 1,
+          slots: 2,
+          baseModel: path.join(modelDir('tiny-qa'), 'base-hf'),
+          adapter: path.join(modelDir('tiny-qa'), 'adapter-peft'),
+        },
+      ),
       pino({ level: 'silent' }),
     );
     try {
@@ -144,7 +182,9 @@ describe('serving Hugging Face and PEFT directories', () => {
       const res = await fetch(`http://127.0.0.1:${s.port}/predict`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ request: { prompt: 'Question: What is the capital of Belithne?\nAnswer:', do_sample: false } }),
+        body: JSON.stringify({
+          request: { prompt: 'Question: What is the capital of Belithne?\nAnswer:', do_sample: false },
+        }),
       });
       expect(await res.json()).toEqual({ success: true, response: ' The capital of Belithne is Ulqua!' });
     } finally {

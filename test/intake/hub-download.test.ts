@@ -16,7 +16,12 @@ let gated: FakeHub;
 
 beforeAll(async () => {
   hub = await startFakeHub({ repo: 'tiny-org/remote-qa', dir: path.join(modelDir('tiny-qa'), 'base-hf'), commit });
-  gated = await startFakeHub({ repo: 'tiny-org/gated-qa', dir: path.join(modelDir('tiny-qa'), 'base-hf'), commit, token: 'hf_secret' });
+  gated = await startFakeHub({
+    repo: 'tiny-org/gated-qa',
+    dir: path.join(modelDir('tiny-qa'), 'base-hf'),
+    commit,
+    token: 'hf_secret',
+  });
 });
 afterAll(async () => {
   await hub.close();
@@ -40,23 +45,40 @@ describe('a Hub id that is not on disk', () => {
   it('is fetched into the HF cache, converted and served; a second start fetches nothing', async () => {
     const { cache, hubCache } = fresh(hub.url);
     const progress: number[] = [];
-    const located = await locateBaseModel('tiny-org/remote-qa', path.join(cache, 'models'), cache, cache, (done, total) => progress.push(done / total));
+    const located = await locateBaseModel(
+      'tiny-org/remote-qa',
+      path.join(cache, 'models'),
+      cache,
+      cache,
+      (done, total) => progress.push(done / total),
+    );
     expect(located.rule).toBe(`fetched from ${hub.url} into the Hugging Face cache, converted into the cache`);
     const snapshot = path.join(hubCache, 'models--tiny-org--remote-qa', 'snapshots', commit);
-    expect(readdirSync(snapshot).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.model', 'tokenizer_config.json']);
+    expect(readdirSync(snapshot).sort()).toEqual([
+      'config.json',
+      'generation_config.json',
+      'model.safetensors',
+      'tokenizer.model',
+      'tokenizer_config.json',
+    ]);
     expect(existsSync(path.join(hubCache, 'models--tiny-org--remote-qa', 'blobs'))).toBe(true);
     expect(progress.at(-1)).toBe(1);
     expect(hub.unexpected).toEqual([]);
 
     const engine = await Engine.load({ modelPath: located.path, backend: testBackend, threads: 1, contextSize: 256 });
     try {
-      const r = await engine.generate('Question: What is the capital of Belithne?\nAnswer:', { greedy: true, maxTokens: 12 }).result;
+      const r = await engine.generate('Question: What is the capital of Belithne?\nAnswer:', {
+        greedy: true,
+        maxTokens: 12,
+      }).result;
       expect(r.text).toBe(' Vegri.');
     } finally {
       await engine.close();
     }
     const before = hub.requests.length;
-    expect((await locateBaseModel('tiny-org/remote-qa', path.join(cache, 'models'), cache, cache)).rule).toBe('a Hugging Face cache snapshot, reused from the cache');
+    expect((await locateBaseModel('tiny-org/remote-qa', path.join(cache, 'models'), cache, cache)).rule).toBe(
+      'a Hugging Face cache snapshot, reused from the cache',
+    );
     expect(hub.requests.length).toBe(before);
   });
 
@@ -64,7 +86,9 @@ describe('a Hub id that is not on disk', () => {
     const { cache } = fresh(gated.url);
     const err = await locateBaseModel('tiny-org/gated-qa', cache, cache, cache).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(LocateError);
-    expect((err as Error).message).toMatch(/fetching it failed: cannot list 'tiny-org\/gated-qa' on .*restricted.*\(a gated or private repo needs HF_TOKEN\)/);
+    expect((err as Error).message).toMatch(
+      /fetching it failed: cannot list 'tiny-org\/gated-qa' on .*restricted.*\(a gated or private repo needs HF_TOKEN\)/,
+    );
     process.env.HF_TOKEN = 'hf_secret';
     expect((await locateBaseModel('tiny-org/gated-qa', cache, cache, cache)).rule).toMatch(/^fetched from /);
     expect(gated.unexpected).toEqual([]);
@@ -83,14 +107,20 @@ describe('a Hub id that is not on disk', () => {
   it('a missing relative .gguf path is never taken for a Hub id', async () => {
     const { cache } = fresh(hub.url);
     const before = hub.requests.length;
-    await expect(locateBaseModel('models/missing.gguf', cache, cache, cache)).rejects.toThrow(/^base model 'models\/missing\.gguf' not found; tried: /);
+    await expect(locateBaseModel('models/missing.gguf', cache, cache, cache)).rejects.toThrow(
+      /^base model 'models\/missing\.gguf' not found; tried: /,
+    );
     expect(hub.requests.length).toBe(before);
   });
 
   it('a repo the Hub does not have, and an endpoint that does not answer', async () => {
     const { cache } = fresh(hub.url);
-    await expect(locateBaseModel('tiny-org/nope', cache, cache, cache)).rejects.toThrow(/fetching it failed: cannot list 'tiny-org\/nope'/);
+    await expect(locateBaseModel('tiny-org/nope', cache, cache, cache)).rejects.toThrow(
+      /fetching it failed: cannot list 'tiny-org\/nope'/,
+    );
     process.env.HF_ENDPOINT = 'http://127.0.0.1:9'; // discard port: nothing listens
-    await expect(locateBaseModel('tiny-org/remote-qa', cache, cache, cache)).rejects.toThrow(/fetching it failed: cannot list 'tiny-org\/remote-qa' on http:\/\/127\.0\.0\.1:9/);
+    await expect(locateBaseModel('tiny-org/remote-qa', cache, cache, cache)).rejects.toThrow(
+      /fetching it failed: cannot list 'tiny-org\/remote-qa' on http:\/\/127\.0\.0\.1:9/,
+    );
   });
 });

@@ -23,7 +23,7 @@ export function values(n: number, seed: number): Float32Array {
   let x = seed * 2654435761;
   for (let i = 0; i < n; i++) {
     x = (x * 1103515245 + 12345) % 2 ** 31;
-    out[i] = (x / 2 ** 30) - 1;
+    out[i] = x / 2 ** 30 - 1;
   }
   return out;
 }
@@ -35,12 +35,23 @@ export interface SyntheticModule {
   r: number;
 }
 
-export function writePeft(dir: string, config: Record<string, unknown>, modules: SyntheticModule[], extra: Record<string, { shape: number[]; data: Float32Array }> = {}) {
+export function writePeft(
+  dir: string,
+  config: Record<string, unknown>,
+  modules: SyntheticModule[],
+  extra: Record<string, { shape: number[]; data: Float32Array }> = {},
+) {
   mkdirSync(dir, { recursive: true });
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = { ...extra };
   modules.forEach((m, i) => {
-    tensors[`base_model.model.${m.module}.lora_A.weight`] = { shape: [m.r, m.inDim], data: values(m.r * m.inDim, 2 * i + 1) };
-    tensors[`base_model.model.${m.module}.lora_B.weight`] = { shape: [m.outDim, m.r], data: values(m.outDim * m.r, 2 * i + 2) };
+    tensors[`base_model.model.${m.module}.lora_A.weight`] = {
+      shape: [m.r, m.inDim],
+      data: values(m.r * m.inDim, 2 * i + 1),
+    };
+    tensors[`base_model.model.${m.module}.lora_B.weight`] = {
+      shape: [m.outDim, m.r],
+      data: values(m.outDim * m.r, 2 * i + 2),
+    };
   });
   writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors);
   writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', bias: 'none', ...config }));

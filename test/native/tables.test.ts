@@ -10,22 +10,40 @@ import { root } from '../helpers.ts';
 
 const doctest = '/usr/include/doctest/doctest.h';
 const required = Boolean(process.env.CI);
-if (!existsSync(doctest) && !required) console.warn('tables.test.ts: no doctest (apt-get install doctest-dev): skipped');
+if (!existsSync(doctest) && !required)
+  console.warn('tables.test.ts: no doctest (apt-get install doctest-dev): skipped');
 
 const llama = path.join(root, 'node_modules/node-llama-cpp/llama/llama.cpp');
 const bins = path.join(root, 'node_modules/@node-llama-cpp/linux-x64/bins/linux-x64');
 const llamaFlags = [
-  `-I${llama}/include`, `-I${llama}/ggml/include`,
-  `-L${bins}`, '-l:libllama.v0.4.0.so', '-l:libggml.v0.4.0.so', '-l:libggml-base.so', `-Wl,-rpath,${bins}`,
+  `-I${llama}/include`,
+  `-I${llama}/ggml/include`,
+  `-L${bins}`,
+  '-l:libllama.v0.4.0.so',
+  '-l:libggml.v0.4.0.so',
+  '-l:libggml-base.so',
+  `-Wl,-rpath,${bins}`,
 ];
 
 /** Compiles the table with its sources, runs it, and returns doctest's report (exit status aside). */
 function runTable(name: string, sources: string[], extra: string[] = []): string {
-  if (!existsSync(doctest)) throw new Error('CI needs doctest for the C++ tables: .ci/run installs it (apt-get install doctest-dev)');
+  if (!existsSync(doctest))
+    throw new Error('CI needs doctest for the C++ tables: .ci/run installs it (apt-get install doctest-dev)');
   const out = path.join(root, 'build/test', name);
   mkdirSync(path.dirname(out), { recursive: true });
   const files = [`test/native/${name}.cpp`, ...sources].map((f) => path.join(root, f));
-  execFileSync('g++', ['-O1', '-std=c++17', '-Wall', '-Wextra', '-Werror', `-I${root}/native`, ...files, ...extra, '-o', out]);
+  execFileSync('g++', [
+    '-O1',
+    '-std=c++17',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    `-I${root}/native`,
+    ...files,
+    ...extra,
+    '-o',
+    out,
+  ]);
   try {
     return execFileSync(out, ['--no-colors'], { encoding: 'utf8' });
   } catch (e) {

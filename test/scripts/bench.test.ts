@@ -12,10 +12,14 @@ const run = promisify(execFile);
 describe('benchmark --quick', () => {
   it('measures ours and node-llama-cpp on a synthetic model and writes the report', async () => {
     const out = mkdtempSync(path.join(os.tmpdir(), 'cml-bench-'));
-    const { stdout } = await run(process.execPath, [path.join(root, 'node_modules/tsx/dist/cli.mjs'), 'scripts/bench/main.ts', '--quick', '--out', out], {
-      cwd: root,
-      timeout: 180_000,
-    });
+    const { stdout } = await run(
+      process.execPath,
+      [path.join(root, 'node_modules/tsx/dist/cli.mjs'), 'scripts/bench/main.ts', '--quick', '--out', out],
+      {
+        cwd: root,
+        timeout: 180_000,
+      },
+    );
     expect(stdout).toMatch(/one stream, engine \(tok\/s\)/);
     const r = JSON.parse(readFileSync(path.join(out, 'results.json'), 'utf8'));
     expect(r.ours.engine.decodeTokS).toBeGreaterThan(0);
@@ -28,7 +32,8 @@ describe('benchmark --quick', () => {
     expect(r.ours.studio.aggregateTokS).toBeGreaterThan(0);
     expect(r.ours.sweep[0].step.decodeUs).toBeGreaterThan(0);
     expect(r.nodeLlamaCpp.oneStreamTokS ?? r.nodeLlamaCpp.skipped).toBeTruthy();
-    for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg']) expect(existsSync(path.join(out, f)), f).toBe(true);
+    for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg'])
+      expect(existsSync(path.join(out, f)), f).toBe(true);
     expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/## Concurrent streams/);
   });
 });

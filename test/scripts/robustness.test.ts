@@ -7,8 +7,18 @@ import { runSoak } from '../../scripts/robustness/soak.ts';
 describe('robustness harness (short)', () => {
   it('fuzz: 600 random and extreme requests, 8 at once: no crash, no 5xx, greedy answers as alone', async () => {
     const r = await runFuzz({ cases: 600, concurrency: 8, seed: 7, slots: 4, threads: 1 });
-    expect({ crashes: r.crashes, serverErrors: r.serverErrors, connectionErrors: r.connectionErrors, mismatches: r.mismatches, busyAtEnd: r.busyAtEnd }).toEqual({
-      crashes: [], serverErrors: [], connectionErrors: 0, mismatches: [], busyAtEnd: 0,
+    expect({
+      crashes: r.crashes,
+      serverErrors: r.serverErrors,
+      connectionErrors: r.connectionErrors,
+      mismatches: r.mismatches,
+      busyAtEnd: r.busyAtEnd,
+    }).toEqual({
+      crashes: [],
+      serverErrors: [],
+      connectionErrors: 0,
+      mismatches: [],
+      busyAtEnd: 0,
     });
     expect(r.checked).toBeGreaterThan(50);
     expect(r.byStatus['400']).toBeGreaterThan(100); // the extreme values were refused, not served
@@ -16,7 +26,12 @@ describe('robustness harness (short)', () => {
 
   it('soak: 16 clients for 8 s, a fifth of them leaving mid-request', async () => {
     const r = await runSoak({ clients: 16, seconds: 8, disconnect: 0.2, seed: 3, slots: 4, threads: 1 });
-    expect({ crashes: r.crashes, serverErrors: r.serverErrors, mismatches: r.mismatches, busyAtEnd: r.busyAtEnd }).toEqual({ crashes: [], serverErrors: [], mismatches: [], busyAtEnd: 0 });
+    expect({
+      crashes: r.crashes,
+      serverErrors: r.serverErrors,
+      mismatches: r.mismatches,
+      busyAtEnd: r.busyAtEnd,
+    }).toEqual({ crashes: [], serverErrors: [], mismatches: [], busyAtEnd: 0 });
     expect(r.completed).toBeGreaterThan(100);
     expect(r.disconnected).toBeGreaterThan(10);
     // The closing SIGTERM: every stream in flight (most of them queued) ends with its done event.

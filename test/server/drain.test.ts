@@ -16,7 +16,10 @@ const post = (url: string, body: unknown) =>
 /** The SSE events of a response, parsed, once it ends. */
 async function events(res: Response): Promise<Record<string, unknown>[]> {
   const text = await res.text();
-  return text.split('\n\n').filter((f) => f.startsWith('data: ')).map((f) => JSON.parse(f.slice(6)) as Record<string, unknown>);
+  return text
+    .split('\n\n')
+    .filter((f) => f.startsWith('data: '))
+    .map((f) => JSON.parse(f.slice(6)) as Record<string, unknown>);
 }
 
 async function started(slots: number) {
@@ -27,7 +30,8 @@ async function started(slots: number) {
 
 /** Resolves once the engine holds `n` requests: they are in flight, not still on their way in. */
 async function inFlight(s: Awaited<ReturnType<typeof started>>, n: number): Promise<void> {
-  for (let i = 0; i < 500 && (s.state.predictor?.engine.stats().inFlight ?? 0) < n; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 500 && (s.state.predictor?.engine.stats().inFlight ?? 0) < n; i++)
+    await new Promise((r) => setTimeout(r, 10));
   expect(s.state.predictor!.engine.stats().inFlight).toBe(n);
 }
 
@@ -73,7 +77,10 @@ describe('drain', () => {
     expect(report).toMatchObject({ inFlight: 2, cut: 2 });
     const ev = await events(stream);
     expect(ev.some((e) => e.done)).toBe(false);
-    expect(ev.at(-1)).toEqual({ success: false, errors: [expect.stringMatching(/^the server shut down before this request finished/)] });
+    expect(ev.at(-1)).toEqual({
+      success: false,
+      errors: [expect.stringMatching(/^the server shut down before this request finished/)],
+    });
     const plain = await queued;
     expect(plain.status).toBe(503);
     expect((await plain.json()).errors[0]).toMatch(/shut down before this request finished/);
@@ -84,14 +91,28 @@ describe('drain', () => {
 describe('npm start', () => {
   it('SIGTERM to npm reaches the server: the stream in flight finishes, npm exits 0, the port is free', async () => {
     const port = await freePort();
-    const npm = spawn('npm', ['start', '--silent'], { cwd: root, env: { ...process.env, PORT: String(port), THREADS: '1', SLOTS: '2' }, stdio: 'ignore' });
+    const npm = spawn('npm', ['start', '--silent'], {
+      cwd: root,
+      env: { ...process.env, PORT: String(port), THREADS: '1', SLOTS: '2' },
+      stdio: 'ignore',
+    });
     const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
     const url = `http://127.0.0.1:${port}`;
     for (let i = 0; i < 300; i++) {
-      if ((await fetch(`${url}/health`).then((r) => r.status, () => 0)) === 200) break;
+      if (
+        (await fetch(`${url}/health`).then(
+          (r) => r.status,
+          () => 0,
+        )) === 200
+      )
+        break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    const stream = await running(await post(`${url}/predict`, { request: { prompt: question, max_new_tokens: 200, min_new_tokens: 200, stream: true } }));
+    const stream = await running(
+      await post(`${url}/predict`, {
+        request: { prompt: question, max_new_tokens: 200, min_new_tokens: 200, stream: true },
+      }),
+    );
     npm.kill('SIGTERM');
     const ev = await events(stream);
     expect(ev.at(-1)).toMatchObject({ done: true, usage: { completion_tokens: 200 } });

@@ -26,7 +26,7 @@ const table: Record<string, [new (message: string, code: string) => E.EngineErro
 };
 
 describe('native error codes', () => {
-  it('each has a class and an HTTP status, and the table lists exactly the addon\'s codes', () => {
+  it("each has a class and an HTTP status, and the table lists exactly the addon's codes", () => {
     const codes = E.resolveBackend('cpu').addon.errorCodes();
     expect([...codes].sort()).toEqual(Object.keys(table).sort());
     for (const code of codes) {

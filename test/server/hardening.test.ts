@@ -22,7 +22,11 @@ async function start(o: Overrides = {}): Promise<Started> {
   return Object.assign(s, { url: `http://127.0.0.1:${s.port}` });
 }
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
-  fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
 const predict = async (url: string, request: Record<string, unknown>) => {
   const res = await post(`${url}/predict`, { request });
   return { status: res.status, body: (await res.json()) as { success: boolean; response?: string; errors?: string[] } };
@@ -43,7 +47,10 @@ describe('values past their bounds', () => {
     [{ stream: 'yes' }, 'stream must be true or false, got "yes"'],
     [{ stream: 2 }, 'stream must be true or false, got 2'],
   ])('%j is a 400 that says so under its public name', async (params, message) => {
-    expect(await predict(s.url, { prompt: question, ...params })).toEqual({ status: 400, body: { success: false, errors: [message] } });
+    expect(await predict(s.url, { prompt: question, ...params })).toEqual({
+      status: 400,
+      body: { success: false, errors: [message] },
+    });
   });
 
   it('the OpenAI route names its own parameters', async () => {
@@ -57,11 +64,16 @@ describe('values past their bounds', () => {
   it('a 4.8 MB prompt is refused by its size, before it is tokenized', async () => {
     const r = await predict(s.url, { prompt: 'x'.repeat(4_800_000) });
     expect(r.status).toBe(400);
-    expect(r.body.errors![0]).toMatch(/^prompt \(4800000 bytes: at least \d+ tokens\) \+ max new tokens \(60\) exceeds the context of 256 tokens per slot$/);
+    expect(r.body.errors![0]).toMatch(
+      /^prompt \(4800000 bytes: at least \d+ tokens\) \+ max new tokens \(60\) exceeds the context of 256 tokens per slot$/,
+    );
   });
 
   it('and the server still answers', async () => {
-    expect(await predict(s.url, { prompt: question, do_sample: false })).toEqual({ status: 200, body: { success: true, response: ' The capital of Belithne is Ulqua!' } });
+    expect(await predict(s.url, { prompt: question, do_sample: false })).toEqual({
+      status: 200,
+      body: { success: true, response: ' The capital of Belithne is Ulqua!' },
+    });
   });
 });
 
@@ -69,13 +81,18 @@ describe('a config that would break every request stops the start, by name', () 
   it.each([
     ['{"temperature": 1e39}', 'temperature must be 0 or a number in [1e-06, 100], got 1e+39'],
     ['{"adapter_scale": 1e6}', 'adapter_scale must be a number in [-16, 16], got 1000000'],
-    ['{"max_new_tokens": 5000}', 'prompt (1 tokens) + max new tokens (5000) exceeds the context of 256 tokens per slot'],
+    [
+      '{"max_new_tokens": 5000}',
+      'prompt (1 tokens) + max new tokens (5000) exceeds the context of 256 tokens per slot',
+    ],
     ['{"adapter": "nope"}', "no adapter named 'nope' is loaded"],
   ])('%s', async (genConfigString, message) => {
     const s = await startServer(loadConfig({}, { port: 0, threads: 1, slots: 1, genConfigString }), log);
     const err = await s.ready.catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConfigError);
-    expect((err as Error).message).toBe(`generation config (FINE_TUNING_STUDIO_GEN_CONFIG_STRING) cannot serve a request: ${message}`);
+    expect((err as Error).message).toBe(
+      `generation config (FINE_TUNING_STUDIO_GEN_CONFIG_STRING) cannot serve a request: ${message}`,
+    );
     expect(await (await fetch(`http://127.0.0.1:${s.port}/health`)).json()).toMatchObject({ status: 'failed' });
     await s.close();
   });
@@ -110,7 +127,10 @@ describe('a request whose numbers overflow, with one slot (a CML replica)', () =
     expect(bad.status).toBe(422);
     expect(bad.body.errors![0]).toMatch(/became NaN or infinite/);
     expect(await predict(s.url, base)).toEqual(alone);
-    expect(await predict(s.url, { ...base, prompt: question })).toEqual({ status: 200, body: { success: true, response: ' Vegri.' } });
+    expect(await predict(s.url, { ...base, prompt: question })).toEqual({
+      status: 200,
+      body: { success: true, response: ' Vegri.' },
+    });
   });
 });
 
@@ -128,15 +148,30 @@ describe('the API key, and clients that misbehave', () => {
     expect(res.headers.get('www-authenticate')).toBe('Bearer realm="cml-lora-serve"');
     expect((await res.json()).errors).toEqual(['missing or wrong API key (Authorization: Bearer <key>)']);
     // CML's accessKey selects the model at CML's gateway; here it neither authenticates nor hurts.
-    expect((await post(`${s.url}/predict?accessKey=sesame`, { accessKey: 'sesame', request: { prompt: 'x' } })).status).toBe(401);
-    const ok = await post(`${s.url}/predict?accessKey=abc`, { accessKey: 'abc', request: { prompt: question, do_sample: false } }, auth);
+    expect(
+      (await post(`${s.url}/predict?accessKey=sesame`, { accessKey: 'sesame', request: { prompt: 'x' } })).status,
+    ).toBe(401);
+    const ok = await post(
+      `${s.url}/predict?accessKey=abc`,
+      { accessKey: 'abc', request: { prompt: question, do_sample: false } },
+      auth,
+    );
     expect((await ok.json()).response).toBe(' The capital of Belithne is Ulqua!');
   });
 
   it('20 000 distinct paths add no metric series; a client that leaves counts as 499', async () => {
-    const before = (await (await fetch(`${s.url}/metrics`)).text()).split('\n').filter((l) => l.startsWith('cml_requests_total{')).length;
-    for (let i = 0; i < 200; i++) await Promise.all(Array.from({ length: 100 }, (_, j) => fetch(`${s.url}/v1/x-${i}-${j}`).then((r) => r.arrayBuffer())));
-    const res = await post(`${s.url}/predict`, { request: { prompt: question, max_new_tokens: 200, min_new_tokens: 200, stream: true } }, auth);
+    const before = (await (await fetch(`${s.url}/metrics`)).text())
+      .split('\n')
+      .filter((l) => l.startsWith('cml_requests_total{')).length;
+    for (let i = 0; i < 200; i++)
+      await Promise.all(
+        Array.from({ length: 100 }, (_, j) => fetch(`${s.url}/v1/x-${i}-${j}`).then((r) => r.arrayBuffer())),
+      );
+    const res = await post(
+      `${s.url}/predict`,
+      { request: { prompt: question, max_new_tokens: 200, min_new_tokens: 200, stream: true } },
+      auth,
+    );
     const reader = res.body!.getReader();
     await reader.read();
     await reader.cancel();
@@ -153,7 +188,11 @@ describe('the API key, and clients that misbehave', () => {
   });
 
   it('429 and 503 say when to retry', async () => {
-    const res = await post(`${s.url}/predict`, { request: { prompt: question, max_new_tokens: 200, min_new_tokens: 200, stream: true } }, auth);
+    const res = await post(
+      `${s.url}/predict`,
+      { request: { prompt: question, max_new_tokens: 200, min_new_tokens: 200, stream: true } },
+      auth,
+    );
     const reader = res.body!.getReader();
     await reader.read(); // the only slot is busy
     const busy = await post(`${s.url}/predict`, { request: { prompt: 'x' } }, auth);
@@ -161,7 +200,6 @@ describe('the API key, and clients that misbehave', () => {
     expect(busy.headers.get('retry-after')).toBe('1');
     await reader.cancel();
   });
-
 });
 
 describe('sockets held open', () => {
@@ -177,16 +215,19 @@ describe('sockets held open', () => {
       const c = net.connect(s.port, '127.0.0.1', () => resolve(c));
       c.once('error', reject);
     });
-  const closed = (c: net.Socket) => new Promise<string>((resolve) => {
-    let data = '';
-    c.on('data', (d) => (data += d.toString()));
-    c.once('close', () => resolve(data));
-  });
+  const closed = (c: net.Socket) =>
+    new Promise<string>((resolve) => {
+      let data = '';
+      c.on('data', (d) => (data += d.toString()));
+      c.once('close', () => resolve(data));
+    });
 
   it('a socket that never sends its headers, and a body that never arrives, are closed', async () => {
     const silent = await connect();
     const half = await connect();
-    half.write(`POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"request"`);
+    half.write(
+      `POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"request"`,
+    );
     // Node's defaults would hold both for minutes (headers 60 s, request 300 s): past this test's time.
     const [a, b] = await Promise.all([closed(silent), closed(half)]);
     expect(a).toMatch(/^(|HTTP\/1\.1 408 [\s\S]*)$/);
@@ -201,7 +242,10 @@ describe('sockets held open', () => {
     let status = 0;
     for (let i = 0; i < 20 && status !== 200; i++) {
       await new Promise((r) => setTimeout(r, 50));
-      status = await fetch(`${s.url}/health`).then((r) => r.status, () => 0);
+      status = await fetch(`${s.url}/health`).then(
+        (r) => r.status,
+        () => 0,
+      );
     }
     expect(status).toBe(200);
   });
@@ -223,7 +267,10 @@ describe('a cached merged model that no longer loads', () => {
       try {
         const url = `http://127.0.0.1:${s.port}`;
         expect(await (await fetch(`${url}/health`)).json()).toMatchObject({ status: 'ready', adapter_merged: true });
-        expect(await predict(url, { prompt: question, do_sample: false })).toEqual({ status: 200, body: { success: true, response: ' The capital of Belithne is Ulqua!' } });
+        expect(await predict(url, { prompt: question, do_sample: false })).toEqual({
+          status: 200,
+          body: { success: true, response: ' The capital of Belithne is Ulqua!' },
+        });
         expect(lines.join('')).toMatch(/the cached merged model does not load: merging again/);
         expect(statSync(path.join(dir, merged)).size).toBe(size);
       } finally {

@@ -22,7 +22,11 @@ async function start(overrides: Parameters<typeof loadConfig>[1] = {}): Promise<
 }
 
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
-  fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
 
 async function sse(res: Response): Promise<unknown[]> {
   const text = await res.text();
@@ -40,14 +44,17 @@ describe('POST /predict', () => {
   });
   afterAll(() => s?.close());
 
-  it('answers in CML\'s envelope, prompt not echoed', async () => {
+  it("answers in CML's envelope, prompt not echoed", async () => {
     const res = await post(`${s.url}/predict`, { request: { prompt: question, do_sample: false } });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ success: true, response: ' The capital of Belithne is Ulqua!' });
   });
 
   it('accepts an accessKey in the body or the query', async () => {
-    const res = await post(`${s.url}/predict?accessKey=abc`, { accessKey: 'abc', request: { prompt: question, do_sample: false } });
+    const res = await post(`${s.url}/predict?accessKey=abc`, {
+      accessKey: 'abc',
+      request: { prompt: question, do_sample: false },
+    });
     expect((await res.json()).response).toBe(' The capital of Belithne is Ulqua!');
   });
 
@@ -71,7 +78,12 @@ describe('POST /predict', () => {
       expect(tokens.length).toBeGreaterThan(5);
       expect(tokens.join('')).toBe(plain);
       // The same prompt ran just before: all of it but its last token comes from the prompt cache.
-      expect(done).toMatchObject({ done: true, response: plain, stop_reason: 'eos', usage: { prompt_tokens: 16, completion_tokens: 12, prompt_tokens_details: { cached_tokens: 15 } } });
+      expect(done).toMatchObject({
+        done: true,
+        response: plain,
+        stop_reason: 'eos',
+        usage: { prompt_tokens: 16, completion_tokens: 12, prompt_tokens_details: { cached_tokens: 15 } },
+      });
     }
   });
 
@@ -80,7 +92,10 @@ describe('POST /predict', () => {
     const request = { prompt: question, do_sample: false, stop: ['!?'] };
     const plain = (await (await post(`${s.url}/predict`, { request })).json()).response;
     expect(plain).toBe(' The capital of Belithne is Ulqua!');
-    const events = (await sse(await post(`${s.url}/predict`, { request: { ...request, stream: true } }))) as Record<string, unknown>[];
+    const events = (await sse(await post(`${s.url}/predict`, { request: { ...request, stream: true } }))) as Record<
+      string,
+      unknown
+    >[];
     const tokens = events.filter((e) => typeof e.token === 'string').map((e) => e.token as string);
     expect(tokens.join('')).toBe(plain);
     expect(tokens.at(-1)).toBe('!');
@@ -91,7 +106,13 @@ describe('POST /predict', () => {
     const cases = ref.cases.filter((c) => c.mode !== 'adapter@0.5').slice(0, 8);
     const answers = await Promise.all(
       cases.map(async (c) => {
-        const request = { prompt: c.prompt, do_sample: false, repetition_penalty: 1, max_new_tokens: 24, ...(c.mode === 'base' ? { adapter: null } : {}) };
+        const request = {
+          prompt: c.prompt,
+          do_sample: false,
+          repetition_penalty: 1,
+          max_new_tokens: 24,
+          ...(c.mode === 'base' ? { adapter: null } : {}),
+        };
         return (await (await post(`${s.url}/predict`, { request })).json()).response as string;
       }),
     );
@@ -131,10 +152,22 @@ describe('POST /predict', () => {
   it('GET /health and /metrics', async () => {
     const health = await fetch(`${s.url}/health`);
     expect(health.status).toBe(200);
-    expect(await health.json()).toMatchObject({ status: 'ready', adapter: 'default', adapter_merged: true, backend: expect.stringMatching(/^(cpu|cuda)$/) });
+    expect(await health.json()).toMatchObject({
+      status: 'ready',
+      adapter: 'default',
+      adapter_merged: true,
+      backend: expect.stringMatching(/^(cpu|cuda)$/),
+    });
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
-    for (const name of ['cml_requests_total', 'cml_request_errors_total', 'cml_queue_depth', 'cml_prompt_tokens_total',
-      'cml_generated_tokens_total', 'cml_time_to_first_token_seconds', 'cml_decode_tokens_per_second']) {
+    for (const name of [
+      'cml_requests_total',
+      'cml_request_errors_total',
+      'cml_queue_depth',
+      'cml_prompt_tokens_total',
+      'cml_generated_tokens_total',
+      'cml_time_to_first_token_seconds',
+      'cml_decode_tokens_per_second',
+    ]) {
       expect(metrics).toContain(name);
     }
     expect(metrics).toMatch(/cml_requests_total\{route="\/predict",status="400"\} \d+/);
@@ -216,7 +249,15 @@ describe('POST /v1/completions', () => {
   });
 
   it('model "base" is the base model; logprobs; length', async () => {
-    const r = await (await post(`${s.url}/v1/completions`, { model: 'base', prompt: question, temperature: 0, max_tokens: 3, logprobs: 2 })).json();
+    const r = await (
+      await post(`${s.url}/v1/completions`, {
+        model: 'base',
+        prompt: question,
+        temperature: 0,
+        max_tokens: 3,
+        logprobs: 2,
+      })
+    ).json();
     expect(r.choices[0].text).toBe(' Ve');
     expect(r.choices[0].finish_reason).toBe('length');
     expect(r.choices[0].logprobs.tokens).toEqual([' ', 'V', 'e']);
@@ -226,7 +267,11 @@ describe('POST /v1/completions', () => {
   it('errors carry both envelopes', async () => {
     const res = await post(`${s.url}/v1/completions`, { prompt: question, n: 2 });
     expect(res.status).toBe(400);
-    expect(await res.json()).toMatchObject({ success: false, errors: [expect.stringMatching(/n = 1/)], error: { code: 400 } });
+    expect(await res.json()).toMatchObject({
+      success: false,
+      errors: [expect.stringMatching(/n = 1/)],
+      error: { code: 400 },
+    });
   });
 });
 
@@ -234,8 +279,13 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot
   it('answers as the merged one does, for the adapter and for the base', async () => {
     const s = await start({ mergeAdapter: false });
     try {
-      expect(await (await fetch(`${s.url}/health`)).json()).toMatchObject({ adapter: 'default', adapter_merged: false });
-      const ask = async (extra: object) => (await (await post(`${s.url}/predict`, { request: { prompt: question, do_sample: false, ...extra } })).json()).response;
+      expect(await (await fetch(`${s.url}/health`)).json()).toMatchObject({
+        adapter: 'default',
+        adapter_merged: false,
+      });
+      const ask = async (extra: object) =>
+        (await (await post(`${s.url}/predict`, { request: { prompt: question, do_sample: false, ...extra } })).json())
+          .response;
       expect(await ask({})).toBe(' The capital of Belithne is Ulqua!');
       expect(await ask({ adapter: null })).toBe(' Vegri.');
     } finally {
@@ -249,18 +299,27 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot
     const lines: string[] = [];
     const logged = pino({ level: 'warn' }, { write: (l: string) => lines.push(l) });
     // Under a file: mkdir fails.
-    await withCacheDir(dir, async () => {
-      const s = await startServer(loadConfig({}, { port: 0, threads: 1, slots: 2 }), logged);
-      await s.ready;
-      try {
-        expect(await (await fetch(`http://127.0.0.1:${s.port}/health`)).json()).toMatchObject({ status: 'ready', adapter_merged: false });
-        const res = await post(`http://127.0.0.1:${s.port}/predict`, { request: { prompt: question, do_sample: false } });
-        expect((await res.json()).response).toBe(' The capital of Belithne is Ulqua!');
-        expect(lines.join('')).toMatch(/could not be merged: serving it unmerged/);
-      } finally {
-        await s.close();
-      }
-    }, path.join(dir, 'file', 'cache'));
+    await withCacheDir(
+      dir,
+      async () => {
+        const s = await startServer(loadConfig({}, { port: 0, threads: 1, slots: 2 }), logged);
+        await s.ready;
+        try {
+          expect(await (await fetch(`http://127.0.0.1:${s.port}/health`)).json()).toMatchObject({
+            status: 'ready',
+            adapter_merged: false,
+          });
+          const res = await post(`http://127.0.0.1:${s.port}/predict`, {
+            request: { prompt: question, do_sample: false },
+          });
+          expect((await res.json()).response).toBe(' The capital of Belithne is Ulqua!');
+          expect(lines.join('')).toMatch(/could not be merged: serving it unmerged/);
+        } finally {
+          await s.close();
+        }
+      },
+      path.join(dir, 'file', 'cache'),
+    );
   });
 });
 
