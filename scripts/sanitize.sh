@@ -10,7 +10,7 @@ bins="$PWD/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64"
 mkdir -p build/asan
 if [[ ! build/asan/cml_llama.node -nt native || -n "$(find native -newer build/asan/cml_llama.node)" ]]; then
   echo "sanitize: building build/asan/cml_llama.node"
-  g++ -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fPIC -shared \
+  g++ -std=c++17 -O1 -g -Wall -Wextra -Wno-unused-parameter -Werror -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fPIC -shared \
     -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -I"$(node -p 'path.dirname(process.execPath)')/../include/node" \
     -I"$(node -p "require('node-addon-api').include_dir")" -I"$llama/include" -I"$llama/ggml/include" native/*.cpp \
     -L"$bins" -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so -Wl,-rpath,"$bins" -o build/asan/cml_llama.node
