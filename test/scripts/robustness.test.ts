@@ -1,5 +1,5 @@
 // The short forms of `npm run fuzz` and `npm run soak`: the same harness, a real server process,
-// fewer cases and seconds. The long runs' figures are in the README.
+// fewer cases and seconds. The long runs' figures are in docs/serving.md.
 import { describe, expect, it } from 'vitest';
 import { runFuzz } from '../../scripts/robustness/fuzz.ts';
 import { runSoak } from '../../scripts/robustness/soak.ts';
