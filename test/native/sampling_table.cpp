@@ -13,7 +13,7 @@
 namespace {
 
 // One case: the rule in words, the token picked, the token wanted.
-void check(const char* rule, llama_token got, llama_token want) { CHECK_MESSAGE(got == want, rule); }
+void check(const std::string& rule, llama_token got, llama_token want) { CHECK_MESSAGE(got == want, rule); }
 
 // The token a sampler picks from `row` after it saw `seen` (the prompt, for the penalties).
 llama_token pick(cml::SamplingParams p, std::vector<float> row, const std::vector<llama_token>& seen = {}) {

@@ -59,7 +59,7 @@ function summary(report: string) {
     cases: cases ? Number(cases[1]) : -1,
     failedCases: cases ? Number(cases[3]) : -1,
     failedChecks: checks ? Number(checks[3]) : -1,
-    failures: report.split('\n').filter((l) => /ERROR|FAILED|MESSAGE/.test(l)),
+    failures: report.split('\n').filter((l) => /ERROR|FAILED|values:|logged:/.test(l)),
   };
 }
 
