@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -95,4 +96,80 @@ TEST_CASE("sampling: every rule gives the token worked out by hand") {
   check("+inf: refused (greedy)", pick(g, {1.0f, INFINITY, 0.5f}), -1);
   check("NaN: refused (top-k)", pick(k1, {1.0f, 0.2f, nan, 0.5f, 0.1f}), -1);
   check("-inf is a masked token, not an error", pick(g, {-INFINITY, 0.5f, -INFINITY}), 1);
+}
+
+namespace {
+
+// Every token drawn from `row` over seeds 1..n: a filter that keeps too much shows up as a token
+// outside the set, one that keeps too little as a token never drawn.
+std::set<llama_token> drawn(cml::SamplingParams p, const std::vector<float>& row, uint32_t n = 400) {
+  std::set<llama_token> out;
+  for (uint32_t seed = 1; seed <= n; ++seed) {
+    p.seed = seed;
+    out.insert(pick(p, row));
+  }
+  return out;
+}
+
+std::vector<float> logits_of(const std::vector<float>& probs) {
+  std::vector<float> row;
+  for (float q : probs) row.push_back(std::log(q));
+  return row;
+}
+
+using Tokens = std::set<llama_token>;
+
+}  // namespace
+
+TEST_CASE("sampling: draws stay within what top-k, top-p and min-p keep, and reach all of it") {
+  cml::SamplingParams p;
+  p.temperature = 1.0f;
+
+  auto k2 = p;
+  k2.top_k = 2;
+  CHECK(drawn(k2, {1.0f, 3.0f, 2.0f, 0.0f}) == Tokens{1, 2});
+  auto k_big = p;
+  k_big.top_k = 100;  // more than the vocabulary: all of it
+  CHECK(drawn(k_big, {0.0f, 0.0f, 0.0f, 0.0f}) == Tokens{0, 1, 2, 3});
+  CHECK(drawn(p, {0.0f, 0.0f, 0.0f, 0.0f}) == Tokens{0, 1, 2, 3});  // top-k 0 and top-p 1: off
+
+  // Probabilities 0.6, 0.3, 0.1: the smallest set reaching top_p, as transformers keeps it.
+  const auto row = logits_of({0.6f, 0.3f, 0.1f});
+  auto p55 = p;
+  p55.top_p = 0.55f;
+  CHECK(drawn(p55, row) == Tokens{0});
+  auto p65 = p;
+  p65.top_p = 0.65f;
+  CHECK(drawn(p65, row) == Tokens{0, 1});
+  auto p95 = p;
+  p95.top_p = 0.95f;
+  CHECK(drawn(p95, row) == Tokens{0, 1, 2});
+
+  // min-p 0.4 of the best (0.5): 0.25 stays, 0.15 and 0.1 go.
+  auto mp = p;
+  mp.min_p = 0.4f;
+  CHECK(drawn(mp, logits_of({0.5f, 0.25f, 0.15f, 0.1f})) == Tokens{0, 1});
+  // With top-k first: k 3 keeps 0.5, 0.25, 0.15; min-p still cuts 0.15.
+  auto kmp = mp;
+  kmp.top_k = 3;
+  CHECK(drawn(kmp, logits_of({0.5f, 0.25f, 0.15f, 0.1f})) == Tokens{0, 1});
+}
+
+TEST_CASE("sampling: penalties on negative logits, exactly") {
+  auto g = greedy();
+  // Frequency and presence subtract whatever the sign: -1.0 seen twice, 0.4 each -> -1.8 < -1.5.
+  auto freq = g;
+  freq.frequency_penalty = 0.4f;
+  check("frequency on a negative logit: -1.0 - 0.8 = -1.8 < -1.5", pick(freq, {-1.0f, -1.5f}, {0, 0}), 1);
+  auto pres = g;
+  pres.presence_penalty = 0.4f;
+  check("presence on a negative logit: -1.0 - 0.4 = -1.4 > -1.5", pick(pres, {-1.0f, -1.5f}, {0, 0}), 0);
+  // A negative presence penalty favours what was seen.
+  pres.presence_penalty = -0.6f;
+  check("negative presence: -1.5 + 0.6 = -0.9 > -1.0", pick(pres, {-1.0f, -1.5f}, {1}), 1);
+  // Repetition penalty and a negative bias together: (2.0 - 3.0) x 2 = -2.0 < -1.9.
+  auto rb = g;
+  rb.repetition_penalty = 2.0f;
+  rb.logit_bias = {{0, -3.0f}};
+  check("bias then repetition on the now negative logit", pick(rb, {2.0f, -1.9f}, {0}), 1);
 }
