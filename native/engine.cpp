@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <chrono>
 #include <thread>
 
@@ -64,6 +66,20 @@ bool offloaded(int32_t gpu_layers) {
   return false;
 }
 
+// A float from the model's GGUF metadata, or `fallback` when the key is absent or not a number.
+float meta_float(const llama_model* model, const std::string& key, float fallback) {
+  char buf[64];
+  if (llama_model_meta_val_str(model, key.c_str(), buf, sizeof buf) < 0) return fallback;
+  char* end = nullptr;
+  const float v = std::strtof(buf, &end);
+  return end != buf && std::isfinite(v) ? v : fallback;
+}
+
+std::string meta_string(const llama_model* model, const char* key) {
+  char buf[128];
+  return llama_model_meta_val_str(model, key, buf, sizeof buf) < 0 ? std::string() : std::string(buf);
+}
+
 }  // namespace
 
 // Loads the model and creates the context off the JS thread, reporting progress through a TSFN.
@@ -105,6 +121,11 @@ class LoadWorker : public Napi::AsyncWorker {
       cp.type_v = o.kv_type;
       cp.kv_unified = false;  // each slot owns context_size cells: overflow is per request, predictable
       cp.no_perf = true;
+      // llama.cpp's converter writes YaRN's betas from config.json, but llama.cpp reads them only
+      // from the context's parameters: passed on here, else a model with other betas runs at 32/1.
+      const std::string arch = meta_string(model_, "general.architecture");
+      cp.yarn_beta_fast = meta_float(model_, arch + ".rope.scaling.yarn_beta_fast", cp.yarn_beta_fast);
+      cp.yarn_beta_slow = meta_float(model_, arch + ".rope.scaling.yarn_beta_slow", cp.yarn_beta_slow);
       ctx_ = llama_init_from_model(model_, cp);
       if (ctx_ == nullptr) {
         const std::string why = capture.text();

@@ -5,6 +5,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { HF_ARCH, LAYERS, literal, permutesQK, type Arch } from './architectures.ts';
 import { IntakeError } from './errors.ts';
+import { ropeFromConfig } from './rope.ts';
 import { GgufWriter, type KvValue, type OutType } from './gguf-writer.ts';
 import { SafetensorsFile, type TensorEntry } from './safetensors.ts';
 import { readVocab } from './tokenizer.ts';
@@ -130,11 +131,9 @@ export async function convertHfModel(
   const nHeadKv = Number(c.num_key_value_heads ?? nHead);
   const nEmbd = num('hidden_size');
   const headDim = Number(c.head_dim ?? nEmbd / nHead);
-  const rope = (c.rope_parameters ?? {}) as Record<string, unknown>;
-  const ropeTheta = Number(rope.rope_theta ?? c.rope_theta ?? 10000);
-  const ropeType = rope.rope_type ?? (c.rope_scaling as Record<string, unknown> | null)?.rope_type ?? 'default';
-  if (ropeType !== 'default')
-    throw new IntakeError(`config.json: rope scaling '${String(ropeType)}' is not supported yet`);
+  const rope = ropeFromConfig(c, headDim);
+  if (rope.freqFactors && arch !== 'llama')
+    throw new IntakeError(`config.json: rope 'llama3' on a ${arch} model is not supported`);
   const vocab = readVocab(o.dir, c);
 
   const shards = await openShards(o.dir);
@@ -166,7 +165,8 @@ export async function convertHfModel(
       [`${a}.feed_forward_length`, { type: 'u32', value: num('intermediate_size') }],
       [`${a}.attention.head_count`, { type: 'u32', value: nHead }],
       [`${a}.attention.head_count_kv`, { type: 'u32', value: nHeadKv }],
-      [`${a}.rope.freq_base`, { type: 'f32', value: ropeTheta }],
+      [`${a}.rope.freq_base`, { type: 'f32', value: rope.freqBase }],
+      ...rope.kv.map(([k, v]): [string, KvValue] => [`${a}.${k}`, v]),
       [`${a}.attention.layer_norm_rms_epsilon`, { type: 'f32', value: num('rms_norm_eps') }],
     ];
     if (arch === 'llama') {
@@ -210,8 +210,11 @@ export async function convertHfModel(
         return v;
       });
     }
+    // llama.cpp's converter writes llama3's frequency divisors as one more tensor.
+    const factors = rope.freqFactors;
+    if (factors) writer.tensor('rope_freqs.weight', [factors.length], 'f32', async () => factors);
     await writer.write(o.out);
-    return { tensors: names.length, bytes: bytesTotal, outtype };
+    return { tensors: names.length + (factors ? 1 : 0), bytes: bytesTotal, outtype };
   } finally {
     await shards.close();
   }
