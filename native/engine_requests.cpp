@@ -182,7 +182,8 @@ std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& promp
         throw overflow(std::to_string(text.size()) + " bytes: at least " + std::to_string(at_least) + " tokens");
       }
     }
-    req->prompt = tokenize_text(env, vocab, text, read_flag(env, params.Get("addSpecial"), "addSpecial", true), false);
+    req->prompt = tokenize_text(env, vocab, text, read_flag(env, params.Get("addSpecial"), "addSpecial", true),
+                                read_flag(env, params.Get("parseSpecial"), "parseSpecial", true));
   } else if (prompt.IsArray()) {
     req->prompt = read_token_ids(env, prompt, llama_vocab_n_tokens(vocab), "prompt");
   } else {

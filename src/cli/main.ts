@@ -58,7 +58,11 @@ const serveOptions = (cmd: Command) =>
     .option('--threads <n>', 'CPU threads (env THREADS)', intArg('--threads', 1))
     .option('--backend <b>', 'cpu | cuda | auto (env BACKEND)')
     .option('--no-merge', 'apply the adapter per token instead of merging it into the weights (env MERGE_ADAPTER=off)')
-    .option('--no-check-tensors', 'skip the check of every weight for NaN/inf at load (env CHECK_TENSORS=off)');
+    .option('--no-check-tensors', 'skip the check of every weight for NaN/inf at load (env CHECK_TENSORS=off)')
+    .option(
+      '--no-parse-special',
+      "special-token text in prompts stays text (env PARSE_SPECIAL=off; default: control tokens, as the studio's tokenizer)",
+    );
 
 serveOptions(
   program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'),

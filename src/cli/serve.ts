@@ -23,6 +23,8 @@ export interface ServeFlags {
   merge?: boolean;
   /** commander's --no-check-tensors: false when given. */
   checkTensors?: boolean;
+  /** commander's --no-parse-special: false when given. */
+  parseSpecial?: boolean;
   headersTimeout?: number;
   bodyTimeout?: number;
   keepAliveTimeout?: number;
@@ -47,6 +49,7 @@ function overrides(f: ServeFlags): Overrides {
   if (f.genConfig !== undefined) o.genConfigString = f.genConfig;
   if (f.merge === false) o.mergeAdapter = false;
   if (f.checkTensors === false) o.checkTensors = false;
+  if (f.parseSpecial === false) o.parseSpecial = false;
   if (f.drainTimeout !== undefined) o.drainTimeoutS = f.drainTimeout;
   const http: NonNullable<Overrides['http']> = {};
   if (f.headersTimeout !== undefined) http.headersTimeoutS = f.headersTimeout;

@@ -38,6 +38,8 @@ export interface ServeConfig {
   mergeAdapter: boolean;
   /** Validate every weight at load (CHECK_TENSORS, default on). */
   checkTensors: boolean;
+  /** Special-token text in prompts becomes control tokens (PARSE_SPECIAL, default on: as the studio). */
+  parseSpecial: boolean;
   http: HttpLimits;
   /** On SIGTERM/SIGINT, how long requests in flight may finish before they are ended. */
   drainTimeoutS: number;
@@ -151,6 +153,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     backend,
     mergeAdapter: o.mergeAdapter ?? onOff('MERGE_ADAPTER', pick('MERGE_ADAPTER'), true),
     checkTensors: o.checkTensors ?? onOff('CHECK_TENSORS', pick('CHECK_TENSORS'), true),
+    parseSpecial: o.parseSpecial ?? onOff('PARSE_SPECIAL', pick('PARSE_SPECIAL'), D.parseSpecial),
     http: {
       headersTimeoutS:
         h.headersTimeoutS ?? secondsFrom('HEADERS_TIMEOUT', pick('HEADERS_TIMEOUT'), HTTP_DEFAULTS.headersTimeoutS),

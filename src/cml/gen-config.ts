@@ -97,6 +97,7 @@ const PARAMS: Record<string, { coerce: Coerce; bound?: ParamKey }> = {
   stop: { coerce: stopList },
   adapter: { coerce: adapterName },
   adapter_scale: { coerce: num(), bound: 'adapterScale' },
+  parse_special: { coerce: coerceBool },
 };
 
 export interface ResolvedGeneration {
@@ -155,6 +156,7 @@ export function resolveGeneration(
   if (merged.seed !== undefined) params.seed = merged.seed as number;
   if (merged.stop !== undefined) params.stop = merged.stop as string[];
   if (merged.min_new_tokens !== undefined) params.minTokens = merged.min_new_tokens as number;
+  if (merged.parse_special !== undefined) params.parseSpecial = merged.parse_special as boolean;
   if (adapter !== null) {
     params.adapters = [
       { name: adapter, ...(merged.adapter_scale !== undefined ? { scale: merged.adapter_scale as number } : {}) },

@@ -35,6 +35,7 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       maxQueue: cfg.maxQueue,
       contextSize: cfg.contextSize,
       checkTensors: cfg.checkTensors,
+      parseSpecial: cfg.parseSpecial,
       ...(cfg.threads !== undefined ? { threads: cfg.threads } : {}),
       ...(ev.onProgress ? { onProgress: ev.onProgress } : {}),
     });

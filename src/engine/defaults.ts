@@ -10,6 +10,8 @@ export const ENGINE_DEFAULTS = Object.freeze({
   batchSize: 512,
   flashAttention: 'auto' as const,
   kvCacheType: 'f16' as const,
+  /** Special-token text in prompts becomes control tokens, as the studio's tokenizer(prompt) does. */
+  parseSpecial: true,
   /** CPU threads at most by default: llama.cpp with more threads than cores crawls. */
   maxDefaultThreads: 8,
 });

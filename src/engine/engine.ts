@@ -25,6 +25,8 @@ export interface EngineOptions extends NativeEngineOptions {
    * scale, or the base model, applies it unmerged at the difference.
    */
   mergedAdapter?: { name: string; path: string; scale: number };
+  /** What a request that does not say gets for `parseSpecial` (default true: as the studio tokenizes). */
+  parseSpecial?: boolean;
   onProgress?: (fraction: number) => void;
 }
 
@@ -46,6 +48,7 @@ export class Engine implements EngineClient {
   private readonly live = new Map<number, Generation>();
   private closed = false;
   private merged: { name: string; scale: number; defaultScale: number } | null = null;
+  private parseSpecial: boolean = D.parseSpecial;
 
   /** The bounds of every numeric request parameter, as the native checks enforce them. */
   readonly bounds: ParamBounds;
@@ -92,6 +95,7 @@ export class Engine implements EngineClient {
       throw fromNative(err);
     }
     self = new Engine(native, backend, native.info());
+    self.parseSpecial = opts.parseSpecial ?? D.parseSpecial;
     const m = opts.mergedAdapter;
     if (m) {
       try {
@@ -123,8 +127,9 @@ export class Engine implements EngineClient {
     }
   }
 
-  tokenize(text: string, addSpecial = true): number[] {
-    return this.call(() => this.native.tokenize(text, addSpecial));
+  /** The ids a text prompt of generate() becomes (parseSpecial: the engine's default unless given). */
+  tokenize(text: string, addSpecial = true, parseSpecial = this.parseSpecial): number[] {
+    return this.call(() => this.native.tokenize(text, addSpecial, parseSpecial));
   }
 
   detokenize(ids: number[]): string {
@@ -231,7 +236,8 @@ export class Engine implements EngineClient {
         throw new InvalidParamsError(boundMessage(bound, `adapter '${a.name}' scale`, a.scale), 'INVALID_PARAMS');
       }
     }
-    return this.merged ? { ...params, adapters: this.unmergedAdapters(params.adapters) } : params;
+    const out = params.parseSpecial === undefined ? { ...params, parseSpecial: this.parseSpecial } : params;
+    return this.merged ? { ...out, adapters: this.unmergedAdapters(params.adapters) } : out;
   }
 
   /** Ends every request (they fail with EngineClosedError) and frees the model. */

@@ -91,6 +91,11 @@ export interface NativeRequestParams {
   logitBias?: Record<number, number>;
   adapters?: { name: string; scale?: number }[];
   addSpecial?: boolean;
+  /**
+   * Special-token text in a text prompt (`<|im_start|>`, `</s>`) becomes its control token, as a
+   * Hugging Face tokenizer(prompt) does. Default true.
+   */
+  parseSpecial?: boolean;
 }
 
 export interface TopLogprob {

@@ -78,6 +78,15 @@ describe('resolveGeneration: request > env > studio defaults', () => {
     ]);
     expect(resolveGeneration({ min_new_tokens: 9 }, {}, null).params.minTokens).toBe(9);
   });
+  it('parse_special: unset leaves the engine its default; true/false (or Python spellings) pass on', () => {
+    expect(resolveGeneration({}, {}, null).params.parseSpecial).toBeUndefined();
+    expect(resolveGeneration({ parse_special: 'false' }, {}, null).params.parseSpecial).toBe(false);
+    expect(resolveGeneration({}, { parse_special: false }, null).params.parseSpecial).toBe(false);
+    expect(resolveGeneration({ parse_special: 1 }, { parse_special: false }, null).params.parseSpecial).toBe(true);
+    expect(() => resolveGeneration({ parse_special: 'maybe' }, {}, null)).toThrow(
+      /parse_special must be true or false/,
+    );
+  });
   // The engine's bounds table, under the studio's names.
   const bounds = resolveBackend('cpu').addon.paramBounds();
   it.each([
@@ -117,6 +126,9 @@ describe('loadConfig: where it listens, and its limits', () => {
     expect(() => loadConfig({ MAX_CONNECTIONS: '0' })).toThrow("MAX_CONNECTIONS must be an integer >= 1, got '0'");
     expect(() => loadConfig({ CHECK_TENSORS: 'maybe' })).toThrow("CHECK_TENSORS must be on or off, got 'maybe'");
     expect(loadConfig({ CHECK_TENSORS: 'off' }).checkTensors).toBe(false);
+    expect(loadConfig({}).parseSpecial).toBe(true);
+    expect(loadConfig({ PARSE_SPECIAL: 'off' }).parseSpecial).toBe(false);
+    expect(() => loadConfig({ PARSE_SPECIAL: 'no way' })).toThrow("PARSE_SPECIAL must be on or off, got 'no way'");
   });
 
   it('a CML Application listens on 127.0.0.1:$CDSW_APP_PORT, over PORT; a flag wins over both', () => {

@@ -87,6 +87,18 @@ describe('POST /predict', () => {
     }
   });
 
+  it("special-token text in the prompt is the control token, as the studio's tokenizer(prompt); parse_special: false keeps it text", async () => {
+    const usage = async (extra: object) => {
+      const res = await post(`${s.url}/predict`, {
+        request: { prompt: `${question}</s>`, do_sample: false, max_new_tokens: 1, stream: true, ...extra },
+      });
+      return ((await sse(res)).at(-1) as { usage: { prompt_tokens: number } }).usage.prompt_tokens;
+    };
+    // question is 16 tokens with the BOS; '</s>' adds EOS's one id, or its pieces as text.
+    expect(await usage({})).toBe(17);
+    expect(await usage({ parse_special: false })).toBeGreaterThan(17);
+  });
+
   it('text held back for a possible stop string is streamed at the end, not dropped', async () => {
     // '!' could begin the stop string '!?', so it is held back until EOS shows it does not.
     const request = { prompt: question, do_sample: false, stop: ['!?'] };
