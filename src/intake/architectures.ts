@@ -52,6 +52,30 @@ export const LAYERS: Record<Arch, Layers> = {
   },
 };
 
+/**
+ * LlamaModel.permute (rows (n_head, 2, half) -> (n_head, half, 2)): the source row of output row i.
+ * The converter applies it to q/k weights, so their LoRA lora_b rows need it too.
+ */
+export function llamaPermutedRow(i: number, rows: number, nHead: number): number {
+  const half = rows / nHead / 2;
+  const h = Math.floor(i / (2 * half));
+  const j = Math.floor((i % (2 * half)) / 2);
+  const k = i % 2;
+  return h * 2 * half + k * half + j;
+}
+
+/**
+ * Bloom's fused query_key_value rows are grouped per head, (n_head, 3, head_dim); llama.cpp's
+ * converter regroups them as all q, then all k, then all v. The source row of output row i (for the
+ * weight, its bias, and a LoRA's lora_b alike).
+ */
+export function bloomQkvSource(i: number, nEmbd: number, nHead: number): number {
+  const hd = nEmbd / nHead;
+  const part = Math.floor(i / nEmbd);
+  const head = Math.floor((i % nEmbd) / hd);
+  return head * 3 * hd + part * hd + (i % hd);
+}
+
 /** A module or tensor name as a literal inside a RegExp. */
 export const literal = (name: string) => name.replaceAll('.', '\\.');
 

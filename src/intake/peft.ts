@@ -5,11 +5,21 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { checkAdapterFamily } from './adapter-family.ts';
-import { ARCHS, HF_ARCH, isArch, LAYERS, literal, permutesQK, type Arch } from './architectures.ts';
+import {
+  ARCHS,
+  bloomQkvSource,
+  HF_ARCH,
+  isArch,
+  LAYERS,
+  literal,
+  llamaPermutedRow,
+  permutesQK,
+  type Arch,
+} from './architectures.ts';
 import { ggufKind, readGgufHeader } from './gguf-header.ts';
 import { GgufWriter, type OutType } from './gguf-writer.ts';
 import { IntakeError } from './errors.ts';
-import { llamaPermutedRow, reorderRows } from './hf-model.ts';
+import { reorderRows } from './hf-model.ts';
 import { SafetensorsFile } from './safetensors.ts';
 
 export { IntakeError };
@@ -118,15 +128,7 @@ function rowMap(kind: string, rows: number, s: BaseShape): ((i: number) => numbe
     const nHead = kind === 'attn_k' ? s.nHeadKv : s.nHead;
     return (i) => llamaPermutedRow(i, rows, nHead);
   }
-  if (s.arch === 'bloom' && kind === 'attn_qkv') {
-    // BloomModel: (n_head, 3, head_dim) rows -> all q, then all k, then all v
-    const hd = s.nEmbd / s.nHead;
-    return (i) => {
-      const c = Math.floor(i / s.nEmbd);
-      const h = Math.floor((i % s.nEmbd) / hd);
-      return h * 3 * hd + c * hd + (i % hd);
-    };
-  }
+  if (s.arch === 'bloom' && kind === 'attn_qkv') return (i) => bloomQkvSource(i, s.nEmbd, s.nHead);
   return null;
 }
 

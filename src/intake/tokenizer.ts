@@ -141,6 +141,10 @@ const QWEN2_RE =
 const LLAMA3_RE =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+// Bloom's, as its tokenizer.json spells it (a class nested in the negated class) and as llama.cpp's
+// regex engine takes it (the same set, flattened).
+const BLOOM_RE = [' ?[^(\\s|[.,!?…。，、।۔،])]+', ' ?[^(\\s|.,!?…。，、।۔،)]+'];
+
 function preTokenizer(tok: Record<string, unknown>): string {
   const pre = tok.pre_tokenizer as {
     type?: string;
@@ -156,9 +160,10 @@ function preTokenizer(tok: Record<string, unknown>): string {
   const regex = steps.find((s) => s.type === 'Split')?.pattern?.Regex;
   if (regex === QWEN2_RE) return 'qwen2';
   if (regex === LLAMA3_RE) return 'llama-bpe';
+  if (regex !== undefined && BLOOM_RE.includes(regex)) return 'bloom';
   if (!regex && steps.some((s) => s.type === 'ByteLevel' && s.use_regex !== false)) return 'gpt-2';
   throw new IntakeError(
-    `tokenizer.json: unknown pre-tokenizer (${regex ? `split regex ${JSON.stringify(regex)}` : JSON.stringify(pre)}); supported: qwen2, llama-bpe, gpt-2`,
+    `tokenizer.json: unknown pre-tokenizer (${regex ? `split regex ${JSON.stringify(regex)}` : JSON.stringify(pre)}); supported: qwen2, llama-bpe, bloom, gpt-2`,
   );
 }
 

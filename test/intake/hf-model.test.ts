@@ -118,11 +118,20 @@ describe('convert-model', () => {
     copyCheckpoint(src, gpt2);
     writeFileSync(path.join(gpt2, 'config.json'), JSON.stringify({ architectures: ['GPT2LMHeadModel'] }));
     await expect(conv(gpt2)).rejects.toThrow(
-      /unsupported architecture 'GPT2LMHeadModel' \(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM\)/,
+      /unsupported architecture 'GPT2LMHeadModel' \(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, BloomForCausalLM\)/,
     );
-    // Bloom's LoRA converts (peft.ts), its model layout not yet: refused by name, not mapped as Llama.
-    writeFileSync(path.join(gpt2, 'config.json'), JSON.stringify({ architectures: ['BloomForCausalLM'] }));
-    await expect(conv(gpt2)).rejects.toThrow(/unsupported architecture 'BloomForCausalLM'/);
+    // A Llama checkpoint's tensors under a Bloom config are named, not mapped as Llama's.
+    writeFileSync(
+      path.join(gpt2, 'config.json'),
+      JSON.stringify({
+        architectures: ['BloomForCausalLM'],
+        n_embed: 128,
+        n_head: 4,
+        n_layer: 4,
+        layer_norm_epsilon: 1e-5,
+      }),
+    );
+    await expect(conv(gpt2)).rejects.toThrow(/tensor 'model.embed_tokens.weight' has no llama.cpp counterpart/);
 
     const bin = path.join(tmp, 'bin');
     copyCheckpoint(src, bin);

@@ -1,11 +1,13 @@
-"""A Llama/Qwen2 forward pass in numpy (float64), written from transformers' modeling_llama.py and
-modeling_rope_utils.py, as an independent reference for converted models: the rope variants
-(default, linear, llama3, yarn; either spelling of the config key) are computed as transformers
-computes them, not as llama.cpp does.
+"""Llama/Qwen2 and Bloom forward passes in numpy (float64), written from transformers'
+modeling_llama.py, modeling_rope_utils.py and modeling_bloom.py, as an independent reference for
+converted models: the rope variants (default, linear, llama3, yarn; either spelling of the config
+key) are computed as transformers computes them, not as llama.cpp does.
 
-stdin: {"dir": <checkpoint>, "prompts": [[ids...], ...]}; stdout: {"logprobs": [[...vocab], ...]},
-the log-softmax of the position after each prompt. Checked against the fixtures' transformers
-logits by test/intake/rope.test.ts before it is trusted for anything else.
+stdin: {"dir": <checkpoint>, "prompts": [[ids...], ...], "gelu": "exact" | "ggml-f16"};
+stdout: {"logprobs": [[...vocab], ...]}, the log-softmax of the position after each prompt.
+"ggml-f16" computes Bloom's GELU as ggml's CPU backend does (input and output rounded to float16,
+its lookup table), to tell that rounding apart from a wrong conversion. The Llama path is checked
+against the fixtures' transformers logits by test/intake/rope.test.ts before it is trusted.
 """
 import json
 import math
@@ -133,12 +135,84 @@ def forward(c, w, ids):
     return logits - m - math.log(np.exp(logits - m).sum())
 
 
+def layer_norm(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def bloom_gelu(x, ggml_f16):
+    def gelu(v):
+        return v * 0.5 * (1.0 + np.tanh(0.79788456 * v * (1 + 0.044715 * v * v)))
+
+    if not ggml_f16:
+        return gelu(x)
+    table = gelu(x.astype(np.float16).astype(np.float64)).astype(np.float16).astype(np.float64)
+    return np.where(x <= -10, 0.0, np.where(x >= 10, x, table))
+
+
+def alibi_slopes(n_head):
+    p2 = 2 ** math.floor(math.log2(n_head))
+    base = 2 ** (-(2 ** -(math.log2(p2) - 3)))
+    slopes = [base**i for i in range(1, p2 + 1)]
+    if p2 != n_head:
+        extra = 2 ** (-(2 ** -(math.log2(2 * p2) - 3)))
+        slopes += [extra**i for i in range(1, 1 + 2 * min(p2, n_head - p2), 2)]
+    return np.array(slopes)
+
+
+def bloom_forward(c, w, ids, ggml_f16):
+    pre = "transformer." if "transformer.word_embeddings.weight" in w else ""
+    n_head, hidden = c["n_head"], c.get("hidden_size", c.get("n_embed"))
+    hd, eps, T = hidden // n_head, c["layer_norm_epsilon"], len(ids)
+    x = w[pre + "word_embeddings.weight"][ids]
+    x = layer_norm(x, w[pre + "word_embeddings_layernorm.weight"], w[pre + "word_embeddings_layernorm.bias"], eps)
+    alibi = alibi_slopes(n_head)[:, None, None] * np.arange(T, dtype=np.float64)[None, None, :]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for layer in range(c["n_layer"]):
+        p = f"{pre}h.{layer}."
+        h = layer_norm(x, w[p + "input_layernorm.weight"], w[p + "input_layernorm.bias"], eps)
+        fused = h @ w[p + "self_attention.query_key_value.weight"].T + w[p + "self_attention.query_key_value.bias"]
+        fused = fused.reshape(T, n_head, 3, hd)
+        q, k, v = (fused[:, :, i, :].transpose(1, 0, 2) for i in range(3))
+        att = alibi + (q @ k.transpose(0, 2, 1)) / math.sqrt(hd) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        ctx = (att @ v).transpose(1, 0, 2).reshape(T, hidden)
+        x = x + ctx @ w[p + "self_attention.dense.weight"].T + w[p + "self_attention.dense.bias"]
+        h = layer_norm(x, w[p + "post_attention_layernorm.weight"], w[p + "post_attention_layernorm.bias"], eps)
+        up = bloom_gelu(h @ w[p + "mlp.dense_h_to_4h.weight"].T + w[p + "mlp.dense_h_to_4h.bias"], ggml_f16)
+        x = x + up @ w[p + "mlp.dense_4h_to_h.weight"].T + w[p + "mlp.dense_4h_to_h.bias"]
+    x = layer_norm(x, w[pre + "ln_f.weight"], w[pre + "ln_f.bias"], eps)
+    logits = x[-1] @ w.get("lm_head.weight", w[pre + "word_embeddings.weight"]).T
+    m = logits.max()
+    return logits - m - math.log(np.exp(logits - m).sum())
+
+
 def main():
     req = json.load(sys.stdin)
     with open(f"{req['dir']}/config.json") as f:
         c = json.load(f)
     w = read_safetensors(f"{req['dir']}/model.safetensors")
-    json.dump({"logprobs": [forward(c, w, ids).tolist() for ids in req["prompts"]]}, sys.stdout)
+    f16 = req.get("gelu") == "ggml-f16"
+
+    def step(ids):
+        return bloom_forward(c, w, ids, f16) if c["architectures"][0] == "BloomForCausalLM" else forward(c, w, ids)
+
+    if "greedy" in req:  # {"greedy": n}: up to n argmax tokens after each prompt, stopping after EOS
+        out = []
+        for ids in req["prompts"]:
+            ids, new = list(ids), []
+            for _ in range(req["greedy"]):
+                t = int(np.argmax(step(ids)))
+                new.append(t)
+                if t == c.get("eos_token_id"):
+                    break
+                ids.append(t)
+            out.append(new)
+        json.dump({"greedy": out}, sys.stdout)
+        return
+    json.dump({"logprobs": [step(ids).tolist() for ids in req["prompts"]]}, sys.stdout)
 
 
 main()

@@ -1,0 +1,148 @@
+// What differs between the model families convert-model writes, following llama.cpp's
+// convert_hf_to_gguf.py (LlamaModel, Qwen2Model, BloomModel): the tensor names, the
+// `{arch}.*` hyperparameters, and rows the converter reorders. hf-model.ts does the rest alike.
+import { bloomQkvSource, LAYERS, literal, llamaPermutedRow, type Arch } from './architectures.ts';
+import { IntakeError } from './errors.ts';
+import type { KvValue } from './gguf-writer.ts';
+import { ropeFromConfig } from './rope.ts';
+
+export interface FamilyPlan {
+  /** `{arch}.*` entries, keys without the prefix. */
+  kv: [string, KvValue][];
+  /** The source row of each output row of a tensor the converter reorders; null for the others. */
+  rowSource(dest: string, rows: number): ((i: number) => number) | null;
+  /** Tensors the converter computes (llama3's rope_freqs). */
+  extra: { name: string; data: Float32Array }[];
+}
+
+export interface ModelFamily {
+  /** llama.cpp's name of a checkpoint tensor; null for one it recomputes; throws for one with no place. */
+  tensorName(hf: string): string | null;
+  plan(c: Record<string, unknown>, arch: Arch): FamilyPlan;
+}
+
+const u32 = (value: number): KvValue => ({ type: 'u32', value });
+const f32 = (value: number): KvValue => ({ type: 'f32', value });
+const noName = (hf: string) => new IntakeError(`tensor '${hf}' has no llama.cpp counterpart`);
+
+/** A config number under any of its names (Bloom's config spells them several ways). */
+function hparam(c: Record<string, unknown>, ...keys: string[]): number {
+  for (const k of keys) if (typeof c[k] === 'number') return c[k] as number;
+  throw new IntakeError(`config.json: no ${keys.join(' or ')}`);
+}
+
+// Llama, Mistral, Qwen2: the linear modules (attention with an optional bias, as Qwen2 has) and the norms.
+const LLAMA_LAYER: [RegExp, string][] = [
+  ...Object.entries(LAYERS.llama.linear).map(
+    ([hf, gguf]) =>
+      [new RegExp(`^${literal(hf)}\\.(weight${gguf.startsWith('attn_') ? '|bias' : ''})$`), gguf] as [RegExp, string],
+  ),
+  [/^input_layernorm\.(weight)$/, 'attn_norm'],
+  [/^post_attention_layernorm\.(weight)$/, 'ffn_norm'],
+];
+const LLAMA_TENSOR = new RegExp(`^${literal(LAYERS.llama.prefix)}\\.(\\d+)\\.(.+)$`);
+
+const llamaFamily: ModelFamily = {
+  tensorName(hf) {
+    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
+    if (hf === 'model.norm.weight') return 'output_norm.weight';
+    if (hf === 'lm_head.weight') return 'output.weight';
+    const m = LLAMA_TENSOR.exec(hf);
+    if (m) {
+      if (m[2]!.endsWith('rotary_emb.inv_freq')) return null; // recomputed by llama.cpp
+      for (const [re, name] of LLAMA_LAYER) {
+        const k = re.exec(m[2]!);
+        if (k) return `blk.${m[1]}.${name}.${k[1]}`;
+      }
+    }
+    throw noName(hf);
+  },
+  plan(c, arch) {
+    const nHead = hparam(c, 'num_attention_heads');
+    const nHeadKv = typeof c.num_key_value_heads === 'number' ? c.num_key_value_heads : nHead;
+    const nEmbd = hparam(c, 'hidden_size');
+    const headDim = typeof c.head_dim === 'number' ? c.head_dim : nEmbd / nHead;
+    const rope = ropeFromConfig(c, headDim);
+    if (rope.freqFactors && arch !== 'llama') {
+      throw new IntakeError(`config.json: rope 'llama3' on a ${arch} model is not supported`);
+    }
+    const kv: [string, KvValue][] = [
+      ['block_count', u32(hparam(c, 'num_hidden_layers'))],
+      ['context_length', u32(hparam(c, 'max_position_embeddings'))],
+      ['embedding_length', u32(nEmbd)],
+      ['feed_forward_length', u32(hparam(c, 'intermediate_size'))],
+      ['attention.head_count', u32(nHead)],
+      ['attention.head_count_kv', u32(nHeadKv)],
+      ['rope.freq_base', f32(rope.freqBase)],
+      ...rope.kv,
+      ['attention.layer_norm_rms_epsilon', f32(hparam(c, 'rms_norm_eps'))],
+    ];
+    if (arch === 'llama') {
+      kv.push(['attention.key_length', u32(headDim)], ['attention.value_length', u32(headDim)]);
+      kv.push(['vocab_size', u32(hparam(c, 'vocab_size'))], ['rope.dimension_count', u32(headDim)]);
+    }
+    return {
+      kv,
+      // LlamaModel permutes q/k rows for llama.cpp's rope layout.
+      rowSource: (dest, rows) => {
+        if (arch !== 'llama') return null;
+        const heads = dest.includes('.attn_q.') ? nHead : dest.includes('.attn_k.') ? nHeadKv : 0;
+        return heads ? (i) => llamaPermutedRow(i, rows, heads) : null;
+      },
+      extra: rope.freqFactors ? [{ name: 'rope_freqs.weight', data: rope.freqFactors }] : [],
+    };
+  },
+};
+
+// Bloom: names with or without the `transformer.` prefix (BloomModel saves without it).
+const BLOOM_LAYER: Record<string, string> = {
+  input_layernorm: 'attn_norm',
+  post_attention_layernorm: 'ffn_norm',
+  ...LAYERS.bloom.linear,
+};
+const BLOOM_TENSOR = /^(?:transformer\.)?h\.(\d+)\.(.+)\.(weight|bias)$/;
+
+const bloomFamily: ModelFamily = {
+  tensorName(hf) {
+    const top: Record<string, string> = {
+      word_embeddings: 'token_embd',
+      word_embeddings_layernorm: 'token_embd_norm',
+      ln_f: 'output_norm',
+    };
+    const t = /^(?:transformer\.)?(word_embeddings|word_embeddings_layernorm|ln_f)\.(weight|bias)$/.exec(hf);
+    if (t) return `${top[t[1]!]}.${t[2]}`;
+    if (hf === 'lm_head.weight') return 'output.weight';
+    const m = BLOOM_TENSOR.exec(hf);
+    const name = m && BLOOM_LAYER[m[2]!];
+    if (m && name) return `blk.${m[1]}.${name}.${m[3]}`;
+    throw noName(hf);
+  },
+  plan(c) {
+    for (const k of ['alibi', 'apply_residual_connection_post_layernorm', 'slow_but_exact']) {
+      if (c[k] === true) throw new IntakeError(`config.json: Bloom with ${k}: true is not supported`);
+    }
+    const nEmbd = hparam(c, 'hidden_size', 'n_embed');
+    const nHead = hparam(c, 'n_head', 'num_attention_heads');
+    // BloomModel's choices: the context length is seq_length, else the embedding width (Bloom uses
+    // ALiBi, which has no trained length), and the feed-forward width 4 x n_embd.
+    return {
+      kv: [
+        ['context_length', u32(typeof c.seq_length === 'number' ? c.seq_length : nEmbd)],
+        ['embedding_length', u32(nEmbd)],
+        ['feed_forward_length', u32(4 * nEmbd)],
+        ['block_count', u32(hparam(c, 'n_layer', 'num_hidden_layers'))],
+        ['attention.head_count', u32(nHead)],
+        ['attention.head_count_kv', u32(nHead)],
+        ['attention.layer_norm_epsilon', f32(hparam(c, 'layer_norm_epsilon'))],
+      ],
+      rowSource: (dest) => (dest.includes('.attn_qkv.') ? (i) => bloomQkvSource(i, nEmbd, nHead) : null),
+      extra: [],
+    };
+  },
+};
+
+export const FAMILIES: Partial<Record<Arch, ModelFamily>> = {
+  llama: llamaFamily,
+  qwen2: llamaFamily,
+  bloom: bloomFamily,
+};
