@@ -3,7 +3,7 @@
 // inside a layer -> llama.cpp's tensor name), which both the model converter (hf-model.ts) and the
 // PEFT converter (peft.ts) map by. Names follow llama.cpp's convert_hf_to_gguf.py.
 
-export const ARCHS = ['llama', 'qwen2', 'bloom'] as const;
+export const ARCHS = ['llama', 'qwen2', 'qwen3', 'bloom'] as const;
 export type Arch = (typeof ARCHS)[number];
 
 export function isArch(a: unknown): a is Arch {
@@ -15,6 +15,7 @@ export const HF_ARCH: Record<string, Arch> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'llama',
   Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
   BloomForCausalLM: 'bloom',
 };
 
@@ -41,6 +42,7 @@ const LLAMA_LAYERS: Layers = {
 export const LAYERS: Record<Arch, Layers> = {
   llama: LLAMA_LAYERS,
   qwen2: LLAMA_LAYERS,
+  qwen3: LLAMA_LAYERS,
   bloom: {
     prefix: 'transformer.h',
     linear: {

@@ -31,18 +31,25 @@ function hparam(c: Record<string, unknown>, ...keys: string[]): number {
   throw new IntakeError(`config.json: no ${keys.join(' or ')}`);
 }
 
-// Llama, Mistral, Qwen2: the linear modules (attention with an optional bias, as Qwen2 has) and the norms.
-const LLAMA_LAYER: [RegExp, string][] = [
+// Llama, Mistral, Qwen2, Qwen3: the linear modules (attention with an optional bias, as Qwen2 has)
+// and the norms; Qwen3 adds an RMSNorm of each head's queries and keys.
+const llamaLayer = (arch: Arch): [RegExp, string][] => [
   ...Object.entries(LAYERS.llama.linear).map(
     ([hf, gguf]) =>
       [new RegExp(`^${literal(hf)}\\.(weight${gguf.startsWith('attn_') ? '|bias' : ''})$`), gguf] as [RegExp, string],
   ),
   [/^input_layernorm\.(weight)$/, 'attn_norm'],
   [/^post_attention_layernorm\.(weight)$/, 'ffn_norm'],
+  ...(arch === 'qwen3'
+    ? ([
+        [/^self_attn\.q_norm\.(weight)$/, 'attn_q_norm'],
+        [/^self_attn\.k_norm\.(weight)$/, 'attn_k_norm'],
+      ] as [RegExp, string][])
+    : []),
 ];
 const LLAMA_TENSOR = new RegExp(`^${literal(LAYERS.llama.prefix)}\\.(\\d+)\\.(.+)$`);
 
-const llamaFamily: ModelFamily = {
+const llamaFamily = (arch: Arch): ModelFamily => ({
   tensorName(hf) {
     if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
     if (hf === 'model.norm.weight') return 'output_norm.weight';
@@ -50,7 +57,7 @@ const llamaFamily: ModelFamily = {
     const m = LLAMA_TENSOR.exec(hf);
     if (m) {
       if (m[2]!.endsWith('rotary_emb.inv_freq')) return null; // recomputed by llama.cpp
-      for (const [re, name] of LLAMA_LAYER) {
+      for (const [re, name] of llamaLayer(arch)) {
         const k = re.exec(m[2]!);
         if (k) return `blk.${m[1]}.${name}.${k[1]}`;
       }
@@ -77,10 +84,12 @@ const llamaFamily: ModelFamily = {
       ...rope.kv,
       ['attention.layer_norm_rms_epsilon', f32(hparam(c, 'rms_norm_eps'))],
     ];
-    if (arch === 'llama') {
+    // TextModel writes the head width whenever config.json gives it (Qwen3's differs from
+    // hidden / heads); LlamaModel always, with the vocabulary size and the rope width.
+    if (arch === 'llama' || typeof c.head_dim === 'number') {
       kv.push(['attention.key_length', u32(headDim)], ['attention.value_length', u32(headDim)]);
-      kv.push(['vocab_size', u32(hparam(c, 'vocab_size'))], ['rope.dimension_count', u32(headDim)]);
     }
+    if (arch === 'llama') kv.push(['vocab_size', u32(hparam(c, 'vocab_size'))], ['rope.dimension_count', u32(headDim)]);
     return {
       kv,
       // LlamaModel permutes q/k rows for llama.cpp's rope layout.
@@ -92,7 +101,7 @@ const llamaFamily: ModelFamily = {
       extra: rope.freqFactors ? [{ name: 'rope_freqs.weight', data: rope.freqFactors }] : [],
     };
   },
-};
+});
 
 // Bloom: names with or without the `transformer.` prefix (BloomModel saves without it).
 const BLOOM_LAYER: Record<string, string> = {
@@ -142,7 +151,8 @@ const bloomFamily: ModelFamily = {
 };
 
 export const FAMILIES: Partial<Record<Arch, ModelFamily>> = {
-  llama: llamaFamily,
-  qwen2: llamaFamily,
+  llama: llamaFamily('llama'),
+  qwen2: llamaFamily('qwen2'),
+  qwen3: llamaFamily('qwen3'),
   bloom: bloomFamily,
 };

@@ -1,4 +1,4 @@
-"""Llama/Qwen2 and Bloom forward passes in numpy (float64), written from transformers'
+"""Llama/Qwen2/Qwen3 and Bloom forward passes in numpy (float64), written from transformers'
 modeling_llama.py, modeling_rope_utils.py and modeling_bloom.py, as an independent reference for
 converted models: the rope variants (default, linear, llama3, yarn; either spelling of the config
 key) are computed as transformers computes them, not as llama.cpp does.
@@ -113,8 +113,12 @@ def forward(c, w, ids):
             return y if b is None else y + b
 
         h = rms_norm(x, w[pre + "input_layernorm.weight"], eps)
-        q = lin("self_attn.q_proj", h).reshape(T, n_head, head_dim).transpose(1, 0, 2)
-        k = lin("self_attn.k_proj", h).reshape(T, n_kv, head_dim).transpose(1, 0, 2)
+        q = lin("self_attn.q_proj", h).reshape(T, n_head, head_dim)
+        k = lin("self_attn.k_proj", h).reshape(T, n_kv, head_dim)
+        if pre + "self_attn.q_norm.weight" in w:  # Qwen3: an RMSNorm over each head, before the rope
+            q = rms_norm(q, w[pre + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[pre + "self_attn.k_norm.weight"], eps)
+        q, k = q.transpose(1, 0, 2), k.transpose(1, 0, 2)
         v = lin("self_attn.v_proj", h).reshape(T, n_kv, head_dim).transpose(1, 0, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
