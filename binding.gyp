@@ -39,6 +39,7 @@
         "native/worker_pool.cpp",
         "native/merge.cpp",
         "native/merge_worker.cpp",
+        "native/quantize_worker.cpp",
         "native/adapters.cpp",
         "native/text_stream.cpp",
         "native/llama_log.cpp"

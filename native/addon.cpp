@@ -9,8 +9,9 @@
 #include "llama_log.h"
 
 namespace cml {
-Napi::Value MergeLora(const Napi::CallbackInfo& info);  // merge_worker.cpp
-}
+Napi::Value MergeLora(const Napi::CallbackInfo& info);      // merge_worker.cpp
+Napi::Value QuantizeModel(const Napi::CallbackInfo& info);  // quantize_worker.cpp
+}  // namespace cml
 
 namespace {
 
@@ -90,6 +91,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadBackends", Napi::Function::New(env, LoadBackends));
   exports.Set("loadBackend", Napi::Function::New(env, LoadBackend));
   exports.Set("mergeLora", Napi::Function::New(env, cml::MergeLora));
+  exports.Set("quantizeModel", Napi::Function::New(env, cml::QuantizeModel));
   exports.Set("paramBounds", Napi::Function::New(env, cml::ParamBounds));
   exports.Set("errorCodes", Napi::Function::New(env, ErrorCodes));
 #ifndef CML_DYNAMIC_BACKENDS

@@ -11,12 +11,15 @@ namespace {
 
 thread_local std::string* t_capture = nullptr;
 thread_local ggml_log_level t_last_level = GGML_LOG_LEVEL_NONE;
+thread_local void (*t_listener)(const char*, void*) = nullptr;
+thread_local void* t_listener_user = nullptr;
 bool g_echo = false;
 
 void on_log(ggml_log_level level, const char* text, void*) {
   if (level != GGML_LOG_LEVEL_CONT) t_last_level = level;
   const ggml_log_level effective = level == GGML_LOG_LEVEL_CONT ? t_last_level : level;
   if (t_capture != nullptr && effective >= GGML_LOG_LEVEL_WARN) *t_capture += text;
+  if (t_listener != nullptr && level == GGML_LOG_LEVEL_INFO) t_listener(text, t_listener_user);
   if (g_echo) std::fputs(text, stderr);
 }
 
@@ -29,6 +32,16 @@ void install_log_hook() {
     g_echo = v != nullptr && *v != '\0' && std::string(v) != "0";
     llama_log_set(on_log, nullptr);
   });
+}
+
+LogListener::LogListener(void (*fn)(const char*, void*), void* user) {
+  t_listener = fn;
+  t_listener_user = user;
+}
+
+LogListener::~LogListener() {
+  t_listener = nullptr;
+  t_listener_user = nullptr;
 }
 
 LogCapture::LogCapture() { t_capture = new std::string(); }

@@ -9,6 +9,14 @@ namespace cml {
 // CML_LLAMA_LOG environment variable is set; warnings and errors are always captured.
 void install_log_hook();
 
+// While alive, every info line llama.cpp logs on the calling thread also goes to `fn` (the quantizer
+// reports its progress only there, as "[ 12/ 291] name ...").
+class LogListener {
+ public:
+  explicit LogListener(void (*fn)(const char* text, void* user), void* user);
+  ~LogListener();
+};
+
 // Starts capturing warnings/errors logged on the calling thread; returns what was captured since.
 class LogCapture {
  public:

@@ -111,10 +111,16 @@ program
 
 program
   .command('convert-model')
-  .description('convert a Hugging Face checkpoint (Llama, Mistral, Qwen2) to a GGUF model')
+  .description('convert a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3, Bloom) to a GGUF model')
   .argument('<hf-dir>', 'directory with config.json, safetensors weights and the tokenizer')
   .requiredOption('--out <file.gguf>', 'output file')
-  .option('--outtype <t>', 'auto (keep the checkpoint precision) | f32 | f16 | bf16 | q8_0', 'auto')
+  .option(
+    '--outtype <t>',
+    "auto (keep the checkpoint precision) | f32 | f16 | bf16 | q8_0 | q4_0 | q4_k_m | q5_k_m | q6_k (K-quants: llama.cpp's quantizer)",
+    'auto',
+  )
+  .option('--threads <n>', 'quantizer threads (default: all cores)', intArg('--threads', 1))
+  .option('--backend <b>', 'cpu | cuda | auto: whose addon quantizes (on the CPU either way)', 'auto')
   .action(runConvertModel);
 
 program

@@ -3,6 +3,7 @@ export type { EngineClient, EngineHealth, ServedAdapter } from './client.ts';
 export { Generation, type Chunk, type GenerationResult, type StopReason } from './generation.ts';
 export { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
 export { mergeAdapter, type MergeInfo, type MergeOptions } from './merge.ts';
+export { QUANT_TYPES, quantizeModel, type QuantizeOptions, type QuantType } from './quantize.ts';
 export * from './errors.ts';
 export type {
   NativeAdapterInfo as AdapterInfo,

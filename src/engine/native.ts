@@ -193,6 +193,11 @@ export interface NativeAddon {
     options: { base: string; adapter: string; out: string; scale?: number; threads?: number },
     onProgress?: (fraction: number) => void,
   ): Promise<NativeMergeInfo>;
+  /** llama.cpp's quantizer (llama_model_quantize): `input` (f32/f16/bf16 GGUF) to `output` at `type`. */
+  quantizeModel(
+    options: { input: string; output: string; type: string; threads?: number },
+    onProgress?: (fraction: number) => void,
+  ): Promise<{ tensors: number }>;
 }
 
 export interface NativeMergeInfo {

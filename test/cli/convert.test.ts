@@ -1,6 +1,6 @@
 // The conversion commands in the exact shapes our checks call them.
 import { execFile } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -26,6 +26,27 @@ describe('cli convert-model / convert-lora', () => {
     ]);
     expect(stderr).toMatch(/wrote .*m\.gguf: 39 tensors as f16, .* MB\/s/);
     expect((await readGgufHeader(out)).metadata.get('general.file_type')).toBe(1);
+  });
+
+  it("convert-model --outtype q4_k_m: the checkpoint, then llama.cpp's quantizer; no intermediate left", async () => {
+    const dir = mkdtempSync(path.join(tmp, 'k-'));
+    const out = path.join(dir, 'm-q4km.gguf');
+    const { stderr } = await cli([
+      'convert-model',
+      path.join(modelDir('tiny-qa'), 'base-hf'),
+      '--out',
+      out,
+      '--outtype',
+      'q4_k_m',
+      '--threads',
+      '2',
+    ]);
+    expect(stderr).toMatch(/wrote .*m-q4km\.gguf: 39 tensors quantized to q4_k_m by llama.cpp on 2 threads/);
+    expect((await readGgufHeader(out)).metadata.get('general.file_type')).toBe(15);
+    expect(readdirSync(dir)).toEqual(['m-q4km.gguf']);
+    await expect(
+      cli(['convert-model', path.join(modelDir('tiny-qa'), 'base-hf'), '--out', out, '--outtype', 'q3_k']),
+    ).rejects.toThrow(/--outtype must be one of auto, f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k/);
   });
 
   it('convert-lora <peft-dir> --base <hf-dir> --out <file.gguf>', async () => {
