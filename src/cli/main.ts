@@ -62,6 +62,10 @@ const serveOptions = (cmd: Command) =>
     .option(
       '--no-parse-special',
       "special-token text in prompts stays text (env PARSE_SPECIAL=off; default: control tokens, as the studio's tokenizer)",
+    )
+    .option(
+      '--tokenizer <t>',
+      "auto: the checkpoint's tokenizer.json when the base is a Hugging Face checkpoint, else llama.cpp's | llama (env TOKENIZER)",
     );
 
 serveOptions(

@@ -25,6 +25,7 @@ export interface ServeFlags {
   checkTensors?: boolean;
   /** commander's --no-parse-special: false when given. */
   parseSpecial?: boolean;
+  tokenizer?: string;
   headersTimeout?: number;
   bodyTimeout?: number;
   keepAliveTimeout?: number;
@@ -50,6 +51,7 @@ function overrides(f: ServeFlags): Overrides {
   if (f.merge === false) o.mergeAdapter = false;
   if (f.checkTensors === false) o.checkTensors = false;
   if (f.parseSpecial === false) o.parseSpecial = false;
+  if (f.tokenizer !== undefined) o.tokenizer = f.tokenizer as Overrides['tokenizer'];
   if (f.drainTimeout !== undefined) o.drainTimeoutS = f.drainTimeout;
   const http: NonNullable<Overrides['http']> = {};
   if (f.headersTimeout !== undefined) http.headersTimeoutS = f.headersTimeout;

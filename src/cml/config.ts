@@ -40,6 +40,12 @@ export interface ServeConfig {
   checkTensors: boolean;
   /** Special-token text in prompts becomes control tokens (PARSE_SPECIAL, default on: as the studio). */
   parseSpecial: boolean;
+  /**
+   * Who tokenizes text prompts (TOKENIZER): `auto`, the checkpoint's tokenizer.json through Hugging
+   * Face's tokenizers when the base came from a checkpoint directory (as the studio tokenizes), else
+   * llama.cpp's; `llama`, always llama.cpp's.
+   */
+  tokenizer: 'auto' | 'llama';
   http: HttpLimits;
   /** On SIGTERM/SIGINT, how long requests in flight may finish before they are ended. */
   drainTimeoutS: number;
@@ -129,6 +135,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
   const backend = (o.backend ?? pick('BACKEND') ?? D.backend) as BackendChoice;
   if (!['cpu', 'cuda', 'auto'].includes(backend))
     throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
+  const tokenizer = (o.tokenizer ?? pick('TOKENIZER') ?? 'auto') as ServeConfig['tokenizer'];
+  if (!['auto', 'llama'].includes(tokenizer))
+    throw new ConfigError(`TOKENIZER must be auto or llama, got '${tokenizer}'`);
   const threads = o.threads ?? (pick('THREADS') ? intFrom('THREADS', pick('THREADS'), 1, 1) : undefined);
   const h = o.http ?? {};
   return {
@@ -151,6 +160,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     contextSize: o.contextSize ?? intFrom('CONTEXT_SIZE', pick('CONTEXT_SIZE'), D.contextSize, 16),
     ...(threads !== undefined ? { threads } : {}),
     backend,
+    tokenizer,
     mergeAdapter: o.mergeAdapter ?? onOff('MERGE_ADAPTER', pick('MERGE_ADAPTER'), true),
     checkTensors: o.checkTensors ?? onOff('CHECK_TENSORS', pick('CHECK_TENSORS'), true),
     parseSpecial: o.parseSpecial ?? onOff('PARSE_SPECIAL', pick('PARSE_SPECIAL'), D.parseSpecial),

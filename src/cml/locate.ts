@@ -15,6 +15,8 @@ export interface Located {
   path: string;
   /** Which rule matched, for the start-up log. */
   rule: string;
+  /** The Hugging Face checkpoint directory the GGUF was converted from (its tokenizer.json serves prompts). */
+  checkpoint?: string;
 }
 
 const isFile = (p: string) => existsSync(p) && statSync(p).isFile();
@@ -59,7 +61,11 @@ async function fromDir(dir: string, kind: 'model' | 'adapter', rule: string, tri
 async function converted(dir: string, what: string, cache: string): Promise<Located> {
   const key = inputKey([dir], { outtype: 'auto', converter: 1 });
   const made = await cached(cache, `model-${key}.gguf`, (out) => convertHfModel({ dir, out }));
-  return { path: made.path, rule: `${what}, ${made.reused ? 'reused from' : 'converted into'} the cache` };
+  return {
+    path: made.path,
+    rule: `${what}, ${made.reused ? 'reused from' : 'converted into'} the cache`,
+    checkpoint: dir,
+  };
 }
 
 /**

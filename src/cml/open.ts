@@ -7,6 +7,7 @@ import { Engine, ModelLoadError, mergeAdapter } from '../engine/index.ts';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ConfigError, GEN_CONFIG_VAR, type ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
+import { loadHfTokenizer } from '../intake/hf-tokenizer.ts';
 import { DEFAULT_ADAPTER, Predictor } from './predict.ts';
 
 export interface OpenEvents {
@@ -84,7 +85,14 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
     await engine.close();
     throw e;
   }
-  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null);
+  const tokenizer = cfg.tokenizer === 'auto' && base.checkpoint ? await loadHfTokenizer(base.checkpoint) : null;
+  ev.info?.(
+    { tokenizer: tokenizer ? tokenizer.file : 'llama.cpp' },
+    tokenizer
+      ? "text prompts are tokenized by the checkpoint's tokenizer.json (Hugging Face tokenizers), as the studio does"
+      : "text prompts are tokenized by llama.cpp's tokenizer",
+  );
+  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null, tokenizer);
   try {
     predictor.checkGenConfig();
   } catch (e) {

@@ -2,6 +2,7 @@
 // only ever returns new tokens, so nothing is cut by characters as the original script does).
 // The HTTP layer and the Python entry point both come through here.
 import type { Engine, EngineClient, Generation, GenerateParams } from '../engine/index.ts';
+import type { PromptTokenizer } from '../intake/hf-tokenizer.ts';
 import { BadRequestError, resolveGeneration } from './gen-config.ts';
 
 export interface PredictRequest {
@@ -17,7 +18,17 @@ export class Predictor {
     private readonly genConfig: Record<string, unknown>,
     /** The adapter a request without `adapter` gets (null: the base model). */
     readonly adapter: string | null,
+    /** The checkpoint's own tokenizer for text prompts; null: llama.cpp's (see loadHfTokenizer). */
+    private readonly tokenizer: PromptTokenizer | null = null,
   ) {}
+
+  /**
+   * A text prompt as the engine gets it: the checkpoint tokenizer's ids when there is one (and
+   * special tokens are parsed, which it always does), else the text for llama.cpp to tokenize.
+   */
+  async promptFor(text: string, parseSpecial?: boolean): Promise<string | number[]> {
+    return this.tokenizer && parseSpecial !== false ? this.tokenizer.encode(text) : text;
+  }
 
   /** The engine as the server may use it (EngineClient), not its loading and adapter management. */
   get engine(): EngineClient {
@@ -35,10 +46,11 @@ export class Predictor {
     return { prompt: r.prompt, params };
   }
 
-  /** Starts generation; engine errors (bad adapter, overflow, queue full) throw synchronously. */
-  start(request: unknown, signal?: AbortSignal): Generation {
+  /** Starts generation; bad requests and engine errors (bad adapter, overflow, queue full) reject. */
+  async start(request: unknown, signal?: AbortSignal): Promise<Generation> {
     const { prompt, params } = this.prepare(request);
-    return this.core.generate(prompt, params, signal ? { signal } : {});
+    const input = await this.promptFor(prompt, params.parseSpecial);
+    return this.core.generate(input, params, signal ? { signal } : {});
   }
 
   /**
@@ -52,6 +64,6 @@ export class Predictor {
 
   /** api_wrapper(args): the bare continuation string. */
   async predict(request: unknown, signal?: AbortSignal): Promise<string> {
-    return (await this.start(request, signal).result).text;
+    return (await (await this.start(request, signal)).result).text;
   }
 }

@@ -78,7 +78,7 @@ export function completionRoutes(ctx: AppContext): Router {
     const params = paramsFrom(b, adapter, predictor.engine.bounds);
     if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean')
       throw new BadRequestError('stream must be true or false');
-    const gen = track(ctx, predictor.engine.generate(prompt, params));
+    const gen = track(ctx, predictor.engine.generate(await predictor.promptFor(prompt, params.parseSpecial), params));
     cancelOnClose(res, gen);
 
     const id = `cmpl-${randomUUID()}`;

@@ -16,7 +16,7 @@ export function predictRoutes(ctx: AppContext): Router {
     const request = (body as { request: unknown }).request;
     const flag = (request as { stream?: unknown } | null)?.stream;
     const stream = wantsStream(req, flag === undefined || flag === null ? false : coerceBool('stream', flag));
-    const gen = track(ctx, predictor.start(request));
+    const gen = track(ctx, await predictor.start(request));
     cancelOnClose(res, gen);
 
     if (!stream) {

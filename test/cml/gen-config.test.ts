@@ -129,6 +129,9 @@ describe('loadConfig: where it listens, and its limits', () => {
     expect(loadConfig({}).parseSpecial).toBe(true);
     expect(loadConfig({ PARSE_SPECIAL: 'off' }).parseSpecial).toBe(false);
     expect(() => loadConfig({ PARSE_SPECIAL: 'no way' })).toThrow("PARSE_SPECIAL must be on or off, got 'no way'");
+    expect(loadConfig({}).tokenizer).toBe('auto');
+    expect(loadConfig({ TOKENIZER: 'llama' }).tokenizer).toBe('llama');
+    expect(() => loadConfig({ TOKENIZER: 'hf' })).toThrow("TOKENIZER must be auto or llama, got 'hf'");
   });
 
   it('a CML Application listens on 127.0.0.1:$CDSW_APP_PORT, over PORT; a flag wins over both', () => {
