@@ -212,6 +212,70 @@ function bpeVocab(tok: Record<string, unknown>, vocabSize: number): [string, KvV
   ];
 }
 
+/**
+ * A SentencePiece vocabulary that ships as tokenizer.json only (Llama 2 and Mistral v0.3 checkpoints
+ * may): BPE with byte fallback, which llama.cpp's converter reads as LlamaHfVocab into a 'llama'
+ * (SentencePiece) vocabulary. Its scores there are a placeholder (-1000 for all); here each token's
+ * score is minus the rank of the merge that makes it, so llama.cpp's SentencePiece merges (highest
+ * score first) follow the merge order Hugging Face's BPE applies. Byte tokens (<0xXX>) are BYTE,
+ * special added tokens CONTROL (the unknown token UNKNOWN, as from tokenizer.model).
+ */
+export function isSentencePieceJson(tok: Record<string, unknown>): boolean {
+  const model = tok.model as { type?: string; byte_fallback?: boolean; ignore_merges?: boolean } | undefined;
+  return model?.type === 'BPE' && model.byte_fallback === true && !model.ignore_merges;
+}
+
+function sentencePieceJsonVocab(tok: Record<string, unknown>, vocabSize: number): [string, KvValue][] {
+  const model = tok.model as {
+    vocab: Record<string, number>;
+    merges: (string | [string, string])[];
+    unk_token?: string;
+  };
+  const added = (tok.added_tokens ?? []) as AddedToken[];
+  const reverse = new Map<number, string>();
+  for (const [t, id] of Object.entries(model.vocab)) reverse.set(id, t);
+  for (const a of added) reverse.set(a.id, a.content);
+  const rank = new Map<string, number>();
+  model.merges.forEach((m, i) => {
+    const [a, b] = typeof m === 'string' ? m.split(' ') : m;
+    const made = `${a}${b}`;
+    if (!rank.has(made)) rank.set(made, i);
+  });
+  const addedById = new Map(added.map((a) => [a.id, a]));
+  const n = vocabSize || reverse.size;
+  const tokens: string[] = [];
+  const scores: number[] = [];
+  const types: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = reverse.get(i);
+    const a = addedById.get(i);
+    if (t === undefined) {
+      tokens.push(`[PAD${i}]`);
+      scores.push(-10000);
+      types.push(T.UNUSED);
+    } else if (a) {
+      tokens.push(t);
+      scores.push(0);
+      types.push(t === model.unk_token ? T.UNKNOWN : a.special ? T.CONTROL : T.USER_DEFINED);
+    } else if (/^<0x[0-9A-Fa-f]{2}>$/.test(t)) {
+      tokens.push(t);
+      scores.push(0);
+      types.push(T.BYTE);
+    } else {
+      tokens.push(t);
+      scores.push(-(rank.get(t) ?? model.merges.length + i));
+      types.push(T.NORMAL);
+    }
+  }
+  return [
+    ['tokenizer.ggml.model', { type: 'string', value: 'llama' }],
+    ['tokenizer.ggml.pre', { type: 'string', value: 'default' }],
+    ['tokenizer.ggml.tokens', { type: 'string[]', value: tokens }],
+    ['tokenizer.ggml.scores', { type: 'f32[]', value: scores }],
+    ['tokenizer.ggml.token_type', { type: 'i32[]', value: types }],
+  ];
+}
+
 const SPECIAL = ['bos', 'eos', 'unk', 'sep', 'pad', 'cls', 'mask'] as const;
 const GGUF_NAME: Record<string, string> = {
   bos: 'bos',
@@ -230,6 +294,7 @@ export function readVocab(dir: string, config: Record<string, unknown>): [string
   const tok = jsonIf(path.join(dir, 'tokenizer.json'));
   let kv: [string, KvValue][];
   if (existsSync(path.join(dir, 'tokenizer.model'))) kv = sentencePieceVocab(dir, vocabSize, tc);
+  else if (tok && isSentencePieceJson(tok)) kv = sentencePieceJsonVocab(tok, vocabSize);
   else if (tok) kv = bpeVocab(tok, vocabSize);
   else throw new IntakeError(`${dir}: no tokenizer.model or tokenizer.json`);
 
