@@ -292,7 +292,7 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("bos", llama_vocab_bos(vocab));
   o.Set("eos", llama_vocab_eos(vocab));
   o.Set("addBos", llama_vocab_get_add_bos(vocab));
-  o.Set("contextPerSlot", scheduler_->n_ctx_seq());
+  o.Set("contextPerSlot", context_per_slot());
   o.Set("contextRequested", context_requested_);
   o.Set("slots", opts_.sched.n_slots);
   o.Set("maxQueue", opts_.sched.max_queue);

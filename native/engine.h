@@ -2,6 +2,7 @@
 // Every method that JS calls validates its input and throws an Error with a `code`; nothing here
 // may crash the process on bad input.
 #pragma once
+#include <algorithm>
 #include <napi.h>
 
 #include <atomic>
@@ -50,6 +51,10 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   void require_loaded(Napi::Env env) const;
+  // Tokens a request may use: the context asked for (already capped at the trained context), never
+  // the cells llama.cpp rounds a slot up to (a multiple of 256): past the trained context, or past a
+  // sliding window the model file bounds it by, positions are ones the model never saw.
+  int32_t context_per_slot() const { return std::min(scheduler_->n_ctx_seq(), opts_.context_size); }
   std::shared_ptr<Request> prepare(Napi::Env env, const Napi::Value& prompt, const Napi::Object& params);
   void deliver(std::vector<Event>&& events);
   void teardown();  // any thread but the scheduler's; idempotent

@@ -165,7 +165,7 @@ std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& promp
   auto req = std::make_shared<Request>();
   const llama_vocab* vocab = llama_model_get_vocab(model_);
   read_request_params(env, params, *adapters_, llama_vocab_n_tokens(vocab), *req);
-  const int32_t n_ctx = scheduler_->n_ctx_seq();
+  const int32_t n_ctx = context_per_slot();
   auto overflow = [&](const std::string& prompt_size) {
     return coded_error(env, code::CONTEXT_OVERFLOW,
                        "prompt (" + prompt_size + ") + max new tokens (" + std::to_string(req->max_new_tokens) +

@@ -150,7 +150,56 @@ const bloomFamily: ModelFamily = {
   },
 };
 
+// Phi-3 (Phi3MiniModel): fused qkv and gate_up projections, the rope width from the partial rotary
+// factor, and a sliding window, which llama.cpp does not apply to Phi-3 ("Phi SWA is currently
+// disabled"): the trained context is written as at most the window, so that no prompt reaches past
+// it and every answer is what transformers' windowed attention gives.
+const PHI3_LAYER: Record<string, string> = {
+  input_layernorm: 'attn_norm',
+  post_attention_layernorm: 'ffn_norm',
+  ...LAYERS.phi3.linear,
+};
+const PHI3_TENSOR = new RegExp(`^${literal(LAYERS.phi3.prefix)}\\.(\\d+)\\.(.+)\\.weight$`);
+
+const phi3Family: ModelFamily = {
+  tensorName(hf) {
+    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
+    if (hf === 'model.norm.weight') return 'output_norm.weight';
+    if (hf === 'lm_head.weight') return 'output.weight';
+    const m = PHI3_TENSOR.exec(hf);
+    const name = m && PHI3_LAYER[m[2]!];
+    if (m && name) return `blk.${m[1]}.${name}.weight`;
+    throw noName(hf);
+  },
+  plan(c) {
+    const nEmbd = hparam(c, 'hidden_size');
+    const nHead = hparam(c, 'num_attention_heads');
+    const rope = ropeFromConfig(c, nEmbd / nHead);
+    if (rope.kv.length || rope.freqFactors)
+      throw new IntakeError('config.json: Phi-3 with rope scaling is not supported');
+    const maxPos = hparam(c, 'max_position_embeddings');
+    const window = typeof c.sliding_window === 'number' && c.sliding_window > 0 ? c.sliding_window : 0;
+    const p = (c.rope_parameters ?? c.rope_scaling ?? {}) as Record<string, unknown>;
+    const orig = p.original_max_position_embeddings ?? c.original_max_position_embeddings;
+    const kv: [string, KvValue][] = [
+      ['context_length', u32(window ? Math.min(maxPos, window) : maxPos)],
+      ...(typeof orig === 'number' ? [['rope.scaling.original_context_length', u32(orig)] as [string, KvValue]] : []),
+      ['embedding_length', u32(nEmbd)],
+      ['feed_forward_length', u32(hparam(c, 'intermediate_size'))],
+      ['block_count', u32(hparam(c, 'num_hidden_layers'))],
+      ['attention.head_count', u32(nHead)],
+      ['attention.head_count_kv', u32(hparam(c, 'num_key_value_heads'))],
+      ['attention.layer_norm_rms_epsilon', f32(hparam(c, 'rms_norm_eps'))],
+      ['rope.dimension_count', u32(Math.floor(nEmbd / nHead))],
+      ['rope.freq_base', f32(rope.freqBase)],
+      ['attention.sliding_window', u32(window)],
+    ];
+    return { kv, rowSource: () => null, extra: [] };
+  },
+};
+
 export const FAMILIES: Partial<Record<Arch, ModelFamily>> = {
+  phi3: phi3Family,
   llama: llamaFamily('llama'),
   qwen2: llamaFamily('qwen2'),
   qwen3: llamaFamily('qwen3'),

@@ -19,7 +19,9 @@ export interface Rope {
 
 // The keys each type reads. Everything else in the parameters is refused: a key we do not know may
 // change the numbers (mscale, mscale_all_dim: DeepSeek's YaRN; short_factor: longrope).
-const COMMON = ['rope_type', 'type', 'rope_theta', 'partial_rotary_factor'];
+// original_max_position_embeddings is only informative outside the types that read it (transformers
+// 5 mirrors it into every rope_parameters of a model whose config has it, as Phi-3's does).
+const COMMON = ['rope_type', 'type', 'rope_theta', 'partial_rotary_factor', 'original_max_position_embeddings'];
 const KEYS: Record<string, string[]> = {
   default: [],
   linear: ['factor'],

@@ -1,4 +1,4 @@
-"""Llama/Qwen2/Qwen3 and Bloom forward passes in numpy (float64), written from transformers'
+"""Llama/Qwen2/Qwen3/Phi-3 and Bloom forward passes in numpy (float64), written from transformers'
 modeling_llama.py, modeling_rope_utils.py and modeling_bloom.py, as an independent reference for
 converted models: the rope variants (default, linear, llama3, yarn; either spelling of the config
 key) are computed as transformers computes them, not as llama.cpp does.
@@ -113,13 +113,19 @@ def forward(c, w, ids):
             return y if b is None else y + b
 
         h = rms_norm(x, w[pre + "input_layernorm.weight"], eps)
-        q = lin("self_attn.q_proj", h).reshape(T, n_head, head_dim)
-        k = lin("self_attn.k_proj", h).reshape(T, n_kv, head_dim)
+        if pre + "self_attn.qkv_proj.weight" in w:  # Phi-3: q, k and v in one projection, in that order
+            qkv = lin("self_attn.qkv_proj", h)
+            nq, nk = n_head * head_dim, n_kv * head_dim
+            q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]
+        else:
+            q, k, v = lin("self_attn.q_proj", h), lin("self_attn.k_proj", h), lin("self_attn.v_proj", h)
+        q = q.reshape(T, n_head, head_dim)
+        k = k.reshape(T, n_kv, head_dim)
         if pre + "self_attn.q_norm.weight" in w:  # Qwen3: an RMSNorm over each head, before the rope
             q = rms_norm(q, w[pre + "self_attn.q_norm.weight"], eps)
             k = rms_norm(k, w[pre + "self_attn.k_norm.weight"], eps)
         q, k = q.transpose(1, 0, 2), k.transpose(1, 0, 2)
-        v = lin("self_attn.v_proj", h).reshape(T, n_kv, head_dim).transpose(1, 0, 2)
+        v = v.reshape(T, n_kv, head_dim).transpose(1, 0, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k = np.repeat(k, n_head // n_kv, axis=0)
@@ -130,8 +136,12 @@ def forward(c, w, ids):
         o = (att @ v).transpose(1, 0, 2).reshape(T, n_head * head_dim)
         x = x + lin("self_attn.o_proj", o)
         h = rms_norm(x, w[pre + "post_attention_layernorm.weight"], eps)
-        g = lin("mlp.gate_proj", h)
-        x = x + lin("mlp.down_proj", g / (1 + np.exp(-g)) * lin("mlp.up_proj", h))
+        if pre + "mlp.gate_up_proj.weight" in w:  # Phi-3: gate and up in one projection, gate first
+            gu = lin("mlp.gate_up_proj", h)
+            g, up = gu[:, : gu.shape[1] // 2], gu[:, gu.shape[1] // 2 :]
+        else:
+            g, up = lin("mlp.gate_proj", h), lin("mlp.up_proj", h)
+        x = x + lin("mlp.down_proj", g / (1 + np.exp(-g)) * up)
     x = rms_norm(x, w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     logits = x[-1] @ head.T
