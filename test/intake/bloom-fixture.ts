@@ -8,7 +8,7 @@ import path from 'node:path';
 import { root } from '../helpers.ts';
 import { writeSafetensors } from './peft-fixture.ts';
 
-const studio = path.join(root, '..', 'shared', 'fixtures', 'fts-adapters', 'bloom-tix');
+const studio = path.join(root, 'models', 'fts-adapters', 'bloom-tix'); // the studio's own folder
 export const BLOOM = { hidden: 64, heads: 4, layers: 2, vocab: 320 };
 
 /** GPT-2's byte -> printable character map, as ByteLevel uses it. */

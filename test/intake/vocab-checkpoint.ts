@@ -7,7 +7,7 @@ import path from 'node:path';
 import { root } from '../helpers.ts';
 import { writeSafetensors } from './peft-fixture.ts';
 
-export const studioAdapters = path.join(root, '..', 'shared', 'fixtures', 'fts-adapters');
+export const studioAdapters = path.join(root, 'models', 'fts-adapters'); // the studio's own folders
 
 export const TOKENIZER_SOURCES = {
   'llama2-sql': path.join(studioAdapters, 'llama2-sql'),

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { steadyRate } from '../../scripts/bench/stats.ts';
 import { root } from '../helpers.ts';
 
 const run = promisify(execFile);
@@ -35,5 +36,25 @@ describe('benchmark --quick', () => {
     for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg'])
       expect(existsSync(path.join(out, f)), f).toBe(true);
     expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/## Concurrent streams/);
+  });
+});
+
+describe('steadyRate', () => {
+  it('counts the tokens while every stream runs; streams that never overlap give the whole run', () => {
+    // Two streams, a token every 100 ms; both run from 100 to 400 ms: tokens at 200, 300, 400 of
+    // each (the window's start is excluded) over 0.3 s.
+    expect(
+      steadyRate([
+        [0, 100, 200, 300, 400],
+        [100, 200, 300, 400, 500],
+      ]),
+    ).toBeCloseTo(6 / 0.3, 9);
+    // One set finished before the other started (adapters taking turns): 8 tokens, first to last 700 ms.
+    expect(
+      steadyRate([
+        [0, 100, 200, 300],
+        [400, 500, 600, 700],
+      ]),
+    ).toBeCloseTo(7 / 0.7, 9);
   });
 });
