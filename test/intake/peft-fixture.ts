@@ -57,3 +57,39 @@ export function writePeft(
   writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', bias: 'none', ...config }));
   return tensors;
 }
+
+/**
+ * A copy of a checkpoint directory with a PEFT adapter's LoRA folded into its weights,
+ * W + scale·B·A (scale = lora_alpha / r), for a reference that knows nothing of adapters.
+ */
+export async function writeMergedCheckpoint(
+  base: string,
+  out: string,
+  lora: Record<string, { shape: number[]; data: Float32Array }>,
+  scale: number,
+): Promise<void> {
+  const { SafetensorsFile } = await import('../../src/intake/safetensors.ts');
+  const { copyFileSync, readdirSync } = await import('node:fs');
+  mkdirSync(out, { recursive: true });
+  for (const f of readdirSync(base)) if (f !== 'model.safetensors') copyFileSync(path.join(base, f), path.join(out, f));
+  const st = await SafetensorsFile.open(path.join(base, 'model.safetensors'));
+  const weights: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const [name, e] of st.tensors) weights[name] = { shape: e.shape, data: await st.readF32(name) };
+  await st.close();
+  for (const [name, a] of Object.entries(lora)) {
+    if (!name.endsWith('.lora_A.weight')) continue;
+    const module = name.slice('base_model.model.'.length, -'.lora_A.weight'.length);
+    const b = lora[name.replace('lora_A', 'lora_B')]!;
+    const w = weights[`${module}.weight`]!;
+    const [rows, cols] = w.shape as [number, number];
+    const r = a.shape[0]!;
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < cols; j++) {
+        let s = 0;
+        for (let k = 0; k < r; k++) s += b.data[i * r + k]! * a.data[k * cols + j]!;
+        w.data[i * cols + j] = w.data[i * cols + j]! + scale * s;
+      }
+    }
+  }
+  writeSafetensors(path.join(out, 'model.safetensors'), weights);
+}

@@ -9,7 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
 import { exactNumerics, loadEngine, loadReference, modelDir } from '../helpers.ts';
-import { writeSafetensors } from './peft-fixture.ts';
+import { convertPeftAdapter } from '../../src/intake/peft.ts';
+import { writeMergedCheckpoint, writePeft, writeSafetensors } from './peft-fixture.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-phi3-'));
 const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
@@ -95,6 +96,54 @@ describe('Phi-3', () => {
         expect(top[0]!.token).toBe(want[i]!.indexOf(Math.max(...want[i]!)));
         for (const t of top) expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
       }
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('a PEFT LoRA on the fused projections converts and applies as the merged reference answers', async () => {
+    const dir = path.join(tmp, 'p3-lora-base');
+    writePhi3(dir, null);
+    const gguf = path.join(tmp, 'p3-lora-base.gguf');
+    await convertHfModel({ dir, out: gguf });
+    const r = 4;
+    const alpha = 0.2; // PEFT's scale alpha / r = 0.05 on values in [-1, 1): a modest change
+    const modules = [0, 1].flatMap((l) => [
+      { module: `model.layers.${l}.self_attn.qkv_proj`, inDim: 64, outDim: 192, r },
+      { module: `model.layers.${l}.mlp.gate_up_proj`, inDim: 64, outDim: 192, r },
+    ]);
+    const peft = path.join(tmp, 'p3-peft');
+    const lora = writePeft(peft, { r, lora_alpha: alpha, target_modules: ['qkv_proj', 'gate_up_proj'] }, modules);
+    const merged = path.join(tmp, 'p3-merged');
+    await writeMergedCheckpoint(dir, merged, lora, alpha / r);
+    const adapter = path.join(tmp, 'p3-lora.gguf');
+    await convertPeftAdapter({ peftDir: peft, base: dir, out: adapter });
+    const prompts = loadReference('tiny-qa')
+      .cases.filter((c) => c.mode === 'base')
+      .slice(0, 2)
+      .map((c) => c.prompt_ids);
+    const run = (d: string) =>
+      JSON.parse(
+        execFileSync('python3', [script], {
+          input: JSON.stringify({ dir: d, prompts }),
+          maxBuffer: 64 << 20,
+        }).toString(),
+      ).logprobs as number[][];
+    const want = run(merged);
+    const plain = run(dir);
+    const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
+    try {
+      await engine.loadAdapter('a', adapter);
+      let moved = 0;
+      for (const [i, ids] of prompts.entries()) {
+        const res = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20, adapters: [{ name: 'a' }] })
+          .result;
+        for (const t of res.logprobs![0]!.top) {
+          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
+          moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
+        }
+      }
+      expect(moved).toBeGreaterThan(1e-2); // the adapter changes the numbers: the test can fail
     } finally {
       await engine.close();
     }
