@@ -287,6 +287,32 @@ const GGUF_NAME: Record<string, string> = {
   mask: 'mask',
 };
 
+/**
+ * The chat template(s), as gguf-py writes them: a string is tokenizer.chat_template; a list of
+ * {name, template} (a named set, such as default / tool_use) writes each under
+ * tokenizer.chat_template.<name> (non-alphanumerics as _), lists the names in
+ * tokenizer.chat_templates, and the one named default as tokenizer.chat_template.
+ */
+function chatTemplates(t: unknown): [string, KvValue][] {
+  if (typeof t === 'string') return [['tokenizer.chat_template', { type: 'string', value: t }]];
+  if (!Array.isArray(t)) return [];
+  const out: [string, KvValue][] = [];
+  const names: string[] = [];
+  let fallback: string | null = null;
+  for (const choice of t as { name?: unknown; template?: unknown }[]) {
+    const name = String(choice?.name ?? '').replace(/[^A-Za-z0-9]/g, '_');
+    if (!name || typeof choice.template !== 'string') continue;
+    if (name === 'default') fallback = choice.template;
+    else if (!names.includes(name)) {
+      names.push(name);
+      out.push([`tokenizer.chat_template.${name}`, { type: 'string', value: choice.template }]);
+    }
+  }
+  if (names.length) out.push(['tokenizer.chat_templates', { type: 'string[]', value: names }]);
+  if (fallback !== null) out.push(['tokenizer.chat_template', { type: 'string', value: fallback }]);
+  return out;
+}
+
 /** Tokenizer KVs for a checkpoint directory: tokens, scores/merges, types, special ids, flags, template. */
 export function readVocab(dir: string, config: Record<string, unknown>): [string, KvValue][] {
   const vocabSize = Number(config.vocab_size ?? 0);
@@ -343,7 +369,7 @@ export function readVocab(dir: string, config: Record<string, unknown>): [string
     tc?.chat_template ??
     (existsSync(path.join(dir, 'chat_template.jinja'))
       ? readFileSync(path.join(dir, 'chat_template.jinja'), 'utf8')
-      : undefined);
-  if (typeof template === 'string') kv.push(['tokenizer.chat_template', { type: 'string', value: template }]);
+      : (jsonIf(path.join(dir, 'chat_template.json'))?.chat_template as unknown));
+  kv.push(...chatTemplates(template));
   return kv;
 }

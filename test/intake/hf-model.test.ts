@@ -56,6 +56,30 @@ describe('convert-model', () => {
     },
   );
 
+  it('chat templates: a named list as gguf-py writes it, and chat_template.json', async () => {
+    const dir = path.join(tmp, 'templates', 'base-hf');
+    copyCheckpoint(path.join(modelDir('tiny-qa'), 'base-hf'), dir);
+    const tcFile = path.join(dir, 'tokenizer_config.json');
+    const tc = JSON.parse(readFileSync(tcFile, 'utf8'));
+    tc.chat_template = [
+      { name: 'default', template: '{{ messages }}' },
+      { name: 'tool-use', template: '{{ tools }}' },
+    ];
+    writeFileSync(tcFile, JSON.stringify(tc));
+    const out = path.join(tmp, 'templates.gguf');
+    await convertHfModel({ dir, out });
+    let m = (await readGgufHeader(out)).metadata;
+    expect(m.get('tokenizer.chat_template')).toBe('{{ messages }}');
+    expect(m.get('tokenizer.chat_template.tool_use')).toBe('{{ tools }}');
+    expect(m.get('tokenizer.chat_templates')).toEqual(['tool_use']);
+    delete tc.chat_template;
+    writeFileSync(tcFile, JSON.stringify(tc));
+    writeFileSync(path.join(dir, 'chat_template.json'), JSON.stringify({ chat_template: '{{ from the json }}' }));
+    await convertHfModel({ dir, out });
+    m = (await readGgufHeader(out)).metadata;
+    expect(m.get('tokenizer.chat_template')).toBe('{{ from the json }}');
+  });
+
   it('a sharded checkpoint (model.safetensors.index.json) gives the same file', async () => {
     const src = path.join(modelDir('tiny-qa'), 'base-hf');
     const dir = path.join(tmp, 'sharded', 'base-hf'); // general.name comes from the directory name
