@@ -115,7 +115,9 @@ program
 
 program
   .command('convert-model')
-  .description('convert a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3, Phi-3, Bloom) to a GGUF model')
+  .description(
+    'convert a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Bloom) to a GGUF model',
+  )
   .argument('<hf-dir>', 'directory with config.json, safetensors weights and the tokenizer')
   .requiredOption('--out <file.gguf>', 'output file')
   .option(

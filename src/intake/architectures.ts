@@ -3,7 +3,7 @@
 // inside a layer -> llama.cpp's tensor name), which both the model converter (hf-model.ts) and the
 // PEFT converter (peft.ts) map by. Names follow llama.cpp's convert_hf_to_gguf.py.
 
-export const ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'bloom'] as const;
+export const ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma2', 'bloom'] as const;
 export type Arch = (typeof ARCHS)[number];
 
 export function isArch(a: unknown): a is Arch {
@@ -17,6 +17,7 @@ export const HF_ARCH: Record<string, Arch> = {
   Qwen2ForCausalLM: 'qwen2',
   Qwen3ForCausalLM: 'qwen3',
   Phi3ForCausalLM: 'phi3',
+  Gemma2ForCausalLM: 'gemma2',
   BloomForCausalLM: 'bloom',
 };
 
@@ -44,6 +45,7 @@ export const LAYERS: Record<Arch, Layers> = {
   llama: LLAMA_LAYERS,
   qwen2: LLAMA_LAYERS,
   qwen3: LLAMA_LAYERS,
+  gemma2: LLAMA_LAYERS,
   // Phi-3 fuses q, k and v into one projection, and gate and up into another (gate first).
   phi3: {
     prefix: 'model.layers',

@@ -107,6 +107,7 @@ export async function convertHfModel(
       ...plan.kv.map(([k, v]): [string, KvValue] => [`${arch}.${k}`, v]),
       ['general.file_type', { type: 'u32', value: { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 }[outtype] }],
       ['general.quantization_version', { type: 'u32', value: 2 }],
+      ...(plan.globalKv ?? []),
     ];
     const writer = new GgufWriter();
     for (const [k, v] of [...kv, ...vocab]) writer.kv(k, v);
@@ -121,10 +122,13 @@ export async function convertHfModel(
       const type: OutType =
         e.shape.length === 1 ? 'f32' : outtype === 'q8_0' && e.shape.at(-1)! % 32 !== 0 ? 'f16' : outtype;
       const source = plan.rowSource(dest, e.shape[0]!);
+      const map = plan.valueMap?.(dest) ?? null;
       // Same precision in and out: copy the bytes (rows reordered where needed), converting nothing.
-      const passThrough = ({ F32: 'f32', F16: 'f16', BF16: 'bf16' } as Record<string, OutType>)[e.dtype] === type;
+      const passThrough =
+        !map && ({ F32: 'f32', F16: 'f16', BF16: 'bf16' } as Record<string, OutType>)[e.dtype] === type;
       writer.tensor(dest, e.shape, type, async () => {
         let v: Float32Array | Uint8Array = passThrough ? await st.readRaw(n) : await st.readF32(n);
+        if (map && v instanceof Float32Array) v = v.map(map);
         if (source) v = reorderRows(v, e.shape[0]!, source);
         bytesDone += e.end - e.start;
         o.onProgress?.(bytesDone, bytesTotal);

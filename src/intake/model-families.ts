@@ -13,6 +13,10 @@ export interface FamilyPlan {
   rowSource(dest: string, rows: number): ((i: number) => number) | null;
   /** Tensors the converter computes (llama3's rope_freqs). */
   extra: { name: string; data: Float32Array }[];
+  /** A change of every value of a tensor (Gemma's norms are stored as w - 1); null for none. */
+  valueMap?(dest: string): ((x: number) => number) | null;
+  /** Entries outside `{arch}.*` (tokenizer flags the family's converter sets). */
+  globalKv?: [string, KvValue][];
 }
 
 export interface ModelFamily {
@@ -198,7 +202,76 @@ const phi3Family: ModelFamily = {
   },
 };
 
+// Gemma 2 (Gemma2Model): pre and post norms around attention and the feed-forward, stored as w - 1
+// (the converter adds 1), logit soft-capping, alternating sliding-window layers, no lm_head (tied).
+// llama.cpp takes the attention scale from the model size, not from query_pre_attn_scalar, and
+// writes no rope base: a config that differs from what llama.cpp assumes is refused by name.
+const GEMMA2_LAYER: Record<string, string> = {
+  input_layernorm: 'attn_norm',
+  post_attention_layernorm: 'post_attention_norm',
+  pre_feedforward_layernorm: 'ffn_norm',
+  post_feedforward_layernorm: 'post_ffw_norm',
+  ...LAYERS.gemma2.linear,
+};
+
+const gemma2Family: ModelFamily = {
+  tensorName(hf) {
+    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
+    if (hf === 'model.norm.weight') return 'output_norm.weight';
+    if (hf === 'lm_head.weight') return null; // tied to the embeddings; llama.cpp does not read it
+    const m = PHI3_TENSOR.exec(hf); // model.layers.<n>.<module>.weight, as Phi-3's
+    const name = m && GEMMA2_LAYER[m[2]!];
+    if (m && name) return `blk.${m[1]}.${name}.weight`;
+    throw noName(hf);
+  },
+  plan(c) {
+    const nEmbd = hparam(c, 'hidden_size');
+    const nHead = hparam(c, 'num_attention_heads');
+    const nLayer = hparam(c, 'num_hidden_layers');
+    const headDim = hparam(c, 'head_dim');
+    const act = c.hidden_activation ?? c.hidden_act;
+    if (act !== 'gelu_pytorch_tanh')
+      throw new IntakeError(
+        `config.json: Gemma 2 with activation ${JSON.stringify(act)} is not supported (llama.cpp uses gelu_pytorch_tanh)`,
+      );
+    const rope = ropeFromConfig(c, headDim);
+    if (rope.kv.length || rope.freqFactors || rope.freqBase !== 10000) {
+      throw new IntakeError(
+        'config.json: Gemma 2 with a rope other than the default at rope_theta 10000 is not supported (llama.cpp assumes it)',
+      );
+    }
+    const scale = typeof c.query_pre_attn_scalar === 'number' ? c.query_pre_attn_scalar : headDim;
+    const llamaScale = nLayer === 46 ? nEmbd / nHead : headDim; // llama.cpp: by model size (27B: 46 layers)
+    if (scale !== llamaScale) {
+      throw new IntakeError(
+        `config.json: Gemma 2 with query_pre_attn_scalar ${scale} is not supported (llama.cpp scales by ${llamaScale} for ${nLayer} layers)`,
+      );
+    }
+    return {
+      kv: [
+        ['context_length', u32(hparam(c, 'max_position_embeddings'))],
+        ['embedding_length', u32(nEmbd)],
+        ['block_count', u32(nLayer)],
+        ['feed_forward_length', u32(hparam(c, 'intermediate_size'))],
+        ['attention.head_count', u32(nHead)],
+        ['attention.head_count_kv', u32(typeof c.num_key_value_heads === 'number' ? c.num_key_value_heads : nHead)],
+        ['attention.layer_norm_rms_epsilon', f32(hparam(c, 'rms_norm_eps'))],
+        ['attention.key_length', u32(headDim)],
+        ['attention.value_length', u32(headDim)],
+        ['attn_logit_softcapping', f32(hparam(c, 'attn_logit_softcapping'))],
+        ['final_logit_softcapping', f32(hparam(c, 'final_logit_softcapping'))],
+        ['attention.sliding_window', u32(hparam(c, 'sliding_window'))],
+      ],
+      rowSource: () => null,
+      extra: [],
+      valueMap: (dest) => (dest.endsWith('norm.weight') ? (x) => x + 1 : null),
+      globalKv: [['tokenizer.ggml.add_space_prefix', { type: 'bool', value: false }]],
+    };
+  },
+};
+
 export const FAMILIES: Partial<Record<Arch, ModelFamily>> = {
+  gemma2: gemma2Family,
   phi3: phi3Family,
   llama: llamaFamily('llama'),
   qwen2: llamaFamily('qwen2'),

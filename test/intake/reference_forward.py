@@ -1,11 +1,11 @@
-"""Llama/Qwen2/Qwen3/Phi-3 and Bloom forward passes in numpy (float64), written from transformers'
+"""Llama/Qwen2/Qwen3/Phi-3, Gemma 2 and Bloom forward passes in numpy (float64), written from transformers'
 modeling_llama.py, modeling_rope_utils.py and modeling_bloom.py, as an independent reference for
 converted models: the rope variants (default, linear, llama3, yarn; either spelling of the config
 key) are computed as transformers computes them, not as llama.cpp does.
 
 stdin: {"dir": <checkpoint>, "prompts": [[ids...], ...], "gelu": "exact" | "ggml-f16"};
 stdout: {"logprobs": [[...vocab], ...]}, the log-softmax of the position after each prompt.
-"ggml-f16" computes Bloom's GELU as ggml's CPU backend does (input and output rounded to float16,
+"ggml-f16" computes the GELU (Bloom's, Gemma's) as ggml's CPU backend does (input and output rounded to float16,
 its lookup table), to tell that rounding apart from a wrong conversion. The Llama path is checked
 against the fixtures' transformers logits by test/intake/rope.test.ts before it is trusted.
 """
@@ -203,6 +203,53 @@ def bloom_forward(c, w, ids, ggml_f16):
     return logits - m - math.log(np.exp(logits - m).sum())
 
 
+def gemma2_forward(c, w, ids, ggml_f16):
+    """transformers' Gemma2: scaled embeddings, (1 + w) RMSNorms before and after attention and the
+    MLP, soft-capped attention and final logits, GELU (tanh) gating, sliding windows on even layers."""
+    n_head, n_kv, hidden = c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
+    hd, eps, T = c["head_dim"], c["rms_norm_eps"], len(ids)
+    scale = c.get("query_pre_attn_scalar", hd) ** -0.5
+    inv, _ = inv_freq_and_scale(c, hd)
+    ang = np.outer(np.arange(T, dtype=np.float64), inv)
+    emb = np.concatenate([ang, ang], axis=-1)
+    cos, sin = np.cos(emb), np.sin(emb)
+
+    def norm(x, name):
+        return rms_norm(x, 1.0 + w[name], eps)
+
+    x = w["model.embed_tokens.weight"][ids] * math.sqrt(hidden)
+    for layer in range(c["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        i = np.arange(T)
+        allowed = i[None, :] <= i[:, None]
+        if layer % 2 == 0:  # sliding
+            allowed &= (i[:, None] - i[None, :]) < c["sliding_window"]
+        mask = np.where(allowed, 0.0, -np.inf)
+        h = norm(x, p + "input_layernorm.weight")
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, n_head, hd).transpose(1, 0, 2)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, n_kv, hd).transpose(1, 0, 2)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, n_kv, hd).transpose(1, 0, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = np.repeat(k, n_head // n_kv, axis=0), np.repeat(v, n_head // n_kv, axis=0)
+        att = (q @ k.transpose(0, 2, 1)) * scale
+        cap = c["attn_logit_softcapping"]
+        att = np.tanh(att / cap) * cap + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        o = (att @ v).transpose(1, 0, 2).reshape(T, n_head * hd) @ w[p + "self_attn.o_proj.weight"].T
+        x = x + norm(o, p + "post_attention_layernorm.weight")
+        h = norm(x, p + "pre_feedforward_layernorm.weight")
+        g = bloom_gelu(h @ w[p + "mlp.gate_proj.weight"].T, ggml_f16)
+        m = (g * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+        x = x + norm(m, p + "post_feedforward_layernorm.weight")
+    x = norm(x, "model.norm.weight")
+    logits = x[-1] @ w["model.embed_tokens.weight"].T
+    cap = c["final_logit_softcapping"]
+    logits = np.tanh(logits / cap) * cap
+    mx = logits.max()
+    return logits - mx - math.log(np.exp(logits - mx).sum())
+
+
 def main():
     req = json.load(sys.stdin)
     with open(f"{req['dir']}/config.json") as f:
@@ -211,7 +258,12 @@ def main():
     f16 = req.get("gelu") == "ggml-f16"
 
     def step(ids):
-        return bloom_forward(c, w, ids, f16) if c["architectures"][0] == "BloomForCausalLM" else forward(c, w, ids)
+        arch = c["architectures"][0]
+        if arch == "BloomForCausalLM":
+            return bloom_forward(c, w, ids, f16)
+        if arch == "Gemma2ForCausalLM":
+            return gemma2_forward(c, w, ids, f16)
+        return forward(c, w, ids)
 
     if "greedy" in req:  # {"greedy": n}: up to n argmax tokens after each prompt, stopping after EOS
         out = []
