@@ -116,7 +116,7 @@ program
 program
   .command('convert-model')
   .description(
-    'convert a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Bloom) to a GGUF model',
+    'convert a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2/3, Bloom) to a GGUF model',
   )
   .argument('<hf-dir>', 'directory with config.json, safetensors weights and the tokenizer')
   .requiredOption('--out <file.gguf>', 'output file')

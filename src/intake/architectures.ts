@@ -3,7 +3,7 @@
 // inside a layer -> llama.cpp's tensor name), which both the model converter (hf-model.ts) and the
 // PEFT converter (peft.ts) map by. Names follow llama.cpp's convert_hf_to_gguf.py.
 
-export const ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma2', 'bloom'] as const;
+export const ARCHS = ['llama', 'qwen2', 'qwen3', 'phi3', 'gemma2', 'gemma3', 'bloom'] as const;
 export type Arch = (typeof ARCHS)[number];
 
 export function isArch(a: unknown): a is Arch {
@@ -18,6 +18,7 @@ export const HF_ARCH: Record<string, Arch> = {
   Qwen3ForCausalLM: 'qwen3',
   Phi3ForCausalLM: 'phi3',
   Gemma2ForCausalLM: 'gemma2',
+  Gemma3ForCausalLM: 'gemma3',
   BloomForCausalLM: 'bloom',
 };
 
@@ -46,6 +47,7 @@ export const LAYERS: Record<Arch, Layers> = {
   qwen2: LLAMA_LAYERS,
   qwen3: LLAMA_LAYERS,
   gemma2: LLAMA_LAYERS,
+  gemma3: LLAMA_LAYERS,
   // Phi-3 fuses q, k and v into one projection, and gate and up into another (gate first).
   phi3: {
     prefix: 'model.layers',

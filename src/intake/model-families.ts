@@ -270,8 +270,100 @@ const gemma2Family: ModelFamily = {
   },
 };
 
+// Gemma 3 (Gemma3Model): Gemma 2's layout with per-head q/k norms (also stored as w - 1), no
+// attention soft-capping, and two ropes: full-attention layers at rope_theta with their scaling
+// (linear x8 on 4B and up), sliding layers at the local base unscaled, every sixth layer full. In
+// transformers 5 the ropes are rope_parameters.full_attention / sliding_attention; before, rope_theta
+// + rope_scaling and rope_local_base_freq. llama.cpp fixes the period at 6 and scales attention by
+// model size: other layer patterns, or another query_pre_attn_scalar, are refused by name.
+const GEMMA3_LAYER: Record<string, string> = {
+  ...GEMMA2_LAYER,
+  'self_attn.q_norm': 'attn_q_norm',
+  'self_attn.k_norm': 'attn_k_norm',
+};
+
+const gemma3Family: ModelFamily = {
+  tensorName(hf) {
+    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
+    if (hf === 'model.norm.weight') return 'output_norm.weight';
+    if (hf === 'lm_head.weight') return null;
+    const m = PHI3_TENSOR.exec(hf);
+    const name = m && GEMMA3_LAYER[m[2]!];
+    if (m && name) return `blk.${m[1]}.${name}.weight`;
+    throw noName(hf);
+  },
+  plan(c) {
+    const nEmbd = hparam(c, 'hidden_size');
+    const nHead = hparam(c, 'num_attention_heads');
+    const nLayer = hparam(c, 'num_hidden_layers');
+    const headDim = typeof c.head_dim === 'number' ? c.head_dim : 256;
+    const act = c.hidden_activation ?? c.hidden_act;
+    if (act !== 'gelu_pytorch_tanh')
+      throw new IntakeError(
+        `config.json: Gemma 3 with activation ${JSON.stringify(act)} is not supported (llama.cpp uses gelu_pytorch_tanh)`,
+      );
+    if (c.attn_logit_softcapping != null)
+      throw new IntakeError('config.json: Gemma 3 with attn_logit_softcapping is not supported');
+    const scale = typeof c.query_pre_attn_scalar === 'number' ? c.query_pre_attn_scalar : headDim;
+    const llamaScale = nLayer === 62 ? nEmbd / nHead : headDim; // llama.cpp: by model size (27B: 62 layers)
+    if (scale !== llamaScale) {
+      throw new IntakeError(
+        `config.json: Gemma 3 with query_pre_attn_scalar ${scale} is not supported (llama.cpp scales by ${llamaScale} for ${nLayer} layers)`,
+      );
+    }
+    const types = Array.isArray(c.layer_types)
+      ? (c.layer_types as string[])
+      : Array.from({ length: nLayer }, (_, i) =>
+          (i + 1) % Number(c.sliding_window_pattern ?? 6) === 0 ? 'full_attention' : 'sliding_attention',
+        );
+    const period6 = types.every((t, i) => t === ((i + 1) % 6 === 0 ? 'full_attention' : 'sliding_attention'));
+    if (!period6)
+      throw new IntakeError(
+        'config.json: Gemma 3 with a layer pattern other than five sliding layers then one full is not supported',
+      );
+    const rp = (c.rope_parameters ?? {}) as Record<string, Record<string, unknown> | undefined>;
+    const full = rp.full_attention ?? {
+      ...((c.rope_scaling as Record<string, unknown> | null) ?? {}),
+      rope_theta: c.rope_theta ?? 1e6,
+    };
+    const sliding = rp.sliding_attention ?? { rope_type: 'default', rope_theta: c.rope_local_base_freq ?? 10000 };
+    const global = ropeFromConfig({ rope_parameters: full }, headDim);
+    const local = ropeFromConfig({ rope_parameters: sliding }, headDim);
+    if (global.freqFactors || local.kv.length || local.freqFactors) {
+      throw new IntakeError(
+        'config.json: Gemma 3 rope: scaling other than linear on full layers, or any on sliding layers, is not supported',
+      );
+    }
+    const kv: [string, KvValue][] = [
+      ['context_length', u32(typeof c.max_position_embeddings === 'number' ? c.max_position_embeddings : 131072)],
+      ['embedding_length', u32(nEmbd)],
+      ['block_count', u32(nLayer)],
+      ['feed_forward_length', u32(hparam(c, 'intermediate_size'))],
+      ['attention.head_count', u32(nHead)],
+      ['attention.head_count_kv', u32(typeof c.num_key_value_heads === 'number' ? c.num_key_value_heads : 4)],
+      ['attention.layer_norm_rms_epsilon', f32(typeof c.rms_norm_eps === 'number' ? c.rms_norm_eps : 1e-6)],
+      ['attention.key_length', u32(headDim)],
+      ['attention.value_length', u32(headDim)],
+      ['rope.freq_base', f32(global.freqBase)],
+      ...global.kv,
+      ['rope.freq_base_swa', f32(local.freqBase)],
+      ['attention.sliding_window', u32(hparam(c, 'sliding_window'))],
+    ];
+    if (typeof c.final_logit_softcapping === 'number')
+      kv.push(['final_logit_softcapping', f32(c.final_logit_softcapping)]);
+    return {
+      kv,
+      rowSource: () => null,
+      extra: [],
+      valueMap: (dest) => (dest.endsWith('norm.weight') ? (x) => x + 1 : null),
+      globalKv: [['tokenizer.ggml.add_space_prefix', { type: 'bool', value: false }]],
+    };
+  },
+};
+
 export const FAMILIES: Partial<Record<Arch, ModelFamily>> = {
   gemma2: gemma2Family,
+  gemma3: gemma3Family,
   phi3: phi3Family,
   llama: llamaFamily('llama'),
   qwen2: llamaFamily('qwen2'),

@@ -142,7 +142,7 @@ describe('convert-model', () => {
     copyCheckpoint(src, gpt2);
     writeFileSync(path.join(gpt2, 'config.json'), JSON.stringify({ architectures: ['GPT2LMHeadModel'] }));
     await expect(conv(gpt2)).rejects.toThrow(
-      /unsupported architecture 'GPT2LMHeadModel' \(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, BloomForCausalLM\)/,
+      /unsupported architecture 'GPT2LMHeadModel' \(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, BloomForCausalLM\)/,
     );
     // A Llama checkpoint's tensors under a Bloom config are named, not mapped as Llama's.
     writeFileSync(

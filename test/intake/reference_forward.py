@@ -1,4 +1,4 @@
-"""Llama/Qwen2/Qwen3/Phi-3, Gemma 2 and Bloom forward passes in numpy (float64), written from transformers'
+"""Llama/Qwen2/Qwen3/Phi-3, Gemma 2/3 and Bloom forward passes in numpy (float64), written from transformers'
 modeling_llama.py, modeling_rope_utils.py and modeling_bloom.py, as an independent reference for
 converted models: the rope variants (default, linear, llama3, yarn; either spelling of the config
 key) are computed as transformers computes them, not as llama.cpp does.
@@ -203,37 +203,61 @@ def bloom_forward(c, w, ids, ggml_f16):
     return logits - m - math.log(np.exp(logits - m).sum())
 
 
-def gemma2_forward(c, w, ids, ggml_f16):
-    """transformers' Gemma2: scaled embeddings, (1 + w) RMSNorms before and after attention and the
-    MLP, soft-capped attention and final logits, GELU (tanh) gating, sliding windows on even layers."""
+def gemma_forward(c, w, ids, ggml_f16):
+    """transformers' Gemma2 and Gemma3: scaled embeddings, (1 + w) RMSNorms before and after attention
+    and the MLP, GELU (tanh) gating; Gemma 2 soft-caps attention, alternates sliding layers, one rope;
+    Gemma 3 norms each head's queries and keys, and its sliding and full layers have their own ropes."""
+    gemma3 = c["architectures"][0] == "Gemma3ForCausalLM"
     n_head, n_kv, hidden = c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"]
     hd, eps, T = c["head_dim"], c["rms_norm_eps"], len(ids)
     scale = c.get("query_pre_attn_scalar", hd) ** -0.5
-    inv, _ = inv_freq_and_scale(c, hd)
-    ang = np.outer(np.arange(T, dtype=np.float64), inv)
-    emb = np.concatenate([ang, ang], axis=-1)
-    cos, sin = np.cos(emb), np.sin(emb)
+    if gemma3:
+        types = c.get("layer_types") or [
+            "full_attention" if (i + 1) % c.get("sliding_window_pattern", 6) == 0 else "sliding_attention"
+            for i in range(c["num_hidden_layers"])
+        ]
+        rp = c.get("rope_parameters") or {}
+        full = rp.get("full_attention") or {**(c.get("rope_scaling") or {}), "rope_theta": c.get("rope_theta", 1e6)}
+        local = rp.get("sliding_attention") or {"rope_type": "default", "rope_theta": c.get("rope_local_base_freq", 10000)}
+        ropes = {"full_attention": full, "sliding_attention": local}
+    else:
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(c["num_hidden_layers"])]
+        ropes = {t: {"rope_theta": c.get("rope_theta", 10000)} for t in ("full_attention", "sliding_attention")}
+
+    def cos_sin(params):
+        inv, _ = inv_freq_and_scale({"rope_parameters": params}, hd)
+        ang = np.outer(np.arange(T, dtype=np.float64), inv)
+        emb = np.concatenate([ang, ang], axis=-1)
+        return np.cos(emb), np.sin(emb)
+
+    trig = {t: cos_sin(p) for t, p in ropes.items()}
 
     def norm(x, name):
         return rms_norm(x, 1.0 + w[name], eps)
 
     x = w["model.embed_tokens.weight"][ids] * math.sqrt(hidden)
+    i = np.arange(T)
     for layer in range(c["num_hidden_layers"]):
         p = f"model.layers.{layer}."
-        i = np.arange(T)
         allowed = i[None, :] <= i[:, None]
-        if layer % 2 == 0:  # sliding
+        if types[layer] == "sliding_attention":
             allowed &= (i[:, None] - i[None, :]) < c["sliding_window"]
         mask = np.where(allowed, 0.0, -np.inf)
         h = norm(x, p + "input_layernorm.weight")
-        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, n_head, hd).transpose(1, 0, 2)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, n_kv, hd).transpose(1, 0, 2)
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, n_head, hd)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, n_kv, hd)
         v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, n_kv, hd).transpose(1, 0, 2)
+        if gemma3:
+            q, k = norm(q, p + "self_attn.q_norm.weight"), norm(k, p + "self_attn.k_norm.weight")
+        q, k = q.transpose(1, 0, 2), k.transpose(1, 0, 2)
+        cos, sin = trig[types[layer]]
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = np.repeat(k, n_head // n_kv, axis=0), np.repeat(v, n_head // n_kv, axis=0)
         att = (q @ k.transpose(0, 2, 1)) * scale
-        cap = c["attn_logit_softcapping"]
-        att = np.tanh(att / cap) * cap + mask
+        if c.get("attn_logit_softcapping"):
+            cap = c["attn_logit_softcapping"]
+            att = np.tanh(att / cap) * cap
+        att = att + mask
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         o = (att @ v).transpose(1, 0, 2).reshape(T, n_head * hd) @ w[p + "self_attn.o_proj.weight"].T
@@ -244,8 +268,9 @@ def gemma2_forward(c, w, ids, ggml_f16):
         x = x + norm(m, p + "post_feedforward_layernorm.weight")
     x = norm(x, "model.norm.weight")
     logits = x[-1] @ w["model.embed_tokens.weight"].T
-    cap = c["final_logit_softcapping"]
-    logits = np.tanh(logits / cap) * cap
+    if c.get("final_logit_softcapping"):
+        cap = c["final_logit_softcapping"]
+        logits = np.tanh(logits / cap) * cap
     mx = logits.max()
     return logits - mx - math.log(np.exp(logits - mx).sum())
 
@@ -261,8 +286,8 @@ def main():
         arch = c["architectures"][0]
         if arch == "BloomForCausalLM":
             return bloom_forward(c, w, ids, f16)
-        if arch == "Gemma2ForCausalLM":
-            return gemma2_forward(c, w, ids, f16)
+        if arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
+            return gemma_forward(c, w, ids, f16)
         return forward(c, w, ids)
 
     if "greedy" in req:  # {"greedy": n}: up to n argmax tokens after each prompt, stopping after EOS
