@@ -9,7 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
 import { exactNumerics, loadEngine, loadReference, modelDir } from '../helpers.ts';
-import { writeSafetensors } from './peft-fixture.ts';
+import { convertPeftAdapter } from '../../src/intake/peft.ts';
+import { writeMergedCheckpoint, writePeft, writeSafetensors } from './peft-fixture.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-gemma2-'));
 const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
@@ -211,6 +212,63 @@ describe('Gemma 3', () => {
           // Six GELU layers through ggml's float16 table: an activation landing near a rounding
           // boundary can round one ulp apart from the float64 reference (see bloom.test.ts); measured
           // 2.2e-4 at worst.
+          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-3);
+          moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
+        }
+      }
+      expect(moved).toBeGreaterThan(1e-2);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('a PEFT LoRA on all seven projections converts and applies as the merged reference answers', async () => {
+    const dir = path.join(tmp, 'g3-lora-base');
+    writeGemma(dir, GEMMA3, true);
+    const gguf = path.join(tmp, 'g3-lora-base.gguf');
+    await convertHfModel({ dir, out: gguf });
+    const r = 4;
+    const alpha = 0.2;
+    const shapes: [string, number, number][] = [
+      ['self_attn.q_proj', H, HEADS * HD],
+      ['self_attn.k_proj', H, KV * HD],
+      ['self_attn.v_proj', H, KV * HD],
+      ['self_attn.o_proj', HEADS * HD, H],
+      ['mlp.gate_proj', H, F],
+      ['mlp.up_proj', H, F],
+      ['mlp.down_proj', F, H],
+    ];
+    const modules = [0, 1, 2, 3, 4, 5].flatMap((l) =>
+      shapes.map(([m, inDim, outDim]) => ({ module: `model.layers.${l}.${m}`, inDim, outDim, r })),
+    );
+    const peft = path.join(tmp, 'g3-peft');
+    const targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+    const lora = writePeft(peft, { r, lora_alpha: alpha, target_modules: targets }, modules);
+    const merged = path.join(tmp, 'g3-merged');
+    await writeMergedCheckpoint(dir, merged, lora, alpha / r);
+    const adapter = path.join(tmp, 'g3-lora.gguf');
+    await convertPeftAdapter({ peftDir: peft, base: dir, out: adapter });
+    const prompts = loadReference('tiny-qa')
+      .cases.filter((c) => c.mode === 'base')
+      .slice(0, 2)
+      .map((c) => c.prompt_ids);
+    const run = (d: string) =>
+      JSON.parse(
+        execFileSync('python3', [script], {
+          input: JSON.stringify({ dir: d, prompts, gelu: 'ggml-f16' }),
+          maxBuffer: 64 << 20,
+        }).toString(),
+      ).logprobs as number[][];
+    const want = run(merged);
+    const plain = run(dir);
+    const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
+    try {
+      await engine.loadAdapter('a', adapter);
+      let moved = 0;
+      for (const [i, ids] of prompts.entries()) {
+        const res = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20, adapters: [{ name: 'a' }] })
+          .result;
+        for (const t of res.logprobs![0]!.top) {
           expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-3);
           moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
         }
