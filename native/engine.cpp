@@ -216,6 +216,7 @@ Napi::Function Engine::Define(Napi::Env env) {
                          InstanceMethod<&Engine::Info>("info"),
                          InstanceMethod<&Engine::Tokenize>("tokenize"),
                          InstanceMethod<&Engine::Detokenize>("detokenize"),
+                         InstanceMethod<&Engine::TokenPieces>("tokenPieces"),
                          InstanceMethod<&Engine::LoadAdapter>("loadAdapter"),
                          InstanceMethod<&Engine::UnloadAdapter>("unloadAdapter"),
                          InstanceMethod<&Engine::SetAdapterScale>("setAdapterScale"),
@@ -292,6 +293,16 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("bos", llama_vocab_bos(vocab));
   o.Set("eos", llama_vocab_eos(vocab));
   o.Set("addBos", llama_vocab_get_add_bos(vocab));
+  // For rendering chat templates: the template, and the BOS/EOS text they refer to as bos_token / eos_token.
+  const char* tmpl = llama_model_chat_template(model_, nullptr);
+  o.Set("chatTemplate", tmpl != nullptr ? Napi::Value(Napi::String::New(env, tmpl)) : env.Null());
+  auto special_text = [&](llama_token t) -> Napi::Value {
+    if (t < 0) return env.Null();
+    const int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, /*special=*/true);
+    return n >= 0 ? Napi::Value(Napi::String::New(env, buf, n)) : env.Null();
+  };
+  o.Set("bosText", special_text(llama_vocab_bos(vocab)));
+  o.Set("eosText", special_text(llama_vocab_eos(vocab)));
   o.Set("contextPerSlot", context_per_slot());
   o.Set("contextRequested", context_requested_);
   o.Set("slots", opts_.sched.n_slots);
@@ -349,6 +360,28 @@ Napi::Value Engine::Detokenize(const Napi::CallbackInfo& info) {
   }
   text.resize(std::max(n, 0));
   return Napi::String::New(env, text);
+}
+
+// tokenPieces(ids) -> each token's own text, leading space kept and special tokens rendered (what
+// OpenAI's logprobs show per token; detokenize() of one token drops SentencePiece's leading space).
+Napi::Value Engine::TokenPieces(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  require_loaded(env);
+  const llama_vocab* vocab = llama_model_get_vocab(model_);
+  const std::vector<llama_token> ids =
+      read_token_ids(env, info[0], llama_vocab_n_tokens(vocab), "tokenPieces(ids): ids");
+  Napi::Array out = Napi::Array::New(env, ids.size());
+  std::string piece;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    piece.resize(64);
+    int32_t n = llama_token_to_piece(vocab, ids[i], piece.data(), static_cast<int32_t>(piece.size()), 0, true);
+    if (n < 0) {
+      piece.resize(-n);
+      n = llama_token_to_piece(vocab, ids[i], piece.data(), static_cast<int32_t>(piece.size()), 0, true);
+    }
+    out.Set(static_cast<uint32_t>(i), Napi::String::New(env, piece.data(), std::max(n, 0)));
+  }
+  return out;
 }
 
 Napi::Value Engine::Close(const Napi::CallbackInfo& info) {

@@ -40,6 +40,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Tokenize(const Napi::CallbackInfo& info);
   Napi::Value Detokenize(const Napi::CallbackInfo& info);
+  Napi::Value TokenPieces(const Napi::CallbackInfo& info);
   Napi::Value LoadAdapter(const Napi::CallbackInfo& info);
   Napi::Value UnloadAdapter(const Napi::CallbackInfo& info);
   Napi::Value SetAdapterScale(const Napi::CallbackInfo& info);

@@ -64,6 +64,10 @@ const serveOptions = (cmd: Command) =>
       "special-token text in prompts stays text (env PARSE_SPECIAL=off; default: control tokens, as the studio's tokenizer)",
     )
     .option(
+      '--chat-template <file.jinja>',
+      "a Jinja chat template for /v1/chat/completions, over the GGUF's own (env CHAT_TEMPLATE)",
+    )
+    .option(
       '--tokenizer <t>',
       "auto: the checkpoint's tokenizer.json when the base is a Hugging Face checkpoint, else llama.cpp's | llama (env TOKENIZER)",
     );

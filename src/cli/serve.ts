@@ -26,6 +26,7 @@ export interface ServeFlags {
   /** commander's --no-parse-special: false when given. */
   parseSpecial?: boolean;
   tokenizer?: string;
+  chatTemplate?: string;
   headersTimeout?: number;
   bodyTimeout?: number;
   keepAliveTimeout?: number;
@@ -52,6 +53,7 @@ function overrides(f: ServeFlags): Overrides {
   if (f.checkTensors === false) o.checkTensors = false;
   if (f.parseSpecial === false) o.parseSpecial = false;
   if (f.tokenizer !== undefined) o.tokenizer = f.tokenizer as Overrides['tokenizer'];
+  if (f.chatTemplate !== undefined) o.chatTemplateFile = f.chatTemplate;
   if (f.drainTimeout !== undefined) o.drainTimeoutS = f.drainTimeout;
   const http: NonNullable<Overrides['http']> = {};
   if (f.headersTimeout !== undefined) http.headersTimeoutS = f.headersTimeout;

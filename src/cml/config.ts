@@ -46,6 +46,8 @@ export interface ServeConfig {
    * llama.cpp's; `llama`, always llama.cpp's.
    */
   tokenizer: 'auto' | 'llama';
+  /** A Jinja chat template file for /v1/chat/completions (CHAT_TEMPLATE), over the GGUF's own. */
+  chatTemplateFile?: string;
   http: HttpLimits;
   /** On SIGTERM/SIGINT, how long requests in flight may finish before they are ended. */
   drainTimeoutS: number;
@@ -161,6 +163,14 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     ...(threads !== undefined ? { threads } : {}),
     backend,
     tokenizer,
+    ...((o.chatTemplateFile ?? pick('CHAT_TEMPLATE'))
+      ? {
+          chatTemplateFile: path.resolve(
+            o.projectRoot ?? pick('CDSW_PROJECT_DIR') ?? process.cwd(),
+            (o.chatTemplateFile ?? pick('CHAT_TEMPLATE'))!,
+          ),
+        }
+      : {}),
     mergeAdapter: o.mergeAdapter ?? onOff('MERGE_ADAPTER', pick('MERGE_ADAPTER'), true),
     checkTensors: o.checkTensors ?? onOff('CHECK_TENSORS', pick('CHECK_TENSORS'), true),
     parseSpecial: o.parseSpecial ?? onOff('PARSE_SPECIAL', pick('PARSE_SPECIAL'), D.parseSpecial),

@@ -8,6 +8,7 @@ import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ConfigError, GEN_CONFIG_VAR, type ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
 import { loadHfTokenizer } from '../intake/hf-tokenizer.ts';
+import { type ChatFormat, chatFormat } from './chat.ts';
 import { DEFAULT_ADAPTER, Predictor } from './predict.ts';
 
 export interface OpenEvents {
@@ -71,7 +72,11 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
     },
     'backend',
   );
-  ev.info?.({ ...engine.model }, 'model loaded');
+  const { chatTemplate, ...shown } = engine.model;
+  ev.info?.(
+    { ...shown, chatTemplate: chatTemplate === null ? null : `${chatTemplate.length} characters` },
+    'model loaded',
+  );
   const m = engine.model;
   if (m.contextPerSlot < m.contextRequested) {
     ev.warn?.(
@@ -92,7 +97,18 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       ? "text prompts are tokenized by the checkpoint's tokenizer.json (Hugging Face tokenizers), as the studio does"
       : "text prompts are tokenized by llama.cpp's tokenizer",
   );
-  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null, tokenizer);
+  let chat: ChatFormat | null;
+  try {
+    chat = chatFormat(engine.model, cfg.chatTemplateFile);
+  } catch (e) {
+    await engine.close();
+    throw new ConfigError(`chat template (CHAT_TEMPLATE ${cfg.chatTemplateFile}): ${(e as Error).message}`);
+  }
+  ev.info?.(
+    { chatTemplate: chat?.source ?? null },
+    chat ? 'chat template loaded' : 'no chat template: /v1/chat/completions answers 400',
+  );
+  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null, tokenizer, chat);
   try {
     predictor.checkGenConfig();
   } catch (e) {

@@ -3,6 +3,7 @@
 // The HTTP layer and the Python entry point both come through here.
 import type { Engine, EngineClient, Generation, GenerateParams } from '../engine/index.ts';
 import type { PromptTokenizer } from '../intake/hf-tokenizer.ts';
+import type { ChatFormat } from './chat.ts';
 import { BadRequestError, resolveGeneration } from './gen-config.ts';
 
 export interface PredictRequest {
@@ -20,14 +21,24 @@ export class Predictor {
     readonly adapter: string | null,
     /** The checkpoint's own tokenizer for text prompts; null: llama.cpp's (see loadHfTokenizer). */
     private readonly tokenizer: PromptTokenizer | null = null,
+    /** The model's chat template, for /v1/chat/completions; null when it has none. */
+    readonly chat: ChatFormat | null = null,
   ) {}
+
+  /**
+   * A request layer (the studio's parameter names) over the deployment's gen config and the studio's
+   * defaults, for `adapter` (null: the base model): what every route starts from.
+   */
+  resolve(layer: Record<string, unknown>, adapter: string | null): GenerateParams {
+    return resolveGeneration({ ...layer, adapter }, this.genConfig, this.adapter, this.core.bounds).params;
+  }
 
   /**
    * A text prompt as the engine gets it: the checkpoint tokenizer's ids when there is one (and
    * special tokens are parsed, which it always does), else the text for llama.cpp to tokenize.
    */
-  async promptFor(text: string, parseSpecial?: boolean): Promise<string | number[]> {
-    return this.tokenizer && parseSpecial !== false ? this.tokenizer.encode(text) : text;
+  async promptFor(text: string, parseSpecial?: boolean, addSpecial = true): Promise<string | number[]> {
+    return this.tokenizer && parseSpecial !== false ? this.tokenizer.encode(text, addSpecial) : text;
   }
 
   /** The engine as the server may use it (EngineClient), not its loading and adapter management. */

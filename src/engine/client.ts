@@ -26,8 +26,10 @@ export interface EngineClient {
    * synchronously; the Generation streams chunks and settles `result`.
    */
   generate(prompt: string | number[], params?: GenerateParams, opts?: { signal?: AbortSignal }): Generation;
-  /** Text of token ids (OpenAI's top logprobs are keyed by it). */
+  /** Text of token ids. */
   detokenize(ids: number[]): string;
+  /** Each token's own text, leading space kept (OpenAI's logprobs are keyed by it). */
+  tokenPieces(ids: number[]): string[];
   /** The bounds of every numeric request parameter, for errors under the API's own names. */
   readonly bounds: ParamBounds;
   adapters(): ServedAdapter[];

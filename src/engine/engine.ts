@@ -136,6 +136,10 @@ export class Engine implements EngineClient {
     return this.call(() => this.native.detokenize(ids));
   }
 
+  tokenPieces(ids: number[]): string[] {
+    return this.call(() => this.native.tokenPieces(ids));
+  }
+
   /** Registers (or replaces) a GGUF LoRA under a name; `scale` is its default scale. */
   async loadAdapter(name: string, path: string, scale = 1): Promise<NativeAdapterInfo> {
     this.refuseMerged(name, 'replaced');

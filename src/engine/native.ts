@@ -133,6 +133,11 @@ export interface NativeModelInfo {
   bos: number;
   eos: number;
   addBos: boolean;
+  /** The GGUF's tokenizer.chat_template, or null. */
+  chatTemplate: string | null;
+  /** The text of the BOS and EOS tokens (what templates call bos_token / eos_token), or null. */
+  bosText: string | null;
+  eosText: string | null;
   contextPerSlot: number;
   /** contextSize as asked; contextPerSlot is less when that was past trainContext. */
   contextRequested: number;
@@ -156,6 +161,8 @@ export interface NativeEngine {
   info(): NativeModelInfo;
   tokenize(text: string, addSpecial?: boolean, parseSpecial?: boolean): number[];
   detokenize(ids: number[], renderSpecial?: boolean): string;
+  /** Each token's own text (leading space kept, special tokens rendered). */
+  tokenPieces(ids: number[]): string[];
   loadAdapter(name: string, path: string, scale?: number): Promise<NativeAdapterInfo>;
   unloadAdapter(name: string): boolean;
   setAdapterScale(name: string, scale: number): boolean;

@@ -9,8 +9,11 @@ import path from 'node:path';
 export interface PromptTokenizer {
   /** tokenizer.json the ids come from. */
   readonly file: string;
-  /** The ids of tokenizer(text): special-token text split out, BOS/EOS as its post-processor adds them. */
-  encode(text: string): Promise<number[]>;
+  /**
+   * The ids of tokenizer(text): special-token text split out, BOS/EOS as its post-processor adds
+   * them (addSpecial false: none, as for a rendered chat template, which writes its own).
+   */
+  encode(text: string, addSpecial?: boolean): Promise<number[]>;
 }
 
 /** The checkpoint directory's tokenizer.json, or null when it has none. */
@@ -19,5 +22,8 @@ export async function loadHfTokenizer(dir: string): Promise<PromptTokenizer | nu
   if (!existsSync(file)) return null;
   const { Tokenizer } = await import('@anush008/tokenizers');
   const t = Tokenizer.fromFile(file);
-  return { file, encode: async (text) => (await t.encode(text)).getIds() };
+  return {
+    file,
+    encode: async (text, addSpecial = true) => (await t.encode(text, null, { addSpecialTokens: addSpecial })).getIds(),
+  };
 }

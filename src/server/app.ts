@@ -2,6 +2,7 @@
 // and the one error handler. No generation logic here.
 import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { chatRoutes } from './chat-route.ts';
 import { completionRoutes } from './completions-route.ts';
 import type { AppContext } from './context.ts';
 import { HttpError, RETRY_AFTER_S, errorHandler } from './errors.ts';
@@ -9,7 +10,15 @@ import { PLAYGROUND_ROUTES, playgroundRoutes } from './playground-route.ts';
 import { predictRoutes } from './predict-route.ts';
 
 /** Every path the app serves: the only values of the metrics' `route` label, besides 'other'. */
-const ROUTES = new Set(['/health', '/metrics', '/predict', '/v1/completions', ...PLAYGROUND_ROUTES]);
+const ROUTES = new Set([
+  '/health',
+  '/metrics',
+  '/predict',
+  '/v1/completions',
+  '/v1/chat/completions',
+  '/v1/models',
+  ...PLAYGROUND_ROUTES,
+]);
 
 export function createApp(ctx: AppContext): express.Express {
   const app = express();
@@ -71,6 +80,7 @@ export function createApp(ctx: AppContext): express.Express {
 
   app.use(predictRoutes(ctx));
   app.use(completionRoutes(ctx));
+  app.use(chatRoutes(ctx));
   app.use((req, _res, next) => next(new HttpError(404, `no route ${req.method} ${req.path}`)));
   app.use(errorHandler((err) => ctx.log.error({ err }, 'internal error')));
   return app;

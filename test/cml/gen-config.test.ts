@@ -132,6 +132,10 @@ describe('loadConfig: where it listens, and its limits', () => {
     expect(loadConfig({}).tokenizer).toBe('auto');
     expect(loadConfig({ TOKENIZER: 'llama' }).tokenizer).toBe('llama');
     expect(() => loadConfig({ TOKENIZER: 'hf' })).toThrow("TOKENIZER must be auto or llama, got 'hf'");
+    expect(loadConfig({ CHAT_TEMPLATE: 'chat.jinja', CDSW_PROJECT_DIR: '/project' }).chatTemplateFile).toBe(
+      '/project/chat.jinja',
+    );
+    expect(loadConfig({}).chatTemplateFile).toBeUndefined();
   });
 
   it('a CML Application listens on 127.0.0.1:$CDSW_APP_PORT, over PORT; a flag wins over both', () => {

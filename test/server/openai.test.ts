@@ -1,0 +1,192 @@
+// The OpenAI routes through the real `openai` SDK against a real server: chat completions (plain,
+// streamed, logprobs) rendered by a chat template, models.list, the deployment's gen config as the
+// default, and what is refused by name.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Template } from '@huggingface/jinja';
+import OpenAI from 'openai';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/cml/config.ts';
+import { startServer, type RunningServer } from '../../src/server/server.ts';
+import { loadReference, modelDir } from '../helpers.ts';
+
+const log = pino({ level: 'silent' });
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-openai-'));
+// ChatML, as Qwen's templates write it (tiny-qwen2's tokenizer has <|im_start|> and <|im_end|>).
+const CHATML =
+  "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}" +
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+const question = loadReference('tiny-qwen2').cases[0]!.prompt;
+
+async function start(env: Record<string, string>, overrides: Parameters<typeof loadConfig>[1]) {
+  const s = await startServer(loadConfig(env, { port: 0, threads: 1, slots: 2, ...overrides }), log);
+  await s.ready;
+  return Object.assign(s, {
+    client: new OpenAI({ baseURL: `http://127.0.0.1:${s.port}/v1`, apiKey: 'unused', maxRetries: 0 }),
+  });
+}
+
+describe('the openai SDK: chat completions through a chat template', () => {
+  let s: RunningServer & { client: OpenAI };
+  const template = path.join(tmp, 'chatml.jinja');
+  beforeAll(async () => {
+    writeFileSync(template, CHATML);
+    s = await start(
+      {},
+      { baseModel: path.join(modelDir('tiny-qwen2'), 'base-f32.gguf'), adapter: null, chatTemplateFile: template },
+    );
+  });
+  afterAll(() => s?.close());
+
+  const messages = [{ role: 'user' as const, content: question }];
+
+  it('answers as /v1/completions does on the rendered template', async () => {
+    const chat = await s.client.chat.completions.create({ model: 'base', messages, temperature: 0, max_tokens: 12 });
+    const rendered = new Template(CHATML).render({ messages, add_generation_prompt: true });
+    expect(rendered).toBe(`<|im_start|>user\n${question}<|im_end|>\n<|im_start|>assistant\n`);
+    const plain = await s.client.completions.create({
+      model: 'base',
+      prompt: rendered,
+      temperature: 0,
+      max_tokens: 12,
+    });
+    expect(chat.choices[0]!.message).toEqual({ role: 'assistant', content: plain.choices[0]!.text });
+    expect(chat.object).toBe('chat.completion');
+    expect(chat.usage!.prompt_tokens).toBe(plain.usage!.prompt_tokens);
+  });
+
+  it('streamed: role first, the same text, then a usage chunk when asked', async () => {
+    const plain = await s.client.chat.completions.create({
+      model: 'base-f32.gguf',
+      messages,
+      temperature: 0,
+      max_tokens: 12,
+    });
+    const stream = await s.client.chat.completions.create({
+      model: 'base-f32.gguf',
+      messages,
+      temperature: 0,
+      max_tokens: 12,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    expect(chunks[0]!.choices[0]!.delta.role).toBe('assistant');
+    const text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('');
+    expect(text).toBe(plain.choices[0]!.message.content);
+    const last = chunks.at(-1)!;
+    expect(last.choices).toEqual([]);
+    expect(last.usage).toMatchObject({ completion_tokens: plain.usage!.completion_tokens });
+    expect(chunks.at(-2)!.choices[0]!.finish_reason).toBe(plain.choices[0]!.finish_reason);
+  });
+
+  it('logprobs: each token its own text (leading space kept) and top alternatives', async () => {
+    const r = await s.client.chat.completions.create({
+      model: 'base-f32.gguf',
+      messages,
+      temperature: 0,
+      max_tokens: 6,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const content = r.choices[0]!.logprobs!.content!;
+    expect(content.map((t) => t.token).join('')).toBe(r.choices[0]!.message.content);
+    for (const t of content) {
+      expect(t.top_logprobs).toHaveLength(3);
+      expect(t.top_logprobs[0]!.token).toBe(t.token); // greedy: the chosen token is the top one
+      expect(t.top_logprobs[0]!.logprob).toBeCloseTo(t.logprob, 5);
+    }
+  });
+
+  it('models.list: the served model, the base, the adapters', async () => {
+    const ids = [];
+    for await (const m of s.client.models.list()) ids.push(m.id);
+    expect(ids).toEqual(['base-f32.gguf', 'base']);
+  });
+
+  it('refused by name: an unknown model (404), tools and n > 1 (400)', async () => {
+    await expect(s.client.chat.completions.create({ model: 'gpt-4o', messages })).rejects.toMatchObject({
+      status: 404,
+      message: expect.stringMatching(/model "gpt-4o" not found/),
+    });
+    await expect(
+      s.client.chat.completions.create({
+        model: 'base-f32.gguf',
+        messages,
+        tools: [{ type: 'function', function: { name: 'f', parameters: {} } }],
+      }),
+    ).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/tools is not supported/) });
+    await expect(s.client.chat.completions.create({ model: 'base-f32.gguf', messages, n: 2 })).rejects.toMatchObject({
+      status: 400,
+      message: expect.stringMatching(/n = 1/),
+    });
+    await expect(
+      s.client.chat.completions.create({
+        model: 'base-f32.gguf',
+        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }],
+      }),
+    ).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/only text/) });
+  });
+});
+
+describe('the openai SDK against a model without a chat template, with a gen config', () => {
+  let s: RunningServer & { client: OpenAI };
+  beforeAll(async () => {
+    s = await start(
+      { FINE_TUNING_STUDIO_GEN_CONFIG_STRING: JSON.stringify({ do_sample: false, max_new_tokens: 5 }) },
+      {
+        baseModel: path.join(modelDir('tiny-qa'), 'base-f32.gguf'),
+        adapter: path.join(modelDir('tiny-qa'), 'adapter-f32.gguf'),
+      },
+    );
+  });
+  afterAll(() => s?.close());
+
+  it('chat completions: a 400 that says what to do', async () => {
+    await expect(
+      s.client.chat.completions.create({ model: 'base-f32.gguf', messages: [{ role: 'user', content: 'hi' }] }),
+    ).rejects.toMatchObject({
+      status: 400,
+      message: expect.stringMatching(/no chat template.*CHAT_TEMPLATE/),
+    });
+  });
+
+  it("completions take the deployment's gen config as their defaults (greedy, 5 tokens), as /predict does", async () => {
+    const prompt = loadReference('tiny-qa').cases[0]!.prompt;
+    const r = await s.client.completions.create({ model: 'default', prompt });
+    expect(r.usage!.completion_tokens).toBe(5);
+    const predict = await fetch(`${s.client.baseURL.replace(/\/v1$/, '')}/predict`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ request: { prompt } }),
+    });
+    expect(r.choices[0]!.text).toBe((await predict.json()).response);
+  });
+
+  it('a chat template that does not parse stops the start, naming it', async () => {
+    const bad = path.join(tmp, 'bad.jinja');
+    writeFileSync(bad, '{% for m in messages %}{{ m.content }');
+    const cfg = {
+      port: 0,
+      threads: 1,
+      baseModel: path.join(modelDir('tiny-qa'), 'base-f32.gguf'),
+      adapter: null,
+      chatTemplateFile: bad,
+    };
+    const failed = await startServer(loadConfig({}, cfg), log);
+    try {
+      await expect(failed.ready).rejects.toThrow(/chat template \(CHAT_TEMPLATE .*bad\.jinja\)/);
+    } finally {
+      await failed.close();
+    }
+  });
+
+  it('models.list names the adapter', async () => {
+    const ids = [];
+    for await (const m of s.client.models.list()) ids.push(m.id);
+    expect(ids).toEqual(['base-f32.gguf', 'base', 'default']);
+  });
+});
