@@ -48,6 +48,10 @@ export interface ServeConfig {
   tokenizer: 'auto' | 'llama';
   /** A Jinja chat template file for /v1/chat/completions (CHAT_TEMPLATE), over the GGUF's own. */
   chatTemplateFile?: string;
+  /** Where adapters are loaded from by name (ADAPTERS_DIR; default <project root>/data/adapters, the studio's). */
+  adaptersDir: string;
+  /** Adapters loaded at most, the served one included (MAX_ADAPTERS, default 8). */
+  maxAdapters: number;
   http: HttpLimits;
   /** On SIGTERM/SIGINT, how long requests in flight may finish before they are ended. */
   drainTimeoutS: number;
@@ -163,6 +167,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     ...(threads !== undefined ? { threads } : {}),
     backend,
     tokenizer,
+    adaptersDir: path.resolve(
+      o.projectRoot ?? pick('CDSW_PROJECT_DIR') ?? process.cwd(),
+      o.adaptersDir ?? pick('ADAPTERS_DIR') ?? path.join('data', 'adapters'),
+    ),
+    maxAdapters: o.maxAdapters ?? intFrom('MAX_ADAPTERS', pick('MAX_ADAPTERS'), 8, 1),
     ...((o.chatTemplateFile ?? pick('CHAT_TEMPLATE'))
       ? {
           chatTemplateFile: path.resolve(

@@ -8,6 +8,7 @@ import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ConfigError, GEN_CONFIG_VAR, type ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
 import { loadHfTokenizer } from '../intake/hf-tokenizer.ts';
+import { AdapterLibrary } from './adapters.ts';
 import { type ChatFormat, chatFormat } from './chat.ts';
 import { DEFAULT_ADAPTER, Predictor } from './predict.ts';
 
@@ -108,7 +109,14 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
     { chatTemplate: chat?.source ?? null },
     chat ? 'chat template loaded' : 'no chat template: /v1/chat/completions answers 400',
   );
-  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null, tokenizer, chat);
+  const library = new AdapterLibrary(
+    engine,
+    cfg.adaptersDir,
+    cfg.maxAdapters,
+    base.path,
+    adapter ? DEFAULT_ADAPTER : null,
+  );
+  const predictor = new Predictor(engine, cfg.genConfig, adapter ? DEFAULT_ADAPTER : null, tokenizer, chat, library);
   try {
     predictor.checkGenConfig();
   } catch (e) {

@@ -3,6 +3,7 @@
 // The HTTP layer and the Python entry point both come through here.
 import type { Engine, EngineClient, Generation, GenerateParams } from '../engine/index.ts';
 import type { PromptTokenizer } from '../intake/hf-tokenizer.ts';
+import { AdapterRequestError, type AdapterLibrary } from './adapters.ts';
 import type { ChatFormat } from './chat.ts';
 import { BadRequestError, resolveGeneration } from './gen-config.ts';
 
@@ -23,7 +24,22 @@ export class Predictor {
     private readonly tokenizer: PromptTokenizer | null = null,
     /** The model's chat template, for /v1/chat/completions; null when it has none. */
     readonly chat: ChatFormat | null = null,
+    /** Adapters loaded by name while the server runs; null: only the served one. */
+    readonly library: AdapterLibrary | null = null,
   ) {}
+
+  /**
+   * An adapter a request names: loaded already, or from ADAPTERS_DIR on this first use; a name
+   * found nowhere is a 404, never the default adapter in its place.
+   */
+  async useAdapter(name: string): Promise<void> {
+    if (this.core.adapters().some((a) => a.name === name)) {
+      this.library?.touch(name);
+      return;
+    }
+    if (await this.library?.ensure(name)) return;
+    throw new AdapterRequestError(404, `adapter '${name}' not found (not loaded, and not in ADAPTERS_DIR)`);
+  }
 
   /**
    * A request layer (the studio's parameter names) over the deployment's gen config and the studio's
@@ -60,6 +76,7 @@ export class Predictor {
   /** Starts generation; bad requests and engine errors (bad adapter, overflow, queue full) reject. */
   async start(request: unknown, signal?: AbortSignal): Promise<Generation> {
     const { prompt, params } = this.prepare(request);
+    for (const a of Array.isArray(params.adapters) ? params.adapters : []) await this.useAdapter(a.name);
     const input = await this.promptFor(prompt, params.parseSpecial);
     return this.core.generate(input, params, signal ? { signal } : {});
   }

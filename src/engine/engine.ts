@@ -157,6 +157,10 @@ export class Engine implements EngineClient {
   }
 
   setAdapterScale(name: string, scale: number): boolean {
+    const bound = this.bounds.adapterScale;
+    if (typeof scale !== 'number' || !withinBound(bound, scale)) {
+      throw new InvalidParamsError(boundMessage(bound, `adapter '${name}' scale`, scale), 'INVALID_PARAMS');
+    }
     const ok = this.call(() => this.native.setAdapterScale(name, scale));
     if (ok && this.merged?.name === name) this.merged.defaultScale = scale;
     return ok;

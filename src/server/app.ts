@@ -2,6 +2,7 @@
 // and the one error handler. No generation logic here.
 import { timingSafeEqual } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { adapterRoutes } from './adapters-route.ts';
 import { chatRoutes } from './chat-route.ts';
 import { completionRoutes } from './completions-route.ts';
 import type { AppContext } from './context.ts';
@@ -17,6 +18,7 @@ const ROUTES = new Set([
   '/v1/completions',
   '/v1/chat/completions',
   '/v1/models',
+  '/v1/adapters',
   ...PLAYGROUND_ROUTES,
 ]);
 
@@ -81,6 +83,7 @@ export function createApp(ctx: AppContext): express.Express {
   app.use(predictRoutes(ctx));
   app.use(completionRoutes(ctx));
   app.use(chatRoutes(ctx));
+  app.use(adapterRoutes(ctx));
   app.use((req, _res, next) => next(new HttpError(404, `no route ${req.method} ${req.path}`)));
   app.use(errorHandler((err) => ctx.log.error({ err }, 'internal error')));
   return app;

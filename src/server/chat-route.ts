@@ -23,7 +23,7 @@ export function chatRoutes(ctx: AppContext): Router {
       );
     }
     const messages = checkMessages(b.messages);
-    const r0 = openAiRequest(b, CHAT_KEYS, ctx.state.modelName, predictor, (x) => {
+    const r0 = await openAiRequest(b, CHAT_KEYS, ctx.state.modelName, predictor, (x) => {
       if (x.logprobs === undefined || x.logprobs === null || x.logprobs === false) {
         if (x.top_logprobs !== undefined && x.top_logprobs !== null)
           throw new BadRequestError('top_logprobs needs logprobs: true');

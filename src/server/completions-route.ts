@@ -18,7 +18,7 @@ export function completionRoutes(ctx: AppContext): Router {
     if (!b || typeof b !== 'object' || Array.isArray(b)) throw new HttpError(400, 'body must be a JSON object');
     const prompt = Array.isArray(b.prompt) && b.prompt.length === 1 ? b.prompt[0] : b.prompt;
     if (typeof prompt !== 'string') throw new BadRequestError('prompt must be a string (or an array of one string)');
-    const r0 = openAiRequest(b, COMPLETION_KEYS, ctx.state.modelName, predictor, (x) => {
+    const r0 = await openAiRequest(b, COMPLETION_KEYS, ctx.state.modelName, predictor, (x) => {
       const v = x.logprobs;
       if (v === undefined || v === null) return 0;
       if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 20)

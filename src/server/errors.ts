@@ -30,7 +30,13 @@ export function toHttp(err: unknown): HttpFailure {
   if (err instanceof BadRequestError || err instanceof InvalidParamsError || err instanceof ContextOverflowError) {
     return { status: 400, message: err.message };
   }
-  if (err instanceof AdapterError) return { status: 400, message: err.message };
+  // An adapter named that is not there is the request's 404; the merged one cannot be replaced (409).
+  if (err instanceof AdapterError) {
+    return {
+      status: err.code === 'UNKNOWN_ADAPTER' ? 404 : err.code === 'ADAPTER_MERGED' ? 409 : 400,
+      message: err.message,
+    };
+  }
   // The request's own numbers overflowed (its adapter scale, or weights it alone reaches): nothing
   // else was hurt, and the same request would fail again.
   if (err instanceof NonFiniteError) return { status: 422, message: err.message };

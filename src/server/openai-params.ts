@@ -2,6 +2,7 @@
 // the deployment's gen config over the studio's defaults (Predictor.resolve), vLLM's names for the
 // extensions (top_k, min_p, repetition_penalty, min_tokens, ignore_eos), and every other key either
 // harmless metadata or a 400 that names it: nothing a client asks for is ignored without a word.
+import { AdapterRequestError } from '../cml/adapters.ts';
 import type { Predictor } from '../cml/predict.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
 import { boundMessage, type GenerateParams, withinBound } from '../engine/index.ts';
@@ -46,24 +47,31 @@ export interface OpenAiRequest {
  * `model` → the adapter: absent, or the served model's name, is the served default; "base" the base
  * model; an adapter's name that adapter; anything else a 404, never a silent default.
  */
-export function adapterFor(model: unknown, servedName: string, predictor: Predictor): string | null {
+export async function adapterFor(model: unknown, servedName: string, predictor: Predictor): Promise<string | null> {
   if (model === undefined || model === null || model === servedName) return predictor.adapter;
   if (model === 'base') return null;
+  if (typeof model === 'string') {
+    try {
+      await predictor.useAdapter(model);
+      return model;
+    } catch (e) {
+      if (!(e instanceof AdapterRequestError && e.status === 404)) throw e;
+    }
+  }
   const names = predictor.engine.adapters().map((a) => a.name);
-  if (typeof model === 'string' && names.includes(model)) return model;
   throw new HttpError(
     404,
-    `model ${JSON.stringify(model)} not found: use ${[servedName, 'base', ...names].map((n) => `'${n}'`).join(', ')}`,
+    `model ${JSON.stringify(model)} not found: use ${[servedName, 'base', ...names].map((n) => `'${n}'`).join(', ')}, or an adapter in ADAPTERS_DIR`,
   );
 }
 
-export function openAiRequest(
+export async function openAiRequest(
   b: Record<string, unknown>,
   keys: string[],
   servedName: string,
   predictor: Predictor,
   logprobs: (b: Record<string, unknown>) => number,
-): OpenAiRequest {
+): Promise<OpenAiRequest> {
   const unknown = Object.keys(b).filter((k) => !keys.includes(k) && b[k] !== undefined && b[k] !== null);
   if (unknown.length) {
     throw new BadRequestError(
@@ -88,7 +96,7 @@ export function openAiRequest(
     throw new BadRequestError('only n = 1 and best_of = 1 are supported');
   }
   if (bool('echo')) throw new BadRequestError('echo is not supported');
-  const adapter = adapterFor(b.model, servedName, predictor);
+  const adapter = await adapterFor(b.model, servedName, predictor);
 
   // The studio's names, for Predictor.resolve: only what the request sets, so the gen config fills the rest.
   const layer: Record<string, unknown> = {};

@@ -6,7 +6,7 @@ import { toHttp } from '../../src/server/errors.ts';
 
 const table: Record<string, [new (message: string, code: string) => E.EngineError, number]> = {
   INVALID_PARAMS: [E.InvalidParamsError, 400],
-  UNKNOWN_ADAPTER: [E.AdapterError, 400],
+  UNKNOWN_ADAPTER: [E.AdapterError, 404], // a name that is not there
   CONTEXT_OVERFLOW: [E.ContextOverflowError, 400],
   QUEUE_FULL: [E.QueueFullError, 429],
   ENGINE_CLOSED: [E.EngineClosedError, 503],

@@ -139,7 +139,6 @@ describe('POST /predict', () => {
     ['temperature "hot"', { request: { prompt: 'x', temperature: 'hot' } }, /temperature/],
     ['negative max_new_tokens', { request: { prompt: 'x', max_new_tokens: -5 } }, /max_new_tokens/],
     ['beam search', { request: { prompt: 'x', num_beams: 3 } }, /num_beams/],
-    ['unknown adapter', { request: { prompt: 'x', adapter: 'other' } }, /no adapter named 'other'/],
     ['context overflow', { request: { prompt: 'x', max_new_tokens: 100000 } }, /exceeds the context/],
   ])('400 for %s', async (_name, body, message) => {
     const res = await post(`${s.url}/predict`, body);
@@ -147,6 +146,12 @@ describe('POST /predict', () => {
     const json = await res.json();
     expect(json.success).toBe(false);
     expect(json.errors.join(' ')).toMatch(message);
+  });
+
+  it('404 for an adapter that is neither loaded nor in ADAPTERS_DIR, never the default in its place', async () => {
+    const res = await post(`${s.url}/predict`, { request: { prompt: 'x', adapter: 'other' } });
+    expect(res.status).toBe(404);
+    expect((await res.json()).errors.join(' ')).toMatch(/adapter 'other' not found/);
   });
 
   it('413 for a body over 5 MB', async () => {
