@@ -101,7 +101,7 @@ function loadProgress(): {
 
 export async function runServe(flags: ServeFlags): Promise<void> {
   const cfg = loadConfig(process.env, overrides(flags));
-  const log = pino({ name: 'cml-lora-serve' });
+  const log = pino({ name: 'cml-lora-serve', level: cfg.logLevel });
   const progress = loadProgress();
   const running = await startServer(cfg, log, progress.onProgress, progress.onFetch);
   // From the start, loading included: SIGTERM drains (/health 503 at once, requests in flight

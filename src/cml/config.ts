@@ -52,6 +52,10 @@ export interface ServeConfig {
   adaptersDir: string;
   /** Adapters loaded at most, the served one included (MAX_ADAPTERS, default 8). */
   maxAdapters: number;
+  /** Origins a browser may call from (CORS_ORIGINS: comma-separated, or *); empty: CORS off. */
+  corsOrigins: string[];
+  /** pino's level (LOG_LEVEL: fatal, error, warn, info, debug, trace, silent; default info). */
+  logLevel: string;
   http: HttpLimits;
   /** On SIGTERM/SIGINT, how long requests in flight may finish before they are ended. */
   drainTimeoutS: number;
@@ -110,6 +114,12 @@ function secondsFrom(name: string, raw: string | undefined, fallback: number): n
   if (!Number.isFinite(n) || n <= 0 || n > 86400)
     throw new ConfigError(`${name} must be a number of seconds in (0, 86400], got '${raw}'`);
   return n;
+}
+
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+function logLevel(v: string): string {
+  if (!LEVELS.includes(v)) throw new ConfigError(`LOG_LEVEL must be one of ${LEVELS.join(', ')}, got '${v}'`);
+  return v;
 }
 
 function onOff(name: string, raw: string | undefined, fallback: boolean): boolean {
@@ -172,6 +182,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
       o.adaptersDir ?? pick('ADAPTERS_DIR') ?? path.join('data', 'adapters'),
     ),
     maxAdapters: o.maxAdapters ?? intFrom('MAX_ADAPTERS', pick('MAX_ADAPTERS'), 8, 1),
+    corsOrigins:
+      o.corsOrigins ??
+      (pick('CORS_ORIGINS') ?? '')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+    logLevel: logLevel(o.logLevel ?? pick('LOG_LEVEL') ?? 'info'),
     ...((o.chatTemplateFile ?? pick('CHAT_TEMPLATE'))
       ? {
           chatTemplateFile: path.resolve(

@@ -53,6 +53,11 @@ export class Predictor {
    * A text prompt as the engine gets it: the checkpoint tokenizer's ids when there is one (and
    * special tokens are parsed, which it always does), else the text for llama.cpp to tokenize.
    */
+  /** llama.cpp's tokenization of a text prompt (what a text prompt becomes without a checkpoint tokenizer). */
+  tokenize(text: string, addSpecial = true, parseSpecial?: boolean): number[] {
+    return this.core.tokenize(text, addSpecial, parseSpecial);
+  }
+
   async promptFor(text: string, parseSpecial?: boolean, addSpecial = true): Promise<string | number[]> {
     return this.tokenizer && parseSpecial !== false ? this.tokenizer.encode(text, addSpecial) : text;
   }

@@ -1,6 +1,7 @@
 // The Express app: body parsing with CML's 5 MB limit, the API key, the routes, /health, /metrics,
 // and the one error handler. No generation logic here.
-import { timingSafeEqual } from 'node:crypto';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import cors from 'cors';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { adapterRoutes } from './adapters-route.ts';
 import { chatRoutes } from './chat-route.ts';
@@ -9,6 +10,7 @@ import type { AppContext } from './context.ts';
 import { HttpError, RETRY_AFTER_S, errorHandler } from './errors.ts';
 import { PLAYGROUND_ROUTES, playgroundRoutes } from './playground-route.ts';
 import { predictRoutes } from './predict-route.ts';
+import { tokenizeRoutes } from './tokenize-route.ts';
 
 /** Every path the app serves: the only values of the metrics' `route` label, besides 'other'. */
 const ROUTES = new Set([
@@ -19,6 +21,8 @@ const ROUTES = new Set([
   '/v1/chat/completions',
   '/v1/models',
   '/v1/adapters',
+  '/tokenize',
+  '/detokenize',
   ...PLAYGROUND_ROUTES,
 ]);
 
@@ -26,8 +30,24 @@ export function createApp(ctx: AppContext): express.Express {
   const app = express();
   app.disable('x-powered-by');
 
+  // CORS only when origins are configured, and before the key check: a browser's preflight carries
+  // no Authorization header.
+  if (ctx.corsOrigins.length) {
+    app.use(
+      cors({
+        origin: ctx.corsOrigins.includes('*') ? true : ctx.corsOrigins,
+        allowedHeaders: ['authorization', 'content-type', 'x-request-id'],
+        exposedHeaders: ['x-request-id', 'retry-after'],
+      }),
+    );
+  }
+
   app.use((req: Request, res: Response, next: NextFunction) => {
     const started = process.hrtime.bigint();
+    // The client's request id when it sends a sane one, else ours: echoed, and on the log line.
+    const given = req.get('x-request-id');
+    const id = given && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
+    res.set('X-Request-Id', id);
     res.on('close', () => {
       // Never the raw path: a client could mint a label series per request.
       const route = ROUTES.has(req.path) ? req.path : 'other';
@@ -38,7 +58,13 @@ export function createApp(ctx: AppContext): express.Express {
       if (f || res.statusCode >= 400) ctx.metrics.errors.inc({ route, status });
       if (route !== '/metrics' && route !== '/health') {
         ctx.log.info(
-          { method: req.method, route, status: Number(status), ms: Number(process.hrtime.bigint() - started) / 1e6 },
+          {
+            id,
+            method: req.method,
+            route,
+            status: Number(status),
+            ms: Number(process.hrtime.bigint() - started) / 1e6,
+          },
           'request',
         );
       }
@@ -84,6 +110,7 @@ export function createApp(ctx: AppContext): express.Express {
   app.use(completionRoutes(ctx));
   app.use(chatRoutes(ctx));
   app.use(adapterRoutes(ctx));
+  app.use(tokenizeRoutes(ctx));
   app.use((req, _res, next) => next(new HttpError(404, `no route ${req.method} ${req.path}`)));
   app.use(errorHandler((err) => ctx.log.error({ err }, 'internal error')));
   return app;

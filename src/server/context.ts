@@ -25,10 +25,18 @@ export interface AppContext {
   live: Set<Generation>;
   /** Set when a shutdown ended the live generations: why, as their requests are told. */
   shutdown: { reason: string | null };
+  /** Origins browsers may call from (empty: no CORS headers). */
+  corsOrigins: string[];
 }
 
-export function newAppContext(state: ServerState, metrics: Metrics, apiKey: string | null, log: Logger): AppContext {
-  return { state, metrics, apiKey, log, live: new Set(), shutdown: { reason: null } };
+export function newAppContext(
+  state: ServerState,
+  metrics: Metrics,
+  apiKey: string | null,
+  log: Logger,
+  corsOrigins: string[] = [],
+): AppContext {
+  return { state, metrics, apiKey, log, live: new Set(), shutdown: { reason: null }, corsOrigins };
 }
 
 /** Registers a request's generation until it settles. */

@@ -61,7 +61,13 @@ export async function startServer(
     modelName: path.basename(cfg.baseModel),
     adapterName: null,
   };
-  const ctx = newAppContext(state, new Metrics(() => state.predictor?.engine.stats() ?? null), cfg.apiKey, log);
+  const ctx = newAppContext(
+    state,
+    new Metrics(() => state.predictor?.engine.stats() ?? null),
+    cfg.apiKey,
+    log,
+    cfg.corsOrigins,
+  );
   for (const w of cfg.warnings) log.warn(w);
 
   const l = cfg.http;
