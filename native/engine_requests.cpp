@@ -4,6 +4,7 @@
 #include "engine.h"
 #include "error_codes.h"
 #include "js_params.h"
+#include "llama_log.h"
 
 namespace cml {
 
@@ -190,6 +191,16 @@ std::shared_ptr<Request> Engine::prepare(Napi::Env env, const Napi::Value& promp
     throw coded_error(env, code::INVALID_PARAMS, "prompt must be a string or an array of token ids");
   }
   if (req->prompt.empty()) throw coded_error(env, code::INVALID_PARAMS, "prompt is empty (and the model adds no BOS)");
+  if (!req->sampling.grammar.empty()) {
+    LogCapture capture;
+    llama_sampler* g = llama_sampler_init_grammar(vocab, req->sampling.grammar.c_str(), "root");
+    if (g == nullptr) {
+      const std::string why = capture.text();
+      throw coded_error(env, code::INVALID_PARAMS,
+                        "grammar does not parse" + (why.empty() ? std::string() : ": " + why));
+    }
+    req->grammar.reset(g);
+  }
   if (static_cast<int64_t>(req->prompt.size()) + req->max_new_tokens > n_ctx) {
     throw overflow(std::to_string(req->prompt.size()) + " tokens");
   }

@@ -148,6 +148,12 @@ void read_request_params(Napi::Env env, const Napi::Object& o, const AdapterRegi
   const std::string why = validate(s);
   if (!why.empty()) bad(env, why);
 
+  if (has(o, "grammar")) {
+    const Napi::Value v = o.Get("grammar");
+    if (!v.IsString()) bad(env, "grammar must be a string (GBNF)");
+    r.sampling.grammar = v.As<Napi::String>().Utf8Value();
+  }
+
   if (has(o, "logitBias")) {
     // {"<token id>": bias}, as OpenAI's logit_bias.
     const Napi::Value v = o.Get("logitBias");

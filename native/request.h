@@ -2,6 +2,7 @@
 // JS thread and the scheduler thread (see scheduler.h).
 #pragma once
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -25,6 +26,9 @@ struct Request {
   std::vector<AdapterUse> adapters;  // non-zero scales only, sorted by handle: equal sets compare equal
   std::atomic<bool> cancelled{false};
   int64_t t_submit_us = 0;
+  // sampling.grammar, compiled when the request was checked (a grammar that does not parse is the
+  // request's INVALID_PARAMS); the scheduler hands it to the slot's sampler.
+  std::unique_ptr<llama_sampler, void (*)(llama_sampler*)> grammar{nullptr, llama_sampler_free};
 
   bool has_adapters(const AdapterSetKey& k) const {
     if (adapters.size() != k.size()) return false;

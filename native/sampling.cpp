@@ -33,6 +33,20 @@ Sampler::Sampler(const SamplingParams& p, int32_t n_vocab)
 
 Sampler::~Sampler() {
   if (tail_ != nullptr) llama_sampler_free(tail_);
+  if (grammar_ != nullptr) llama_sampler_free(grammar_);
+}
+
+void Sampler::set_grammar(llama_sampler* grammar, const llama_vocab* vocab) {
+  if (grammar_ != nullptr) llama_sampler_free(grammar_);
+  grammar_ = grammar;
+  vocab_ = vocab;
+}
+
+bool Sampler::grammar_allows(llama_token t) {
+  llama_token_data one{t, 0.0f, 0.0f};
+  llama_token_data_array arr{&one, 1, -1, false};
+  llama_sampler_apply(grammar_, &arr);
+  return one.logit != -INFINITY;
 }
 
 void Sampler::accept(llama_token t) {
@@ -116,6 +130,27 @@ llama_token Sampler::pick_top_k(const float* row, bool& bad) {
 }
 
 llama_token Sampler::sample(float* row) {
+  llama_token t = draw(row);
+  if (t >= 0 && grammar_ != nullptr && !grammar_allows(t)) {
+    // The tokens the grammar rejects leave the row (it is this step's alone; log-probabilities were
+    // taken before), then the draw is made again.
+    cand_.resize(n_vocab_);
+    for (llama_token i = 0; i < n_vocab_; ++i) cand_[i] = {i, row[i], 0.0f};
+    llama_token_data_array arr{cand_.data(), cand_.size(), -1, false};
+    llama_sampler_apply(grammar_, &arr);
+    for (llama_token i = 0; i < n_vocab_; ++i) {
+      if (cand_[i].logit == -INFINITY) row[i] = -INFINITY;
+    }
+    t = draw(row);
+  }
+  if (t < 0) return -1;
+  // An end-of-generation token ends the request; the grammar, which allowed it, needs no more.
+  if (grammar_ != nullptr && !llama_vocab_is_eog(vocab_, t)) llama_sampler_accept(grammar_, t);
+  accept(t);
+  return t;
+}
+
+llama_token Sampler::draw(float* row) {
   adjust(row);
   llama_token t = -1;
   bool bad = false;
@@ -131,9 +166,7 @@ llama_token Sampler::sample(float* row) {
     t = arr.data[arr.selected].id;
   }
   restore(row);
-  if (bad) return -1;
-  accept(t);
-  return t;
+  return bad ? -1 : t;
 }
 
 // The largest value of a row, four lanes at a time where SSE exists (every x86-64 CPU has it).

@@ -22,6 +22,7 @@ struct SamplingParams {
   uint32_t seed = LLAMA_DEFAULT_SEED;
   int32_t logprobs = 0;                      // top-n log-probabilities per generated token, 0 = none
   std::vector<llama_logit_bias> logit_bias;  // added to the raw logits before anything else
+  std::string grammar;                       // GBNF (root rule: root); empty = none
 };
 
 struct TokenLogprob {
@@ -46,15 +47,25 @@ class Sampler {
   // Picks the next token from a raw logits row and records it for the penalties. The row is
   // adjusted in place where bias and penalties apply, and restored before this returns.
   // Returns -1, recording nothing, when the row holds a NaN or +inf: no token can be drawn from it.
+  // With a grammar, the token drawn is one it allows (see set_grammar).
   llama_token sample(float* logits);
+
+  // Constrains every later draw to what a llama.cpp grammar sampler allows, and takes ownership of
+  // it. The draw is made as usual and checked against the grammar alone; only a rejected token
+  // costs a pass of the grammar over the whole vocabulary and a second draw (llama.cpp's own trick).
+  void set_grammar(llama_sampler* grammar, const llama_vocab* vocab);
 
  private:
   void adjust(float* row);
   void restore(float* row);
   llama_token pick_top_k(const float* row, bool& bad);
+  llama_token draw(float* row);
+  bool grammar_allows(llama_token t);
   void accept(llama_token t);
 
   int32_t n_vocab_;
+  llama_sampler* grammar_ = nullptr;
+  const llama_vocab* vocab_ = nullptr;
   int32_t top_k_ = 0;  // 0: the whole vocabulary goes to the tail
   bool greedy_ = false;
   bool penalize_ = false;

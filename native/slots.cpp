@@ -39,6 +39,7 @@ void Scheduler::admit(std::vector<Event>& out) {
     s.req = std::move(r);
     s.sampler = std::make_unique<Sampler>(s.req->sampling, n_vocab_);
     s.sampler->accept_prompt(s.req->prompt);
+    if (s.req->grammar) s.sampler->set_grammar(s.req->grammar.release(), vocab_);
     s.text = std::make_unique<TextStream>(s.req->stops);
     // Reuse the cells that hold this prompt's start; at least its last token is decoded again,
     // for the logits of the first new token.

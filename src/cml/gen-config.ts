@@ -2,6 +2,7 @@
 // request > env > defaults, and turned into engine parameters. Values coerce as Python would
 // ("0.5" -> 0.5); anything else is a BadRequestError naming the parameter.
 import { boundMessage, withinBound, type GenerateParams, type ParamBounds, type ParamKey } from '../engine/index.ts';
+import { grammarForJsonSchema } from './grammar.ts';
 
 /** DEFAULT_GENERATIONAL_CONFIG of the studio (ft/consts.py). */
 export const STUDIO_DEFAULTS = Object.freeze({
@@ -98,6 +99,20 @@ const PARAMS: Record<string, { coerce: Coerce; bound?: ParamKey }> = {
   adapter: { coerce: adapterName },
   adapter_scale: { coerce: num(), bound: 'adapterScale' },
   parse_special: { coerce: coerceBool },
+  grammar: {
+    coerce: (name, v) => {
+      if (typeof v !== 'string' || v.trim() === '')
+        throw new BadRequestError(`${name} must be a GBNF grammar (a string)`);
+      return v;
+    },
+  },
+  json_schema: {
+    coerce: (name, v) => {
+      if (v === null || typeof v !== 'object' || Array.isArray(v))
+        throw new BadRequestError(`${name} must be a JSON schema object`);
+      return v;
+    },
+  },
 };
 
 export interface ResolvedGeneration {
@@ -157,6 +172,11 @@ export function resolveGeneration(
   if (merged.stop !== undefined) params.stop = merged.stop as string[];
   if (merged.min_new_tokens !== undefined) params.minTokens = merged.min_new_tokens as number;
   if (merged.parse_special !== undefined) params.parseSpecial = merged.parse_special as boolean;
+  if (merged.grammar !== undefined && merged.json_schema !== undefined) {
+    throw new BadRequestError('give grammar or json_schema, not both');
+  }
+  if (merged.grammar !== undefined) params.grammar = merged.grammar as string;
+  if (merged.json_schema !== undefined) params.grammar = grammarForJsonSchema(merged.json_schema);
   if (adapter !== null) {
     params.adapters = [
       { name: adapter, ...(merged.adapter_scale !== undefined ? { scale: merged.adapter_scale as number } : {}) },

@@ -96,6 +96,8 @@ export interface NativeRequestParams {
    * Hugging Face tokenizer(prompt) does. Default true.
    */
   parseSpecial?: boolean;
+  /** A GBNF grammar (root rule `root`): every token generated is one it allows (llama.cpp's grammar sampler). */
+  grammar?: string;
 }
 
 export interface TopLogprob {

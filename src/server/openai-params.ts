@@ -3,6 +3,7 @@
 // extensions (top_k, min_p, repetition_penalty, min_tokens, ignore_eos), and every other key either
 // harmless metadata or a 400 that names it: nothing a client asks for is ignored without a word.
 import { AdapterRequestError } from '../cml/adapters.ts';
+import { grammarForJsonSchema, JSON_OBJECT_GRAMMAR } from '../cml/grammar.ts';
 import type { Predictor } from '../cml/predict.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
 import { boundMessage, type GenerateParams, withinBound } from '../engine/index.ts';
@@ -28,6 +29,8 @@ const SHARED = [
   'repetition_penalty',
   'min_tokens',
   'ignore_eos',
+  'response_format',
+  'grammar',
 ];
 export const COMPLETION_KEYS = [...METADATA, ...SHARED, 'prompt', 'logprobs', 'echo', 'best_of'];
 export const CHAT_KEYS = [...METADATA, ...SHARED, 'messages', 'logprobs', 'top_logprobs', 'max_completion_tokens'];
@@ -116,6 +119,22 @@ export async function openAiRequest(
   set('min_tokens', 'min_new_tokens');
   set('max_tokens', 'max_new_tokens');
   set('max_completion_tokens', 'max_new_tokens');
+  set('grammar', 'grammar'); // llama-server's and vLLM's extension: a GBNF grammar
+  const rf = b.response_format as { type?: unknown; json_schema?: { schema?: unknown } } | undefined | null;
+  if (rf !== undefined && rf !== null) {
+    if (typeof rf !== 'object' || typeof rf.type !== 'string')
+      throw new BadRequestError('response_format must be {"type": ...}');
+    if (rf.type === 'json_object') layer.grammar = JSON_OBJECT_GRAMMAR;
+    else if (rf.type === 'json_schema') {
+      if (!rf.json_schema || typeof rf.json_schema !== 'object') {
+        throw new BadRequestError('response_format json_schema needs {"json_schema": {"schema": {...}}}');
+      }
+      layer.grammar = grammarForJsonSchema(rf.json_schema.schema, 'response_format.json_schema.schema');
+    } else if (rf.type !== 'text') throw new BadRequestError(`response_format type '${rf.type}' is not supported`);
+    if (layer.grammar !== undefined && b.grammar !== undefined && b.grammar !== null) {
+      throw new BadRequestError('give response_format or grammar, not both');
+    }
+  }
   const params = predictor.resolve(layer, adapter);
 
   const minP = num('min_p');
