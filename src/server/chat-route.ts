@@ -4,12 +4,12 @@ import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { checkMessages } from '../cml/chat.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
-import type { Chunk } from '../engine/index.ts';
+import type { Chunk, Generation } from '../engine/index.ts';
 import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
-import { CHAT_KEYS, openAiRequest } from './openai-params.ts';
+import { CHAT_KEYS, choiceParams, openAiRequest } from './openai-params.ts';
 import { finishReason, logprobsOf } from './openai-shapes.ts';
-import { cancelOnClose, streamGeneration, usageOf } from './sse.ts';
+import { cancelOnClose, streamChoices, usageOfAll } from './sse.ts';
 
 export function chatRoutes(ctx: AppContext): Router {
   const router = Router();
@@ -40,8 +40,16 @@ export function chatRoutes(ctx: AppContext): Router {
     // The template writes the BOS itself: nothing is added, and its special tokens are control tokens.
     const prompt = predictor.chat.render(messages);
     const input = await predictor.promptFor(prompt, params.parseSpecial, false);
-    const gen = track(ctx, predictor.engine.generate(input, { ...params, addSpecial: false }));
-    cancelOnClose(res, gen);
+    const gens: Generation[] = [];
+    try {
+      for (let j = 0; j < r0.n; j++) {
+        gens.push(track(ctx, predictor.engine.generate(input, { ...choiceParams(params, j), addSpecial: false })));
+      }
+    } catch (e) {
+      for (const g of gens) g.cancel();
+      throw e;
+    }
+    for (const g of gens) cancelOnClose(res, g);
 
     const id = `chatcmpl-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
@@ -65,51 +73,55 @@ export function chatRoutes(ctx: AppContext): Router {
     };
 
     if (!r0.stream) {
-      const chunks: Chunk[] = [];
-      for await (const c of gen) if (c.token !== null) chunks.push(c);
-      const r = await gen.result;
-      const cut = endedByShutdown(ctx, r);
-      if (cut) throw cut;
-      ctx.metrics.observe(r);
+      const chunks = gens.map(() => [] as Chunk[]);
+      await Promise.all(
+        gens.map(async (g, i) => {
+          for await (const c of g) if (c.token !== null) chunks[i]!.push(c);
+        }),
+      );
+      const results = await Promise.all(gens.map((g) => g.result));
+      for (const r of results) {
+        const cut = endedByShutdown(ctx, r);
+        if (cut) throw cut;
+        ctx.metrics.observe(r);
+      }
       res.json({
         id,
         object: 'chat.completion',
         created,
         model,
-        choices: [
-          {
-            index: 0,
-            message: { role: 'assistant', content: r.text },
-            logprobs: lp(chunks),
-            finish_reason: finishReason(r),
-          },
-        ],
-        usage: usageOf(r),
+        choices: results.map((r, i) => ({
+          index: i,
+          message: { role: 'assistant', content: r.text },
+          logprobs: lp(chunks[i]!),
+          finish_reason: finishReason(r),
+        })),
+        usage: usageOfAll(results, r0.n),
       });
       return;
     }
-    const frame = (delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) => ({
+    const frame = (index: number, delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) => ({
       id,
       object: 'chat.completion.chunk',
       created,
       model,
-      choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
+      choices: [{ index, delta, logprobs, finish_reason: finish }],
     });
-    let first = true;
-    const r = await streamGeneration(
+    const started = gens.map(() => false);
+    const results = await streamChoices(
       res,
-      gen,
+      gens,
       {
-        chunk: (c) => {
+        chunk: (i, c) => {
           if (!c.text && c.logprob === undefined) return undefined;
-          const delta = first ? { role: 'assistant', content: c.text } : { content: c.text };
-          first = false;
-          return frame(delta, null, c.token !== null ? lp([c]) : null);
+          const delta = started[i] ? { content: c.text } : { role: 'assistant', content: c.text };
+          started[i] = true;
+          return frame(i, delta, null, c.token !== null ? lp([c]) : null);
         },
-        done: (r) => [
-          frame(first ? { role: 'assistant', content: '' } : {}, finishReason(r)),
+        done: (rs) => [
+          ...rs.map((r, i) => frame(i, started[i] ? {} : { role: 'assistant', content: '' }, finishReason(r))),
           ...(r0.includeUsage
-            ? [{ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usageOf(r) }]
+            ? [{ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usageOfAll(rs, r0.n) }]
             : []),
           '[DONE]',
         ],
@@ -117,7 +129,7 @@ export function chatRoutes(ctx: AppContext): Router {
       },
       (r) => endedByShutdown(ctx, r),
     );
-    if (r) ctx.metrics.observe(r);
+    for (const r of results ?? []) ctx.metrics.observe(r);
   });
 
   // GET /v1/models: the served model, the base model, and every adapter.

@@ -1,14 +1,26 @@
 // POST /v1/completions: OpenAI's legacy completions API over the same engine, for the clients people
 // already have. Parameters map as in openai-params.ts; `model` picks the adapter ("base": none).
+// A prompt is a string, token ids, or a list of either; each gets n choices (index prompt·n + j).
 import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { BadRequestError } from '../cml/gen-config.ts';
+import type { Chunk, Generation } from '../engine/index.ts';
 import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
-import { COMPLETION_KEYS, openAiRequest } from './openai-params.ts';
+import { choiceParams, COMPLETION_KEYS, openAiRequest } from './openai-params.ts';
 import { finishReason, logprobsOf } from './openai-shapes.ts';
-import { cancelOnClose, streamGeneration, usageOf } from './sse.ts';
-import type { Chunk } from '../engine/index.ts';
+import { cancelOnClose, streamChoices, usageOfAll } from './sse.ts';
+
+const isIds = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'number');
+
+/** OpenAI's prompt shapes: a string, token ids, or a non-empty list of either (at most 16). */
+function promptsOf(p: unknown): (string | number[])[] {
+  if (typeof p === 'string' || isIds(p)) return [p];
+  if (Array.isArray(p) && p.length > 0 && p.length <= 16 && p.every((x) => typeof x === 'string' || isIds(x))) {
+    return p as (string | number[])[];
+  }
+  throw new BadRequestError('prompt must be a string, an array of token ids, or a list of 1-16 of either');
+}
 
 export function completionRoutes(ctx: AppContext): Router {
   const router = Router();
@@ -16,8 +28,7 @@ export function completionRoutes(ctx: AppContext): Router {
     const predictor = readyPredictor(ctx);
     const b = req.body as Record<string, unknown> | undefined;
     if (!b || typeof b !== 'object' || Array.isArray(b)) throw new HttpError(400, 'body must be a JSON object');
-    const prompt = Array.isArray(b.prompt) && b.prompt.length === 1 ? b.prompt[0] : b.prompt;
-    if (typeof prompt !== 'string') throw new BadRequestError('prompt must be a string (or an array of one string)');
+    const prompts = promptsOf(b.prompt);
     const r0 = await openAiRequest(b, COMPLETION_KEYS, ctx.state.modelName, predictor, (x) => {
       const v = x.logprobs;
       if (v === undefined || v === null) return 0;
@@ -25,9 +36,27 @@ export function completionRoutes(ctx: AppContext): Router {
         throw new BadRequestError('logprobs must be an integer in [0, 20]');
       return v;
     });
+    const echo = b.echo === true;
+    if (b.echo !== undefined && b.echo !== null && typeof b.echo !== 'boolean')
+      throw new BadRequestError('echo must be true or false');
+    if (echo && r0.logprobs > 0)
+      throw new BadRequestError('echo with logprobs is not supported (no log-probabilities of the prompt)');
+    if (prompts.length * r0.n > 16) throw new BadRequestError('at most 16 choices (prompts x n) per request');
     const { params } = r0;
-    const gen = track(ctx, predictor.engine.generate(await predictor.promptFor(prompt, params.parseSpecial), params));
-    cancelOnClose(res, gen);
+    const inputs = await Promise.all(
+      prompts.map((p) => (typeof p === 'string' ? predictor.promptFor(p, params.parseSpecial) : Promise.resolve(p))),
+    );
+    const echoed = prompts.map((p) => (echo ? (typeof p === 'string' ? p : predictor.engine.detokenize(p)) : ''));
+    const gens: Generation[] = [];
+    try {
+      for (const input of inputs) {
+        for (let j = 0; j < r0.n; j++) gens.push(track(ctx, predictor.engine.generate(input, choiceParams(params, j))));
+      }
+    } catch (e) {
+      for (const g of gens) g.cancel(); // a full queue refuses the rest: none of them runs
+      throw e;
+    }
+    for (const g of gens) cancelOnClose(res, g);
 
     const id = `cmpl-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
@@ -38,41 +67,58 @@ export function completionRoutes(ctx: AppContext): Router {
         l && { tokens: l.tokens, token_logprobs: l.logprobs, top_logprobs: l.top.map((t) => Object.fromEntries(t)) }
       );
     };
+    const echoOf = (i: number) => echoed[Math.floor(i / r0.n)]!;
 
     if (!r0.stream) {
-      const chunks: Chunk[] = [];
-      for await (const c of gen) if (c.token !== null) chunks.push(c);
-      const r = await gen.result;
-      const cut = endedByShutdown(ctx, r);
-      if (cut) throw cut;
-      ctx.metrics.observe(r);
+      const chunks = gens.map(() => [] as Chunk[]);
+      await Promise.all(
+        gens.map(async (g, i) => {
+          for await (const c of g) if (c.token !== null) chunks[i]!.push(c);
+        }),
+      );
+      const results = await Promise.all(gens.map((g) => g.result));
+      for (const r of results) {
+        const cut = endedByShutdown(ctx, r);
+        if (cut) throw cut;
+        ctx.metrics.observe(r);
+      }
       res.json({
         id,
         object: 'text_completion',
         created,
         model,
-        choices: [{ text: r.text, index: 0, logprobs: lp(chunks), finish_reason: finishReason(r) }],
-        usage: usageOf(r),
+        choices: results.map((r, i) => ({
+          text: echoOf(i) + r.text,
+          index: i,
+          logprobs: lp(chunks[i]!),
+          finish_reason: finishReason(r),
+        })),
+        usage: usageOfAll(results, r0.n),
       });
       return;
     }
-    const frame = (text: string, finish: string | null, logprobs: unknown = null) => ({
+    const frame = (index: number, text: string, finish: string | null, logprobs: unknown = null) => ({
       id,
       object: 'text_completion',
       created,
       model,
-      choices: [{ text, index: 0, logprobs, finish_reason: finish }],
+      choices: [{ text, index, logprobs, finish_reason: finish }],
     });
-    const r = await streamGeneration(
+    const started = gens.map(() => false);
+    const results = await streamChoices(
       res,
-      gen,
+      gens,
       {
-        chunk: (c) =>
-          c.text || c.logprob !== undefined ? frame(c.text, null, c.token !== null ? lp([c]) : null) : undefined,
-        done: (r) => [
-          frame('', finishReason(r)),
+        chunk: (i, c) => {
+          if (!c.text && c.logprob === undefined) return undefined;
+          const text = (started[i] ? '' : echoOf(i)) + c.text;
+          started[i] = true;
+          return frame(i, text, null, c.token !== null ? lp([c]) : null);
+        },
+        done: (rs) => [
+          ...rs.map((r, i) => frame(i, started[i] ? '' : echoOf(i), finishReason(r))),
           ...(r0.includeUsage
-            ? [{ id, object: 'text_completion', created, model, choices: [], usage: usageOf(r) }]
+            ? [{ id, object: 'text_completion', created, model, choices: [], usage: usageOfAll(rs, r0.n) }]
             : []),
           '[DONE]',
         ],
@@ -80,7 +126,7 @@ export function completionRoutes(ctx: AppContext): Router {
       },
       (r) => endedByShutdown(ctx, r),
     );
-    if (r) ctx.metrics.observe(r);
+    for (const r of results ?? []) ctx.metrics.observe(r);
   });
   return router;
 }

@@ -44,6 +44,8 @@ export interface OpenAiRequest {
   /** stream_options.include_usage: a last chunk with the usage. */
   includeUsage: boolean;
   stream: boolean;
+  /** Choices per prompt (OpenAI's n); choice j of a seeded request samples with seed + j. */
+  n: number;
 }
 
 /**
@@ -95,10 +97,10 @@ export async function openAiRequest(
     if (typeof v !== 'boolean') throw new BadRequestError(`${k} must be true or false`);
     return v;
   };
-  if ((num('n') ?? 1) !== 1 || (num('best_of') ?? 1) !== 1) {
-    throw new BadRequestError('only n = 1 and best_of = 1 are supported');
-  }
-  if (bool('echo')) throw new BadRequestError('echo is not supported');
+  const n = num('n', (x) => Number.isInteger(x) && x >= 1 && x <= 16) ?? 1;
+  const bestOf = num('best_of', (x) => Number.isInteger(x) && x >= 1) ?? n;
+  if (bestOf !== n)
+    throw new BadRequestError('best_of other than n is not supported (it needs scoring whole sequences)');
   const adapter = await adapterFor(b.model, servedName, predictor);
 
   // The studio's names, for Predictor.resolve: only what the request sets, so the gen config fills the rest.
@@ -171,5 +173,11 @@ export async function openAiRequest(
     logprobs: lp,
     includeUsage: stream && (so as { include_usage?: unknown } | null)?.include_usage === true,
     stream,
+    n,
   };
+}
+
+/** The parameters of choice j of n: with a seed, seed + j, so that the choices differ and repeat. */
+export function choiceParams(params: GenerateParams, j: number): GenerateParams {
+  return j === 0 || params.seed === undefined ? params : { ...params, seed: (params.seed + j) % 2 ** 32 };
 }

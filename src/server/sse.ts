@@ -71,3 +71,59 @@ export const usageOf = (r: GenerationResult) => ({
   total_tokens: r.usage.promptTokens + r.usage.generatedTokens,
   prompt_tokens_details: { cached_tokens: r.usage.cachedPromptTokens }, // OpenAI's name for it
 });
+
+/**
+ * Streams several generations of one response (OpenAI's n, several prompts) side by side: each
+ * chunk as it comes, then the closing events once all have settled. A failure of one ends all.
+ */
+export async function streamChoices(
+  res: Response,
+  gens: Generation[],
+  format: {
+    chunk(index: number, c: Chunk): unknown;
+    done(results: GenerationResult[]): unknown[];
+    failure(f: HttpFailure): unknown;
+  },
+  endedBy: (r: GenerationResult) => Error | null = () => null,
+): Promise<GenerationResult[] | null> {
+  openSse(res);
+  try {
+    const results = await Promise.all(
+      gens.map(async (g, i) => {
+        for await (const c of g) {
+          const ev = format.chunk(i, c);
+          if (ev !== undefined) sendEvent(res, ev);
+        }
+        const r = await g.result;
+        const cut = endedBy(r);
+        if (cut) throw cut;
+        return r;
+      }),
+    );
+    for (const ev of format.done(results)) sendEvent(res, ev);
+    return results;
+  } catch (err) {
+    for (const g of gens) g.cancel();
+    const f = toHttp(err);
+    res.locals.failure = f;
+    sendEvent(res, format.failure(f));
+    return null;
+  } finally {
+    res.end();
+  }
+}
+
+/** OpenAI's usage for several choices: each prompt counted once, every completion token. */
+export function usageOfAll(results: GenerationResult[], choicesPerPrompt: number) {
+  const prompt = results.filter((_, i) => i % choicesPerPrompt === 0).reduce((s, r) => s + r.usage.promptTokens, 0);
+  const completion = results.reduce((s, r) => s + r.usage.generatedTokens, 0);
+  const cached = results
+    .filter((_, i) => i % choicesPerPrompt === 0)
+    .reduce((s, r) => s + r.usage.cachedPromptTokens, 0);
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: cached },
+  };
+}

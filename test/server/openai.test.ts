@@ -101,6 +101,49 @@ describe('the openai SDK: chat completions through a chat template', () => {
     }
   });
 
+  it('n = 2: two choices, each what a request alone with seed + index gives, plain and streamed', async () => {
+    const ask = { model: 'base-f32.gguf', messages, temperature: 1.3, max_tokens: 10, seed: 11 };
+    const both = await s.client.chat.completions.create({ ...ask, n: 2 });
+    const alone = await Promise.all([0, 1].map((j) => s.client.chat.completions.create({ ...ask, seed: 11 + j })));
+    expect(both.choices.map((c) => c.index)).toEqual([0, 1]);
+    expect(both.choices.map((c) => c.message.content)).toEqual(alone.map((a) => a.choices[0]!.message.content));
+    expect(both.usage!.completion_tokens).toBe(alone[0]!.usage!.completion_tokens + alone[1]!.usage!.completion_tokens);
+    expect(both.usage!.prompt_tokens).toBe(alone[0]!.usage!.prompt_tokens); // the prompt, counted once
+    const texts = ['', ''];
+    for await (const c of await s.client.chat.completions.create({ ...ask, n: 2, stream: true })) {
+      for (const ch of c.choices) texts[ch.index] += ch.delta.content ?? '';
+    }
+    expect(texts).toEqual(both.choices.map((c) => c.message.content));
+  });
+
+  it('completions: a list of prompts, token ids, echo', async () => {
+    const a = '<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n';
+    const b = `<|im_start|>user\n${question}<|im_end|>\n<|im_start|>assistant\n`;
+    const one = async (prompt: string | number[]) =>
+      (await s.client.completions.create({ model: 'base', prompt, temperature: 0, max_tokens: 8 })).choices[0]!.text;
+    const list = await s.client.completions.create({ model: 'base', prompt: [a, b], temperature: 0, max_tokens: 8 });
+    expect(list.choices.map((c) => c.text)).toEqual([await one(a), await one(b)]);
+    const ids = (await (
+      await fetch(`${s.client.baseURL.replace(/\/v1$/, '')}/tokenize`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ content: b }),
+      })
+    ).json()) as { tokens: number[] };
+    expect(await one(ids.tokens)).toBe(await one(b));
+    const echoed = await s.client.completions.create({
+      model: 'base',
+      prompt: b,
+      temperature: 0,
+      max_tokens: 8,
+      echo: true,
+    });
+    expect(echoed.choices[0]!.text).toBe(b + (await one(b)));
+    await expect(
+      s.client.completions.create({ model: 'base', prompt: b, echo: true, logprobs: 2 }),
+    ).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/echo with logprobs/) });
+  });
+
   it('models.list: the served model, the base, the adapters', async () => {
     const ids = [];
     for await (const m of s.client.models.list()) ids.push(m.id);
@@ -119,10 +162,9 @@ describe('the openai SDK: chat completions through a chat template', () => {
         tools: [{ type: 'function', function: { name: 'f', parameters: {} } }],
       }),
     ).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/tools is not supported/) });
-    await expect(s.client.chat.completions.create({ model: 'base-f32.gguf', messages, n: 2 })).rejects.toMatchObject({
-      status: 400,
-      message: expect.stringMatching(/n = 1/),
-    });
+    await expect(
+      s.client.chat.completions.create({ model: 'base-f32.gguf', messages, n: 2, ...({ best_of: 3 } as object) }),
+    ).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/best_of/) });
     await expect(
       s.client.chat.completions.create({
         model: 'base-f32.gguf',
