@@ -142,6 +142,9 @@ llama_token Sampler::sample(float* row) {
       if (cand_[i].logit == -INFINITY) row[i] = -INFINITY;
     }
     t = draw(row);
+    // Nothing the grammar allows is left to draw (its end is masked while the request is under its
+    // minimum length): the request ends here, as at an end-of-generation token.
+    if (t >= 0 && !grammar_allows(t)) return llama_vocab_eos(vocab_) >= 0 ? llama_vocab_eos(vocab_) : t;
   }
   if (t < 0) return -1;
   // An end-of-generation token ends the request; the grammar, which allowed it, needs no more.

@@ -16,26 +16,38 @@ const from = (file: string) => import(pathToFileURL(path.join(nlc, 'utils/gbnfJs
 interface Generator {
   generateGbnfFile(root: string): string;
 }
-const [{ getGbnfJsonTerminalForGbnfJsonSchema }, { GbnfGrammarGenerator }, { GbnfJsonScopeState }] = (await Promise.all(
-  [
+interface Converter {
+  getGbnfJsonTerminalForGbnfJsonSchema: (
+    s: unknown,
+    g: Generator,
+    st: unknown,
+  ) => { resolve(g: Generator, root: boolean): string };
+  GbnfGrammarGenerator: new () => Generator;
+  GbnfJsonScopeState: new (o: { allowNewLines: boolean; scopePadSpaces: number }) => unknown;
+}
+
+// Loaded once. A node-llama-cpp whose files moved costs json_schema alone (a clear 400), never the start.
+let converter: Converter | null = null;
+let unavailable = '';
+try {
+  const [a, b, c] = await Promise.all([
     from('utils/getGbnfJsonTerminalForGbnfJsonSchema.js'),
     from('GbnfGrammarGenerator.js'),
     from('utils/GbnfJsonScopeState.js'),
-  ],
-)) as [
-  {
-    getGbnfJsonTerminalForGbnfJsonSchema: (
-      s: unknown,
-      g: Generator,
-      st: unknown,
-    ) => { resolve(g: Generator, root: boolean): string };
-  },
-  { GbnfGrammarGenerator: new () => Generator },
-  { GbnfJsonScopeState: new (o: { allowNewLines: boolean; scopePadSpaces: number }) => unknown },
-];
+  ]);
+  converter = { ...a, ...b, ...c } as Converter;
+} catch (e) {
+  unavailable = (e as Error).message;
+}
 
 /** Any JSON object (llama.cpp's grammars/json.gbnf), for response_format json_object. */
-export const JSON_OBJECT_GRAMMAR = readFileSync(path.join(nlc, '..', 'llama', 'grammars', 'json.gbnf'), 'utf8');
+export const JSON_OBJECT_GRAMMAR: string = (() => {
+  try {
+    return readFileSync(path.join(nlc, '..', 'llama', 'grammars', 'json.gbnf'), 'utf8');
+  } catch {
+    return '';
+  }
+})();
 
 // What the converter honours. Annotations change nothing; `required` is met since every property
 // is always written.
@@ -87,10 +99,11 @@ function check(schema: unknown, at: string): void {
 /** The GBNF of a JSON schema; a BadRequestError naming what is not supported. */
 export function grammarForJsonSchema(schema: unknown, at = 'json_schema'): string {
   check(schema, at);
+  if (!converter) throw new BadRequestError(`json_schema is unavailable on this server: ${unavailable}`);
   try {
-    const g = new GbnfGrammarGenerator();
-    const scope = new GbnfJsonScopeState({ allowNewLines: false, scopePadSpaces: 4 });
-    return g.generateGbnfFile(getGbnfJsonTerminalForGbnfJsonSchema(schema, g, scope).resolve(g, true));
+    const g = new converter.GbnfGrammarGenerator();
+    const scope = new converter.GbnfJsonScopeState({ allowNewLines: false, scopePadSpaces: 4 });
+    return g.generateGbnfFile(converter.getGbnfJsonTerminalForGbnfJsonSchema(schema, g, scope).resolve(g, true));
   } catch (e) {
     throw new BadRequestError(`${at} cannot be turned into a grammar: ${(e as Error).message}`);
   }

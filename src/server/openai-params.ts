@@ -126,8 +126,11 @@ export async function openAiRequest(
   if (rf !== undefined && rf !== null) {
     if (typeof rf !== 'object' || typeof rf.type !== 'string')
       throw new BadRequestError('response_format must be {"type": ...}');
-    if (rf.type === 'json_object') layer.grammar = JSON_OBJECT_GRAMMAR;
-    else if (rf.type === 'json_schema') {
+    if (rf.type === 'json_object') {
+      if (!JSON_OBJECT_GRAMMAR)
+        throw new BadRequestError("response_format json_object is unavailable: llama.cpp's json.gbnf is missing");
+      layer.grammar = JSON_OBJECT_GRAMMAR;
+    } else if (rf.type === 'json_schema') {
       if (!rf.json_schema || typeof rf.json_schema !== 'object') {
         throw new BadRequestError('response_format json_schema needs {"json_schema": {"schema": {...}}}');
       }

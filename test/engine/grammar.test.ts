@@ -35,6 +35,14 @@ describe('grammar', () => {
     else expect(r.text.startsWith('{')).toBe(true); // cut by maxTokens: a JSON object, begun
   });
 
+  it('a grammar that is complete before minTokens ends the request there (nothing else is allowed)', async () => {
+    const r = await engine.generate(question, { greedy: true, maxTokens: 12, minTokens: 6, grammar: 'root ::= " yes"' })
+      .result;
+    expect(r).toMatchObject({ text: ' yes', stopReason: 'eos' });
+    // The engine serves on.
+    expect((await engine.generate(question, { greedy: true, maxTokens: 3 }).result).tokens).toHaveLength(3);
+  });
+
   it('a grammar that does not parse is an InvalidParamsError, before anything runs', () => {
     expect(() => engine.generate(question, { maxTokens: 4, grammar: 'root ::= ("a"' })).toThrow(InvalidParamsError);
     expect(() => engine.generate(question, { maxTokens: 4, grammar: 'root ::= ("a"' })).toThrow(
