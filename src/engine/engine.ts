@@ -143,6 +143,7 @@ export class Engine implements EngineClient {
   /** Registers (or replaces) a GGUF LoRA under a name; `scale` is its default scale. */
   async loadAdapter(name: string, path: string, scale = 1): Promise<NativeAdapterInfo> {
     this.refuseMerged(name, 'replaced');
+    this.checkScale(name, scale);
     try {
       return await this.call(() => this.native.loadAdapter(name, path, scale));
     } catch (err) {
@@ -156,11 +157,16 @@ export class Engine implements EngineClient {
     return this.call(() => this.native.unloadAdapter(name));
   }
 
-  setAdapterScale(name: string, scale: number): boolean {
+  /** An adapter's default scale is held to the bounds table as a request's is. */
+  private checkScale(name: string, scale: number): void {
     const bound = this.bounds.adapterScale;
     if (typeof scale !== 'number' || !withinBound(bound, scale)) {
       throw new InvalidParamsError(boundMessage(bound, `adapter '${name}' scale`, scale), 'INVALID_PARAMS');
     }
+  }
+
+  setAdapterScale(name: string, scale: number): boolean {
+    this.checkScale(name, scale);
     const ok = this.call(() => this.native.setAdapterScale(name, scale));
     if (ok && this.merged?.name === name) this.merged.defaultScale = scale;
     return ok;

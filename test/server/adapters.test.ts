@@ -115,6 +115,7 @@ describe('adapters over HTTP', () => {
     ['POST', '/v1/adapters', { name: '../x' }, 400, /adapter name must be/],
     ['POST', '/v1/adapters', { name: 'base' }, 400, /not 'base'/],
     ['POST', '/v1/adapters', { name: 'nothing-here' }, 404, /nothing-here/],
+    ['POST', '/v1/adapters', { name: 'qa', scale: 1e5 }, 400, /scale must be a number in \[-16, 16\]/],
     ['DELETE', '/v1/adapters/default', undefined, 409, /served by default/],
     ['DELETE', '/v1/adapters/never', undefined, 404, /no adapter named 'never'/],
     ['PATCH', '/v1/adapters/never', { scale: 1 }, 404, /no adapter named 'never'/],
