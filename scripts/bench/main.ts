@@ -1,6 +1,6 @@
 // npm run bench -- [--shape 1b|8b|60m] [--type f16|q8_0|q4_0] [--model f.gguf --adapter f.gguf]
 //   [--backend auto|cuda|cpu] [--streams 1,4,8,16,32,64] [--prompt-tokens 128] [--tokens 128]
-//   [--lora-rank 16] [--lora-targets attn_q,attn_v,...] [--runs 3] [--bandwidth GB/s]
+//   [--lora-rank 16] [--lora-targets attn_q,attn_v,...] [--mix-adapters 1,2,8] [--runs 3] [--bandwidth GB/s]
 //   [--baselines nlc,llama-bench,batched-bench] [--no-http] [--no-merged] [--threads N] [--out dir] [--models-dir dir] [--quick]
 // One run, one machine: ours (engine and POST /predict) beside node-llama-cpp and llama.cpp's own
 // benchmarks on the same model; writes results.json, report.md and SVG charts; prints a table last.
@@ -32,6 +32,7 @@ const { values: a } = parseArgs({
     'prompt-tokens': { type: 'string', default: '128' },
     tokens: { type: 'string', default: '128' },
     'lora-rank': { type: 'string', default: '16' },
+    'mix-adapters': { type: 'string', default: '1,2,8' },
     'lora-targets': { type: 'string', default: PROJECTIONS.join(',') },
     runs: { type: 'string', default: '3' },
     bandwidth: { type: 'string' },
@@ -63,6 +64,7 @@ if (a.quick) {
     tokens: '16',
     runs: '1',
     'lora-rank': '4',
+    'mix-adapters': '1,2',
     baselines: 'nlc',
     backend: 'cpu',
     threads: '1',
@@ -78,6 +80,7 @@ const targets = a['lora-targets']!.split(',') as Projection[];
 if (!targets.every((t) => (PROJECTIONS as readonly string[]).includes(t)))
   fail(`--lora-targets take ${PROJECTIONS.join(',')}`);
 const streams = a.streams!.split(',').map((s) => int('streams', s));
+const mixAdapters = a['mix-adapters']!.split(',').map((s) => int('mix-adapters', s));
 const promptTokens = int('prompt-tokens', a['prompt-tokens']!);
 const genTokens = int('tokens', a.tokens!);
 const runs = int('runs', a.runs!);
@@ -100,7 +103,8 @@ if (!model) {
   progress(`writing the synthetic ${a.shape} ${a.type} model`);
   await writeSyntheticModel({ shape, type: a.type as 'f16', out: model });
   adapters = [];
-  for (const [i, name] of ['a', 'b'].entries()) {
+  const count = Math.max(2, ...mixAdapters);
+  for (const [i, name] of Array.from({ length: count }, (_, j) => String.fromCharCode(97 + j)).entries()) {
     const f = path.join(synthDir, `lora-${name}-r${a['lora-rank']}.gguf`);
     await writeSyntheticLora({ shape, rank: int('lora-rank', a['lora-rank']!), targets, out: f, seed: 100 + 1000 * i });
     adapters.push(f);
@@ -119,6 +123,7 @@ const { value: ours, peakRssMb } = await withPeakRss(() =>
     runs,
     http: !a['no-http'],
     merged: !a['no-merged'],
+    mixAdapters,
     progress,
     note,
   }),
@@ -231,6 +236,9 @@ ratio('studio sampling / greedy, one stream', ours.studio.oneStreamTokS, ours.en
 ratio(`studio sampling / greedy, ${ours.studio.streams} streams`, ours.studio.aggregateTokS, at(ours.studio.streams));
 if (ours.lora.eight?.mixed)
   ratio('two adapters mixed, 8 streams (mixed / base)', ours.lora.eight.mixed, ours.lora.eight.base);
+for (const m of ours.lora.mixes) {
+  ratio(`${m.adapters} adapter${m.adapters > 1 ? 's' : ''} mixed, ${m.streams} streams (/ base)`, m.tokS, m.baseTokS);
+}
 if (results.bandwidthBoundTokS)
   ratio('one stream: ours / bandwidth bound', ours.engine.decodeTokS, results.bandwidthBoundTokS as number);
 results.ratios = ratios;
@@ -316,6 +324,23 @@ const md = [
   '',
   `Studio default sampling (temperature 0.8, top-k 50, repetition penalty 1.1) instead of greedy: one stream ${Math.round(ours.studio.oneStreamTokS)} tok/s, ${ours.studio.streams} streams ${Math.round(ours.studio.aggregateTokS)} tok/s.`,
   '',
+  ...(ours.lora.mixes.length
+    ? [
+        '## Adapters mixed in one batch (stream i runs adapter i mod k; unmerged)',
+        table(
+          ['streams', 'adapters', 'tok/s', 'base tok/s', 'of base', 'adapter-set switches / steps'],
+          ours.lora.mixes.map((m) => [
+            m.streams,
+            m.adapters,
+            m.tokS,
+            m.baseTokS,
+            (m.tokS / m.baseTokS).toFixed(2),
+            `${m.switches} / ${m.steps}`,
+          ]),
+        ),
+        '',
+      ]
+    : []),
   '## Baselines',
   table(
     ['system', 'result'],

@@ -23,7 +23,7 @@ import { gaps, median, percentile, steadyRate } from './stats.ts';
 
 export interface OursOptions {
   model: string;
-  adapters: string[]; // up to two: 'a' and 'b'
+  adapters: string[]; // named 'a', 'b', 'c', ... in order
   backend: BackendChoice;
   threads?: number;
   promptTokens: number;
@@ -33,6 +33,11 @@ export interface OursOptions {
   http: boolean;
   /** Also measure adapter 'a' merged into the weights. */
   merged: boolean;
+  /**
+   * Adapters mixed over one batch (1: one unmerged adapter on every stream), each at 8 and 64
+   * streams (those within the sweep; else its largest), against base at the same streams.
+   */
+  mixAdapters: number[];
   progress: (what: string) => void;
   /** Each figure as soon as it is measured: a run cut short by a time limit still leaves them in its log. */
   note?: (figure: string) => void;
@@ -84,6 +89,8 @@ export interface OursResult {
   lora: {
     oneStream: SingleStream | null;
     eight: { base: number; lora: number; mixed: number | null } | null;
+    /** k adapters spread over n streams (stream i runs adapter i mod k), and base at n streams. */
+    mixes: { streams: number; adapters: number; tokS: number; baseTokS: number; switches: number; steps: number }[];
     /** Adapter 'a' merged into the weights (how `serve` runs it): its requests, and base requests on that model. */
     merged: { mergeMs: number; oneStream: SingleStream; baseOnMerged: SingleStream } | null;
   };
@@ -124,7 +131,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
   let engine = await load();
   const loadMs = performance.now() - t0;
   try {
-    const names = ['a', 'b'].slice(0, o.adapters.length);
+    const names = o.adapters.map((_, i) => String.fromCharCode(97 + i));
     for (const [i, p] of o.adapters.entries()) await engine.loadAdapter(names[i]!, p);
     // In use on the GPU (every process on the card), sampled after each phase, outside the timed
     // runs: ggml's CUDA memory pool grows with the largest batch it has computed.
@@ -209,7 +216,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       );
     }
 
-    let lora: OursResult['lora'] = { oneStream: null, eight: null, merged: null };
+    let lora: OursResult['lora'] = { oneStream: null, eight: null, merged: null, mixes: [] };
     if (names.length > 0) {
       o.progress('ours: LoRA on one stream and on eight');
       const loraOne = await single([{ name: 'a', scale: 1 }]);
@@ -225,13 +232,47 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const p0 = engine.stats().profile!;
       const mixed8 = names.length > 1 ? await eight((i) => [{ name: i % 2 ? 'b' : 'a', scale: 1 }]) : null;
       const p1 = engine.stats().profile!;
-      lora = { oneStream: loraOne, eight: { base: base8, lora: lora8, mixed: mixed8 }, merged: null };
+      lora = { oneStream: loraOne, eight: { base: base8, lora: lora8, mixed: mixed8 }, merged: null, mixes: [] };
       note(
         `8 streams: base ${r0(base8)}, LoRA ${r0(lora8)}, two adapters mixed ${mixed8 === null ? '-' : r0(mixed8)} tok/s`,
       );
       if (mixed8 !== null) {
         note(
           `two adapters mixed: ${p1.adapterSwitches - p0.adapterSwitches} switches in ${p1.steps - p0.steps} steps, the last one's cost ${r0(p1.switchCostUs)} µs`,
+        );
+      }
+    }
+
+    // Mixed adapters at 8 and 64 streams (what turn-taking costs, and what a mixed batch must beat).
+    const maxStreams = Math.max(...o.streams);
+    const mixStreams = [8, 64].filter((n) => n <= maxStreams);
+    if (mixStreams.length === 0) mixStreams.push(maxStreams);
+    for (const n of mixStreams) {
+      const ks = o.mixAdapters.filter((k) => k <= names.length);
+      if (ks.length === 0) continue;
+      o.progress(`ours: ${ks.join(', ')} adapters mixed over ${n} streams`);
+      const at = async (f: (i: number) => GenerateParams['adapters']) => {
+        await concurrent(n, f);
+        const rates = [];
+        for (let i = 0; i < 2; i++) rates.push((await concurrent(n, f)).rate);
+        return median(rates);
+      };
+      const baseTokS = await at(() => []);
+      for (const k of ks) {
+        const p0 = engine.stats().profile!;
+        const tokS = await at((i) => [{ name: names[i % k]!, scale: 1 }]);
+        const p1 = engine.stats().profile!;
+        const row = {
+          streams: n,
+          adapters: k,
+          tokS,
+          baseTokS,
+          switches: p1.adapterSwitches - p0.adapterSwitches,
+          steps: p1.steps - p0.steps,
+        };
+        lora.mixes.push(row);
+        note(
+          `${k} adapter${k > 1 ? 's' : ''} mixed over ${n} streams: ${r0(tokS)} tok/s, ${(tokS / baseTokS).toFixed(2)} of base (${r0(baseTokS)}); ${row.switches} switches in ${row.steps} steps`,
         );
       }
     }

@@ -28,6 +28,12 @@ describe('benchmark --quick', () => {
     expect(r.ours.sweep.map((s: { streams: number }) => s.streams)).toEqual([1, 2, 4]);
     expect(r.ours.sweep.every((s: { aggregateTokS: number }) => s.aggregateTokS > 0)).toBe(true);
     expect(r.ours.lora.eight.mixed).toBeGreaterThan(0);
+    // --quick: 1 and 2 adapters mixed at its largest stream count (4), each with base at 4 streams.
+    expect(r.ours.lora.mixes.map((m: { streams: number; adapters: number }) => [m.streams, m.adapters])).toEqual([
+      [4, 1],
+      [4, 2],
+    ]);
+    for (const m of r.ours.lora.mixes) expect(m.tokS).toBeGreaterThan(0);
     expect(r.ours.lora.merged.oneStream.decodeTokS).toBeGreaterThan(0);
     expect(r.ours.lora.merged.baseOnMerged.decodeTokS).toBeGreaterThan(0);
     expect(r.ours.studio.aggregateTokS).toBeGreaterThan(0);
