@@ -4,12 +4,12 @@ import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { checkMessages } from '../cml/chat.ts';
 import { BadRequestError } from '../cml/gen-config.ts';
-import type { Chunk, Generation } from '../engine/index.ts';
-import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
+import type { Chunk } from '../engine/index.ts';
+import { endedByShutdown, readyPredictor, type AppContext } from './context.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
-import { CHAT_KEYS, choiceParams, openAiRequest } from './openai-params.ts';
-import { finishReason, logprobsOf } from './openai-shapes.ts';
-import { cancelOnClose, streamChoices, usageOfAll } from './sse.ts';
+import { CHAT_KEYS, openAiRequest } from './openai-params.ts';
+import { collectChoices, finishReason, logprobsOf, startChoices } from './openai-shapes.ts';
+import { streamChoices, usageOfAll } from './sse.ts';
 
 export function chatRoutes(ctx: AppContext): Router {
   const router = Router();
@@ -40,16 +40,7 @@ export function chatRoutes(ctx: AppContext): Router {
     // The template writes the BOS itself: nothing is added, and its special tokens are control tokens.
     const prompt = predictor.chat.render(messages);
     const input = await predictor.promptFor(prompt, params.parseSpecial, false);
-    const gens: Generation[] = [];
-    try {
-      for (let j = 0; j < r0.n; j++) {
-        gens.push(track(ctx, predictor.engine.generate(input, { ...choiceParams(params, j), addSpecial: false })));
-      }
-    } catch (e) {
-      for (const g of gens) g.cancel();
-      throw e;
-    }
-    for (const g of gens) cancelOnClose(res, g);
+    const gens = startChoices(ctx, res, predictor.engine, [input], r0.n, { ...params, addSpecial: false });
 
     const id = `chatcmpl-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
@@ -73,18 +64,7 @@ export function chatRoutes(ctx: AppContext): Router {
     };
 
     if (!r0.stream) {
-      const chunks = gens.map(() => [] as Chunk[]);
-      await Promise.all(
-        gens.map(async (g, i) => {
-          for await (const c of g) if (c.token !== null) chunks[i]!.push(c);
-        }),
-      );
-      const results = await Promise.all(gens.map((g) => g.result));
-      for (const r of results) {
-        const cut = endedByShutdown(ctx, r);
-        if (cut) throw cut;
-        ctx.metrics.observe(r);
-      }
+      const { chunks, results } = await collectChoices(ctx, gens);
       res.json({
         id,
         object: 'chat.completion',

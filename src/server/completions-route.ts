@@ -4,12 +4,12 @@
 import { randomUUID } from 'node:crypto';
 import { Router } from 'express';
 import { BadRequestError } from '../cml/gen-config.ts';
-import type { Chunk, Generation } from '../engine/index.ts';
-import { endedByShutdown, readyPredictor, track, type AppContext } from './context.ts';
+import type { Chunk } from '../engine/index.ts';
+import { endedByShutdown, readyPredictor, type AppContext } from './context.ts';
 import { HttpError, openAiEnvelope } from './errors.ts';
-import { choiceParams, COMPLETION_KEYS, openAiRequest } from './openai-params.ts';
-import { finishReason, logprobsOf } from './openai-shapes.ts';
-import { cancelOnClose, streamChoices, usageOfAll } from './sse.ts';
+import { COMPLETION_KEYS, openAiRequest } from './openai-params.ts';
+import { collectChoices, finishReason, logprobsOf, startChoices } from './openai-shapes.ts';
+import { streamChoices, usageOfAll } from './sse.ts';
 
 const isIds = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'number');
 
@@ -47,16 +47,7 @@ export function completionRoutes(ctx: AppContext): Router {
       prompts.map((p) => (typeof p === 'string' ? predictor.promptFor(p, params.parseSpecial) : Promise.resolve(p))),
     );
     const echoed = prompts.map((p) => (echo ? (typeof p === 'string' ? p : predictor.engine.detokenize(p)) : ''));
-    const gens: Generation[] = [];
-    try {
-      for (const input of inputs) {
-        for (let j = 0; j < r0.n; j++) gens.push(track(ctx, predictor.engine.generate(input, choiceParams(params, j))));
-      }
-    } catch (e) {
-      for (const g of gens) g.cancel(); // a full queue refuses the rest: none of them runs
-      throw e;
-    }
-    for (const g of gens) cancelOnClose(res, g);
+    const gens = startChoices(ctx, res, predictor.engine, inputs, r0.n, params);
 
     const id = `cmpl-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
@@ -70,18 +61,7 @@ export function completionRoutes(ctx: AppContext): Router {
     const echoOf = (i: number) => echoed[Math.floor(i / r0.n)]!;
 
     if (!r0.stream) {
-      const chunks = gens.map(() => [] as Chunk[]);
-      await Promise.all(
-        gens.map(async (g, i) => {
-          for await (const c of g) if (c.token !== null) chunks[i]!.push(c);
-        }),
-      );
-      const results = await Promise.all(gens.map((g) => g.result));
-      for (const r of results) {
-        const cut = endedByShutdown(ctx, r);
-        if (cut) throw cut;
-        ctx.metrics.observe(r);
-      }
+      const { chunks, results } = await collectChoices(ctx, gens);
       res.json({
         id,
         object: 'text_completion',

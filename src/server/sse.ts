@@ -44,25 +44,13 @@ export async function streamGeneration(
   format: SseFormat,
   endedBy: (r: GenerationResult) => Error | null = () => null,
 ): Promise<GenerationResult | null> {
-  openSse(res);
-  try {
-    for await (const c of gen) {
-      const ev = format.chunk(c);
-      if (ev !== undefined) sendEvent(res, ev);
-    }
-    const r = await gen.result;
-    const cut = endedBy(r); // a shutdown, not the client, cancelled it: the stream ends in an error event
-    if (cut) throw cut;
-    for (const ev of format.done(r)) sendEvent(res, ev);
-    return r;
-  } catch (err) {
-    const f = toHttp(err);
-    res.locals.failure = f;
-    sendEvent(res, format.failure(f));
-    return null;
-  } finally {
-    res.end();
-  }
+  const results = await streamChoices(
+    res,
+    [gen],
+    { chunk: (_i, c) => format.chunk(c), done: ([r]) => format.done(r!), failure: format.failure },
+    endedBy,
+  );
+  return results?.[0] ?? null;
 }
 
 export const usageOf = (r: GenerationResult) => ({
@@ -95,7 +83,7 @@ export async function streamChoices(
           if (ev !== undefined) sendEvent(res, ev);
         }
         const r = await g.result;
-        const cut = endedBy(r);
+        const cut = endedBy(r); // a shutdown, not the client, cancelled it: the stream ends in an error event
         if (cut) throw cut;
         return r;
       }),
