@@ -2,7 +2,7 @@
 // matmuls per projection to every decode step (half of it on the H200: 1b F16, rank 16 on all
 // projections, 1.16 -> 2.35 ms a step); merged, the adapter's requests run at the base model's speed, and the engine serves
 // other scales, and the base model, by applying the same adapter at the difference (see Engine).
-import { renameSync, rmSync } from 'node:fs';
+import { writeAtomically } from './atomic.ts';
 import { resolveBackend, type BackendChoice } from './backend.ts';
 import { fromNative } from './errors.ts';
 import type { NativeMergeInfo } from './native.ts';
@@ -27,16 +27,14 @@ export type MergeInfo = NativeMergeInfo;
 
 export async function mergeAdapter(o: MergeOptions): Promise<MergeInfo> {
   const { addon } = resolveBackend(o.backend ?? 'auto');
-  const tmp = `${o.out}.tmp-${process.pid}`;
   try {
-    const info = await addon.mergeLora(
-      { base: o.modelPath, adapter: o.adapterPath, out: tmp, scale: o.scale ?? 1, threads: o.threads ?? 1 },
-      o.onProgress,
+    return await writeAtomically(o.out, (tmp) =>
+      addon.mergeLora(
+        { base: o.modelPath, adapter: o.adapterPath, out: tmp, scale: o.scale ?? 1, threads: o.threads ?? 1 },
+        o.onProgress,
+      ),
     );
-    renameSync(tmp, o.out);
-    return info;
   } catch (err) {
-    rmSync(tmp, { force: true });
     throw fromNative(err);
   }
 }

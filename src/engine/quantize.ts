@@ -1,6 +1,6 @@
 // Quantizing a converted model with llama.cpp's own quantizer (llama_model_quantize, what
 // llama-quantize runs): the K-quants people serve, which the JS writer does not make.
-import { renameSync, rmSync } from 'node:fs';
+import { writeAtomically } from './atomic.ts';
 import { resolveBackend, type BackendChoice } from './backend.ts';
 import { fromNative } from './errors.ts';
 
@@ -22,16 +22,11 @@ export interface QuantizeOptions {
 
 export async function quantizeModel(o: QuantizeOptions): Promise<{ tensors: number }> {
   const { addon } = resolveBackend(o.backend ?? 'auto');
-  const tmp = `${o.output}.tmp-${process.pid}`;
   try {
-    const r = await addon.quantizeModel(
-      { input: o.input, output: tmp, type: o.type, threads: o.threads ?? 1 },
-      o.onProgress,
+    return await writeAtomically(o.output, (tmp) =>
+      addon.quantizeModel({ input: o.input, output: tmp, type: o.type, threads: o.threads ?? 1 }, o.onProgress),
     );
-    renameSync(tmp, o.output);
-    return r;
   } catch (err) {
-    rmSync(tmp, { force: true });
     throw fromNative(err);
   }
 }

@@ -163,18 +163,26 @@ const PHI3_LAYER: Record<string, string> = {
   post_attention_layernorm: 'ffn_norm',
   ...LAYERS.phi3.linear,
 };
-const PHI3_TENSOR = new RegExp(`^${literal(LAYERS.phi3.prefix)}\\.(\\d+)\\.(.+)\\.weight$`);
+const LAYER_WEIGHT = new RegExp(`^${literal(LAYERS.phi3.prefix)}\\.(\\d+)\\.(.+)\\.weight$`);
 
-const phi3Family: ModelFamily = {
-  tensorName(hf) {
+/**
+ * Names for the families whose every tensor is a weight under model.layers.<n> (Phi-3, Gemma): the
+ * embeddings, the final norm, lm_head (null: not read, tied), and a layer table.
+ */
+function layerWeights(table: Record<string, string>, lmHead: string | null): ModelFamily['tensorName'] {
+  return (hf) => {
     if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
     if (hf === 'model.norm.weight') return 'output_norm.weight';
-    if (hf === 'lm_head.weight') return 'output.weight';
-    const m = PHI3_TENSOR.exec(hf);
-    const name = m && PHI3_LAYER[m[2]!];
+    if (hf === 'lm_head.weight') return lmHead;
+    const m = LAYER_WEIGHT.exec(hf);
+    const name = m && table[m[2]!];
     if (m && name) return `blk.${m[1]}.${name}.weight`;
     throw noName(hf);
-  },
+  };
+}
+
+const phi3Family: ModelFamily = {
+  tensorName: layerWeights(PHI3_LAYER, 'output.weight'),
   plan(c) {
     const nEmbd = hparam(c, 'hidden_size');
     const nHead = hparam(c, 'num_attention_heads');
@@ -214,37 +222,39 @@ const GEMMA2_LAYER: Record<string, string> = {
   ...LAYERS.gemma2.linear,
 };
 
+/**
+ * What both Gemmas need, checked against what llama.cpp computes: its GELU, and its attention scale,
+ * which it takes from the model size (the 27B, `layers27B` layers deep: hidden / heads; else the head
+ * width) rather than from query_pre_attn_scalar.
+ */
+function gemmaShape(c: Record<string, unknown>, family: string, headDim: number, layers27B: number) {
+  const nEmbd = hparam(c, 'hidden_size');
+  const nHead = hparam(c, 'num_attention_heads');
+  const nLayer = hparam(c, 'num_hidden_layers');
+  const act = c.hidden_activation ?? c.hidden_act;
+  if (act !== 'gelu_pytorch_tanh') {
+    throw new IntakeError(
+      `config.json: ${family} with activation ${JSON.stringify(act)} is not supported (llama.cpp uses gelu_pytorch_tanh)`,
+    );
+  }
+  const scale = typeof c.query_pre_attn_scalar === 'number' ? c.query_pre_attn_scalar : headDim;
+  const llamaScale = nLayer === layers27B ? nEmbd / nHead : headDim;
+  if (scale !== llamaScale) {
+    throw new IntakeError(
+      `config.json: ${family} with query_pre_attn_scalar ${scale} is not supported (llama.cpp scales by ${llamaScale} for ${nLayer} layers)`,
+    );
+  }
+  return { nEmbd, nHead, nLayer, headDim };
+}
+
 const gemma2Family: ModelFamily = {
-  tensorName(hf) {
-    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
-    if (hf === 'model.norm.weight') return 'output_norm.weight';
-    if (hf === 'lm_head.weight') return null; // tied to the embeddings; llama.cpp does not read it
-    const m = PHI3_TENSOR.exec(hf); // model.layers.<n>.<module>.weight, as Phi-3's
-    const name = m && GEMMA2_LAYER[m[2]!];
-    if (m && name) return `blk.${m[1]}.${name}.weight`;
-    throw noName(hf);
-  },
+  tensorName: layerWeights(GEMMA2_LAYER, null),
   plan(c) {
-    const nEmbd = hparam(c, 'hidden_size');
-    const nHead = hparam(c, 'num_attention_heads');
-    const nLayer = hparam(c, 'num_hidden_layers');
-    const headDim = hparam(c, 'head_dim');
-    const act = c.hidden_activation ?? c.hidden_act;
-    if (act !== 'gelu_pytorch_tanh')
-      throw new IntakeError(
-        `config.json: Gemma 2 with activation ${JSON.stringify(act)} is not supported (llama.cpp uses gelu_pytorch_tanh)`,
-      );
+    const { nEmbd, nHead, nLayer, headDim } = gemmaShape(c, 'Gemma 2', hparam(c, 'head_dim'), 46);
     const rope = ropeFromConfig(c, headDim);
     if (rope.kv.length || rope.freqFactors || rope.freqBase !== 10000) {
       throw new IntakeError(
         'config.json: Gemma 2 with a rope other than the default at rope_theta 10000 is not supported (llama.cpp assumes it)',
-      );
-    }
-    const scale = typeof c.query_pre_attn_scalar === 'number' ? c.query_pre_attn_scalar : headDim;
-    const llamaScale = nLayer === 46 ? nEmbd / nHead : headDim; // llama.cpp: by model size (27B: 46 layers)
-    if (scale !== llamaScale) {
-      throw new IntakeError(
-        `config.json: Gemma 2 with query_pre_attn_scalar ${scale} is not supported (llama.cpp scales by ${llamaScale} for ${nLayer} layers)`,
       );
     }
     return {
@@ -283,34 +293,16 @@ const GEMMA3_LAYER: Record<string, string> = {
 };
 
 const gemma3Family: ModelFamily = {
-  tensorName(hf) {
-    if (hf === 'model.embed_tokens.weight') return 'token_embd.weight';
-    if (hf === 'model.norm.weight') return 'output_norm.weight';
-    if (hf === 'lm_head.weight') return null;
-    const m = PHI3_TENSOR.exec(hf);
-    const name = m && GEMMA3_LAYER[m[2]!];
-    if (m && name) return `blk.${m[1]}.${name}.weight`;
-    throw noName(hf);
-  },
+  tensorName: layerWeights(GEMMA3_LAYER, null),
   plan(c) {
-    const nEmbd = hparam(c, 'hidden_size');
-    const nHead = hparam(c, 'num_attention_heads');
-    const nLayer = hparam(c, 'num_hidden_layers');
-    const headDim = typeof c.head_dim === 'number' ? c.head_dim : 256;
-    const act = c.hidden_activation ?? c.hidden_act;
-    if (act !== 'gelu_pytorch_tanh')
-      throw new IntakeError(
-        `config.json: Gemma 3 with activation ${JSON.stringify(act)} is not supported (llama.cpp uses gelu_pytorch_tanh)`,
-      );
+    const { nEmbd, nHead, nLayer, headDim } = gemmaShape(
+      c,
+      'Gemma 3',
+      typeof c.head_dim === 'number' ? c.head_dim : 256,
+      62,
+    );
     if (c.attn_logit_softcapping != null)
       throw new IntakeError('config.json: Gemma 3 with attn_logit_softcapping is not supported');
-    const scale = typeof c.query_pre_attn_scalar === 'number' ? c.query_pre_attn_scalar : headDim;
-    const llamaScale = nLayer === 62 ? nEmbd / nHead : headDim; // llama.cpp: by model size (27B: 62 layers)
-    if (scale !== llamaScale) {
-      throw new IntakeError(
-        `config.json: Gemma 3 with query_pre_attn_scalar ${scale} is not supported (llama.cpp scales by ${llamaScale} for ${nLayer} layers)`,
-      );
-    }
     const types = Array.isArray(c.layer_types)
       ? (c.layer_types as string[])
       : Array.from({ length: nLayer }, (_, i) =>
