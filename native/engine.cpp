@@ -13,6 +13,7 @@
 
 #include "js_params.h"
 #include "llama_log.h"
+#include "text_stream.h"
 
 namespace cml {
 
@@ -297,9 +298,7 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   const char* tmpl = llama_model_chat_template(model_, nullptr);
   o.Set("chatTemplate", tmpl != nullptr ? Napi::Value(Napi::String::New(env, tmpl)) : env.Null());
   auto special_text = [&](llama_token t) -> Napi::Value {
-    if (t < 0) return env.Null();
-    const int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, /*special=*/true);
-    return n >= 0 ? Napi::Value(Napi::String::New(env, buf, n)) : env.Null();
+    return t < 0 ? env.Null() : Napi::Value(Napi::String::New(env, token_piece(vocab, t, /*special=*/true)));
   };
   o.Set("bosText", special_text(llama_vocab_bos(vocab)));
   o.Set("eosText", special_text(llama_vocab_eos(vocab)));
@@ -371,16 +370,8 @@ Napi::Value Engine::TokenPieces(const Napi::CallbackInfo& info) {
   const std::vector<llama_token> ids =
       read_token_ids(env, info[0], llama_vocab_n_tokens(vocab), "tokenPieces(ids): ids");
   Napi::Array out = Napi::Array::New(env, ids.size());
-  std::string piece;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    piece.resize(64);
-    int32_t n = llama_token_to_piece(vocab, ids[i], piece.data(), static_cast<int32_t>(piece.size()), 0, true);
-    if (n < 0) {
-      piece.resize(-n);
-      n = llama_token_to_piece(vocab, ids[i], piece.data(), static_cast<int32_t>(piece.size()), 0, true);
-    }
-    out.Set(static_cast<uint32_t>(i), Napi::String::New(env, piece.data(), std::max(n, 0)));
-  }
+  for (size_t i = 0; i < ids.size(); ++i)
+    out.Set(static_cast<uint32_t>(i), token_piece(vocab, ids[i], /*special=*/true));
   return out;
 }
 

@@ -12,20 +12,6 @@ int64_t now_us() {
       .count();
 }
 
-namespace {
-
-std::string token_piece(const llama_vocab* vocab, llama_token t) {
-  char buf[128];
-  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, /*special=*/false);
-  if (n >= 0) return std::string(buf, n);
-  std::string big(static_cast<size_t>(-n), '\0');
-  n = llama_token_to_piece(vocab, t, big.data(), static_cast<int32_t>(big.size()), 0, false);
-  big.resize(std::max(n, 0));
-  return big;
-}
-
-}  // namespace
-
 Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters, SchedulerConfig cfg, Sink sink)
     : ctx_(ctx),
       vocab_(llama_model_get_vocab(model)),
@@ -340,7 +326,7 @@ void Scheduler::emit(Slot& s, std::vector<Event>& out) {
   }
   ++s.n_generated;
   e.token = t;
-  e.text = s.text->push(token_piece(vocab_, t));
+  e.text = s.text->push(token_piece(vocab_, t, /*special=*/false));
   out.push_back(std::move(e));
   s.next = t;
   if (s.text->stopped()) {

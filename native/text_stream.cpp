@@ -72,4 +72,14 @@ std::string TextStream::flush() {
   return stopped_ ? std::string() : out;
 }
 
+std::string token_piece(const llama_vocab* vocab, llama_token t, bool special) {
+  char buf[128];
+  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, special);
+  if (n >= 0) return std::string(buf, n);
+  std::string big(static_cast<size_t>(-n), '\0');
+  n = llama_token_to_piece(vocab, t, big.data(), static_cast<int32_t>(big.size()), 0, special);
+  big.resize(std::max(n, 0));
+  return big;
+}
+
 }  // namespace cml

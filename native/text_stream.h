@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "llama.h"
+
 namespace cml {
 
 class TextStream {
@@ -28,5 +30,8 @@ class TextStream {
 
 // Bytes at the end of s that begin a UTF-8 sequence still missing continuation bytes.
 size_t incomplete_utf8_tail(const std::string& s);
+
+// A token's own text (leading space kept); special tokens rendered only when `special`.
+std::string token_piece(const llama_vocab* vocab, llama_token t, bool special);
 
 }  // namespace cml
