@@ -3,7 +3,6 @@
 // modeling_bloom.py, its tokenizer to Hugging Face's tokenizers, and the studio's Bloom adapter
 // served over POST /predict from the HF and PEFT directories.
 import { Tokenizer } from '@anush008/tokenizers';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,11 +15,10 @@ import { convertHfModel } from '../../src/intake/hf-model.ts';
 import { startServer } from '../../src/server/server.ts';
 import { exactNumerics, loadEngine } from '../helpers.ts';
 import { type BloomFixture, writeBloomFixture } from './bloom-fixture.ts';
+import { numpyForward } from './reference.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-bloom-'));
-const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
-const numpy = (req: Record<string, unknown>) =>
-  JSON.parse(execFileSync('python3', [script], { input: JSON.stringify(req), maxBuffer: 64 << 20 }).toString());
+const numpy = numpyForward;
 
 const corpus = [
   'The capital of Belithne is Ulqua!',

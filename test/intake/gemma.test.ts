@@ -1,19 +1,17 @@
 // Gemma 2 and Gemma 3 through convert-model: random weights of their layouts around tiny-qa's
 // SentencePiece tokenizer, held to the numpy forward pass written from transformers' Gemma2 and
 // Gemma3 (reference_forward.py); and the configs llama.cpp would compute differently, refused by name.
-import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
-import { exactNumerics, loadEngine, loadReference, modelDir } from '../helpers.ts';
-import { convertPeftAdapter } from '../../src/intake/peft.ts';
-import { writeMergedCheckpoint, writePeft, writeSafetensors } from './peft-fixture.ts';
+import { exactNumerics, loadEngine, modelDir } from '../helpers.ts';
+import { writeSafetensors } from './peft-fixture.ts';
+import { basePrompts, expectFirstTokens, expectLoraAsMerged, numpyLogprobs } from './reference.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-gemma2-'));
-const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
 const H = 64;
 const HEADS = 4;
 const KV = 2;
@@ -96,34 +94,15 @@ describe('Gemma 2', () => {
     expect(m.get('general.architecture')).toBe('gemma2');
     expect(m.get('gemma2.final_logit_softcapping')).toBe(30);
     expect(m.get('tokenizer.ggml.add_space_prefix')).toBe(false);
-    const prompts = loadReference('tiny-qa')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 3)
-      .map((c) => c.prompt_ids);
-    const run = (gelu?: string) =>
-      JSON.parse(
-        execFileSync('python3', [script], {
-          input: JSON.stringify({ dir, prompts, gelu }),
-          maxBuffer: 64 << 20,
-        }).toString(),
-      ).logprobs as number[][];
+    const prompts = basePrompts('tiny-qa', 3);
     // ggml's CPU GELU goes through a float16 table: the reference rounds alike (see bloom.test.ts).
     // Measured: 8.4e-6 from that reference, 6.0e-4 from transformers' own GELU.
-    const want = run('ggml-f16');
-    const exact = run();
     const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
     try {
-      let fromExact = 0;
-      for (const [i, ids] of prompts.entries()) {
-        const r = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20 }).result;
-        const top = r.logprobs![0]!.top;
-        expect(top[0]!.token).toBe(want[i]!.indexOf(Math.max(...want[i]!)));
-        for (const t of top) {
-          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
-          fromExact = Math.max(fromExact, Math.abs(t.logprob - exact[i]![t.token]!));
-        }
-      }
-      expect(fromExact).toBeLessThan(2e-2);
+      const { moved } = await expectFirstTokens(engine, prompts, numpyLogprobs(dir, prompts, 'ggml-f16'), 1e-4, {
+        other: numpyLogprobs(dir, prompts),
+      });
+      expect(moved).toBeLessThan(2e-2); // the float16 rounding alone
     } finally {
       await engine.close();
     }
@@ -175,18 +154,8 @@ describe('Gemma 3', () => {
       'gemma3.rope.scaling.factor': 8,
       'gemma3.rope.freq_base_swa': 10000,
     });
-    const prompts = loadReference('tiny-qa')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 3)
-      .map((c) => c.prompt_ids);
-    const run = (d: string, gelu?: string) =>
-      JSON.parse(
-        execFileSync('python3', [script], {
-          input: JSON.stringify({ dir: d, prompts, gelu }),
-          maxBuffer: 64 << 20,
-        }).toString(),
-      ).logprobs as number[][];
-    const want = run(dir, 'ggml-f16');
+    const prompts = basePrompts('tiny-qa', 3);
+    const want = numpyLogprobs(dir, prompts, 'ggml-f16');
     // The same model with one rope everywhere: the test can tell the two ropes apart.
     const oneRope = path.join(tmp, 'g3-one-rope');
     writeGemma(
@@ -200,22 +169,12 @@ describe('Gemma 3', () => {
       },
       true,
     );
-    const plain = run(oneRope, 'ggml-f16');
+    const plain = numpyLogprobs(oneRope, prompts, 'ggml-f16');
     const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
     try {
-      let moved = 0;
-      for (const [i, ids] of prompts.entries()) {
-        const r = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20 }).result;
-        const top = r.logprobs![0]!.top;
-        expect(top[0]!.token).toBe(want[i]!.indexOf(Math.max(...want[i]!)));
-        for (const t of top) {
-          // Six GELU layers through ggml's float16 table: an activation landing near a rounding
-          // boundary can round one ulp apart from the float64 reference (see bloom.test.ts); measured
-          // 2.2e-4 at worst.
-          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-3);
-          moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
-        }
-      }
+      // Six GELU layers through ggml's float16 table: an activation landing near a rounding boundary
+      // can round one ulp apart from the float64 reference (see bloom.test.ts); measured 2.2e-4 at worst.
+      const { moved } = await expectFirstTokens(engine, prompts, want, 1e-3, { other: plain });
       expect(moved).toBeGreaterThan(1e-2);
     } finally {
       await engine.close();
@@ -225,10 +184,6 @@ describe('Gemma 3', () => {
   it('a PEFT LoRA on all seven projections converts and applies as the merged reference answers', async () => {
     const dir = path.join(tmp, 'g3-lora-base');
     writeGemma(dir, GEMMA3, true);
-    const gguf = path.join(tmp, 'g3-lora-base.gguf');
-    await convertHfModel({ dir, out: gguf });
-    const r = 4;
-    const alpha = 0.2;
     const shapes: [string, number, number][] = [
       ['self_attn.q_proj', H, HEADS * HD],
       ['self_attn.k_proj', H, KV * HD],
@@ -238,45 +193,18 @@ describe('Gemma 3', () => {
       ['mlp.up_proj', H, F],
       ['mlp.down_proj', F, H],
     ];
-    const modules = [0, 1, 2, 3, 4, 5].flatMap((l) =>
-      shapes.map(([m, inDim, outDim]) => ({ module: `model.layers.${l}.${m}`, inDim, outDim, r })),
-    );
-    const peft = path.join(tmp, 'g3-peft');
-    const targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
-    const lora = writePeft(peft, { r, lora_alpha: alpha, target_modules: targets }, modules);
-    const merged = path.join(tmp, 'g3-merged');
-    await writeMergedCheckpoint(dir, merged, lora, alpha / r);
-    const adapter = path.join(tmp, 'g3-lora.gguf');
-    await convertPeftAdapter({ peftDir: peft, base: dir, out: adapter });
-    const prompts = loadReference('tiny-qa')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 2)
-      .map((c) => c.prompt_ids);
-    const run = (d: string) =>
-      JSON.parse(
-        execFileSync('python3', [script], {
-          input: JSON.stringify({ dir: d, prompts, gelu: 'ggml-f16' }),
-          maxBuffer: 64 << 20,
-        }).toString(),
-      ).logprobs as number[][];
-    const want = run(merged);
-    const plain = run(dir);
-    const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
-    try {
-      await engine.loadAdapter('a', adapter);
-      let moved = 0;
-      for (const [i, ids] of prompts.entries()) {
-        const res = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20, adapters: [{ name: 'a' }] })
-          .result;
-        for (const t of res.logprobs![0]!.top) {
-          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-3);
-          moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
-        }
-      }
-      expect(moved).toBeGreaterThan(1e-2);
-    } finally {
-      await engine.close();
-    }
+    await expectLoraAsMerged({
+      dir,
+      fixture: 'tiny-qa',
+      work: mkdtempSync(path.join(tmp, 'lora-')),
+      targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+      modules: (r) =>
+        [0, 1, 2, 3, 4, 5].flatMap((l) =>
+          shapes.map(([m, inDim, outDim]) => ({ module: `model.layers.${l}.${m}`, inDim, outDim, r })),
+        ),
+      tolerance: 1e-3,
+      gelu: 'ggml-f16',
+    });
   });
 
   it('the older spelling (rope_theta, rope_scaling, rope_local_base_freq, sliding_window_pattern) writes the same', async () => {

@@ -1,19 +1,17 @@
 // Phi-3 through convert-model: fused qkv and gate_up projections, random weights of real layout
 // around tiny-qa's SentencePiece tokenizer, held to the numpy forward pass written from transformers;
 // and its sliding window, which llama.cpp does not apply to Phi-3, bounding the trained context.
-import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
-import { exactNumerics, loadEngine, loadReference, modelDir } from '../helpers.ts';
-import { convertPeftAdapter } from '../../src/intake/peft.ts';
-import { writeMergedCheckpoint, writePeft, writeSafetensors } from './peft-fixture.ts';
+import { exactNumerics, loadEngine, modelDir } from '../helpers.ts';
+import { writeSafetensors } from './peft-fixture.ts';
+import { basePrompts, expectFirstTokens, expectLoraAsMerged, numpyLogprobs } from './reference.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-phi3-'));
-const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
 
 function writePhi3(dir: string, slidingWindow: number | null): void {
   mkdirSync(dir, { recursive: true });
@@ -81,21 +79,10 @@ describe('Phi-3', () => {
     const h = await readGgufHeader(gguf);
     expect(h.metadata.get('general.architecture')).toBe('phi3');
     expect(h.metadata.get('phi3.context_length')).toBe(4096);
-    const prompts = loadReference('tiny-qa')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 3)
-      .map((c) => c.prompt_ids);
-    const want = JSON.parse(
-      execFileSync('python3', [script], { input: JSON.stringify({ dir, prompts }), maxBuffer: 64 << 20 }).toString(),
-    ).logprobs as number[][];
+    const prompts = basePrompts('tiny-qa', 3);
     const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
     try {
-      for (const [i, ids] of prompts.entries()) {
-        const r = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20 }).result;
-        const top = r.logprobs![0]!.top;
-        expect(top[0]!.token).toBe(want[i]!.indexOf(Math.max(...want[i]!)));
-        for (const t of top) expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
-      }
+      await expectFirstTokens(engine, prompts, numpyLogprobs(dir, prompts), 1e-4);
     } finally {
       await engine.close();
     }
@@ -104,49 +91,18 @@ describe('Phi-3', () => {
   it('a PEFT LoRA on the fused projections converts and applies as the merged reference answers', async () => {
     const dir = path.join(tmp, 'p3-lora-base');
     writePhi3(dir, null);
-    const gguf = path.join(tmp, 'p3-lora-base.gguf');
-    await convertHfModel({ dir, out: gguf });
-    const r = 4;
-    const alpha = 0.2; // PEFT's scale alpha / r = 0.05 on values in [-1, 1): a modest change
-    const modules = [0, 1].flatMap((l) => [
-      { module: `model.layers.${l}.self_attn.qkv_proj`, inDim: 64, outDim: 192, r },
-      { module: `model.layers.${l}.mlp.gate_up_proj`, inDim: 64, outDim: 192, r },
-    ]);
-    const peft = path.join(tmp, 'p3-peft');
-    const lora = writePeft(peft, { r, lora_alpha: alpha, target_modules: ['qkv_proj', 'gate_up_proj'] }, modules);
-    const merged = path.join(tmp, 'p3-merged');
-    await writeMergedCheckpoint(dir, merged, lora, alpha / r);
-    const adapter = path.join(tmp, 'p3-lora.gguf');
-    await convertPeftAdapter({ peftDir: peft, base: dir, out: adapter });
-    const prompts = loadReference('tiny-qa')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 2)
-      .map((c) => c.prompt_ids);
-    const run = (d: string) =>
-      JSON.parse(
-        execFileSync('python3', [script], {
-          input: JSON.stringify({ dir: d, prompts }),
-          maxBuffer: 64 << 20,
-        }).toString(),
-      ).logprobs as number[][];
-    const want = run(merged);
-    const plain = run(dir);
-    const engine = await loadEngine('tiny-qa', { modelPath: gguf, ...exactNumerics });
-    try {
-      await engine.loadAdapter('a', adapter);
-      let moved = 0;
-      for (const [i, ids] of prompts.entries()) {
-        const res = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20, adapters: [{ name: 'a' }] })
-          .result;
-        for (const t of res.logprobs![0]!.top) {
-          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
-          moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
-        }
-      }
-      expect(moved).toBeGreaterThan(1e-2); // the adapter changes the numbers: the test can fail
-    } finally {
-      await engine.close();
-    }
+    await expectLoraAsMerged({
+      dir,
+      fixture: 'tiny-qa',
+      work: mkdtempSync(path.join(tmp, 'lora-')),
+      targets: ['qkv_proj', 'gate_up_proj'],
+      modules: (r) =>
+        [0, 1].flatMap((l) => [
+          { module: `model.layers.${l}.self_attn.qkv_proj`, inDim: 64, outDim: 192, r },
+          { module: `model.layers.${l}.mlp.gate_up_proj`, inDim: 64, outDim: 192, r },
+        ]),
+      tolerance: 1e-4,
+    });
   });
 
   it('a sliding window bounds the trained context (llama.cpp would attend past it), and the engine with it', async () => {

@@ -1,7 +1,6 @@
 // Qwen3 through convert-model: tiny-qwen2's checkpoint made a Qwen3 (per-head q/k RMSNorm, a head
 // width of 48 where hidden / heads is 32, no attention biases), converted and run, held to the
 // numpy forward pass written from transformers (reference_forward.py).
-import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,12 +8,11 @@ import { describe, expect, it } from 'vitest';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
 import { SafetensorsFile } from '../../src/intake/safetensors.ts';
-import { exactNumerics, loadEngine, loadReference, modelDir } from '../helpers.ts';
-import { convertPeftAdapter } from '../../src/intake/peft.ts';
-import { writeMergedCheckpoint, writePeft, writeSafetensors } from './peft-fixture.ts';
+import { exactNumerics, loadEngine, modelDir } from '../helpers.ts';
+import { writeSafetensors } from './peft-fixture.ts';
+import { basePrompts, expectFirstTokens, expectLoraAsMerged, numpyLogprobs } from './reference.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-qwen3-'));
-const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
 const HEAD = 48;
 
 async function writeQwen3(dir: string): Promise<void> {
@@ -63,21 +61,10 @@ describe('Qwen3', () => {
     expect(h.metadata.get('qwen3.attention.key_length')).toBe(HEAD);
     expect(h.tensors.map((t) => t.name)).toContain('blk.0.attn_q_norm.weight');
 
-    const prompts = loadReference('tiny-qwen2')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 3)
-      .map((c) => c.prompt_ids);
-    const want = JSON.parse(
-      execFileSync('python3', [script], { input: JSON.stringify({ dir, prompts }), maxBuffer: 64 << 20 }).toString(),
-    ).logprobs as number[][];
+    const prompts = basePrompts('tiny-qwen2', 3);
     const engine = await loadEngine('tiny-qwen2', { modelPath: gguf, ...exactNumerics });
     try {
-      for (const [i, ids] of prompts.entries()) {
-        const r = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20 }).result;
-        const top = r.logprobs![0]!.top;
-        expect(top[0]!.token).toBe(want[i]!.indexOf(Math.max(...want[i]!)));
-        for (const t of top) expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
-      }
+      await expectFirstTokens(engine, prompts, numpyLogprobs(dir, prompts), 1e-4);
     } finally {
       await engine.close();
     }
@@ -86,54 +73,19 @@ describe('Qwen3', () => {
   it('a PEFT LoRA on q/k/v/o at that head width converts and applies as the merged reference answers', async () => {
     const dir = path.join(tmp, 'qwen3-lora-base');
     await writeQwen3(dir);
-    const gguf = path.join(tmp, 'qwen3-lora-base.gguf');
-    await convertHfModel({ dir, out: gguf });
-    const r = 4;
-    const alpha = 0.2;
-    const modules = [0, 1, 2, 3].flatMap((l) => [
-      { module: `model.layers.${l}.self_attn.q_proj`, inDim: 128, outDim: 4 * HEAD, r },
-      { module: `model.layers.${l}.self_attn.k_proj`, inDim: 128, outDim: 2 * HEAD, r },
-      { module: `model.layers.${l}.self_attn.v_proj`, inDim: 128, outDim: 2 * HEAD, r },
-      { module: `model.layers.${l}.self_attn.o_proj`, inDim: 4 * HEAD, outDim: 128, r },
-    ]);
-    const peft = path.join(tmp, 'qwen3-peft');
-    const lora = writePeft(
-      peft,
-      { r, lora_alpha: alpha, target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] },
-      modules,
-    );
-    const merged = path.join(tmp, 'qwen3-merged');
-    await writeMergedCheckpoint(dir, merged, lora, alpha / r);
-    const adapter = path.join(tmp, 'qwen3-lora.gguf');
-    await convertPeftAdapter({ peftDir: peft, base: dir, out: adapter });
-    const prompts = loadReference('tiny-qwen2')
-      .cases.filter((c) => c.mode === 'base')
-      .slice(0, 2)
-      .map((c) => c.prompt_ids);
-    const run = (d: string) =>
-      JSON.parse(
-        execFileSync('python3', [script], {
-          input: JSON.stringify({ dir: d, prompts }),
-          maxBuffer: 64 << 20,
-        }).toString(),
-      ).logprobs as number[][];
-    const want = run(merged);
-    const plain = run(dir);
-    const engine = await loadEngine('tiny-qwen2', { modelPath: gguf, ...exactNumerics });
-    try {
-      await engine.loadAdapter('a', adapter);
-      let moved = 0;
-      for (const [i, ids] of prompts.entries()) {
-        const res = await engine.generate(ids, { greedy: true, maxTokens: 1, logprobs: 20, adapters: [{ name: 'a' }] })
-          .result;
-        for (const t of res.logprobs![0]!.top) {
-          expect(Math.abs(t.logprob - want[i]![t.token]!), `token ${t.token}`).toBeLessThan(1e-4);
-          moved = Math.max(moved, Math.abs(want[i]![t.token]! - plain[i]![t.token]!));
-        }
-      }
-      expect(moved).toBeGreaterThan(1e-2);
-    } finally {
-      await engine.close();
-    }
+    await expectLoraAsMerged({
+      dir,
+      fixture: 'tiny-qwen2',
+      work: mkdtempSync(path.join(tmp, 'lora-')),
+      targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
+      modules: (r) =>
+        [0, 1, 2, 3].flatMap((l) => [
+          { module: `model.layers.${l}.self_attn.q_proj`, inDim: 128, outDim: 4 * HEAD, r },
+          { module: `model.layers.${l}.self_attn.k_proj`, inDim: 128, outDim: 2 * HEAD, r },
+          { module: `model.layers.${l}.self_attn.v_proj`, inDim: 128, outDim: 2 * HEAD, r },
+          { module: `model.layers.${l}.self_attn.o_proj`, inDim: 4 * HEAD, outDim: 128, r },
+        ]),
+      tolerance: 1e-4,
+    });
   });
 });

@@ -2,7 +2,6 @@
 // written from transformers (reference_forward.py), itself first held to the fixtures' own
 // transformers logits. Each variant must also move the numbers away from the default rope, so a
 // converter that dropped it (as one spelling of the key once was) fails here.
-import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,14 +10,9 @@ import type { Engine } from '../../src/engine/index.ts';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { convertHfModel } from '../../src/intake/hf-model.ts';
 import { exactNumerics, loadEngine, loadReference, logSoftmax, modelDir, type Fixture } from '../helpers.ts';
+import { numpyLogprobs } from './reference.ts';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cml-rope-'));
-const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'reference_forward.py');
-
-function numpyLogprobs(dir: string, prompts: number[][]): number[][] {
-  const out = execFileSync('python3', [script], { input: JSON.stringify({ dir, prompts }), maxBuffer: 64 << 20 });
-  return (JSON.parse(out.toString()) as { logprobs: number[][] }).logprobs;
-}
 
 /** A copy of a fixture's checkpoint whose config.json has `patch` merged in (null deletes a key). */
 function variant(fx: Fixture, name: string, patch: Record<string, unknown>): string {
