@@ -92,6 +92,16 @@ describe('CORS_ORIGINS', () => {
     }
   });
 
+  it('CORS_ORIGINS=* allows any origin', async () => {
+    const s = await start({ corsOrigins: ['*'] });
+    try {
+      const r = await fetch(`${s.url}/health`, { headers: { origin: 'http://anywhere.example' } });
+      expect(r.headers.get('access-control-allow-origin')).toBe('http://anywhere.example');
+    } finally {
+      await s.close();
+    }
+  });
+
   it('CORS_ORIGINS and LOG_LEVEL from the environment', () => {
     expect(loadConfig({ CORS_ORIGINS: 'http://a.example, http://b.example' }).corsOrigins).toEqual([
       'http://a.example',
