@@ -16,7 +16,8 @@
     "include_dirs": [
       "<!(node -p \"require('node-addon-api').include_dir\")",
       "<(llama_src)/include",
-      "<(llama_src)/ggml/include"
+      "<(llama_src)/ggml/include",
+      "<(llama_src)/src"
     ],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
     "cflags!": ["-fno-exceptions"],
@@ -28,6 +29,9 @@
       "target_name": "cml_core",
       "type": "static_library",
       "sources": [
+        "native/adapter_bank.cpp",
+        "native/lora_hook.cpp",
+        "native/bank_check.cpp",
         "native/engine.cpp",
         "native/engine_requests.cpp",
         "native/js_params.cpp",

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "adapter_bank.h"
 #include "llama_log.h"
 
 namespace cml {
@@ -42,6 +43,7 @@ std::shared_ptr<LoadedAdapter> AdapterRegistry::load(const std::string& name, co
   adapter->path = path;
   adapter->handle = handle;
   adapter->default_scale = scale;
+  adapter->bank_refusal = cml::bank_refusal(handle);
   char buf[64];
   if (llama_adapter_meta_val_str(handle, "adapter.lora.alpha", buf, sizeof buf) > 0)
     adapter->alpha = std::strtof(buf, nullptr);
@@ -53,6 +55,7 @@ std::shared_ptr<LoadedAdapter> AdapterRegistry::load(const std::string& name, co
     replaced.swap(slot);
     slot = adapter;
   }
+  if (replaced) replaced->retired = true;
   return adapter;  // `replaced` releases outside the lock (its deleter takes mu_)
 }
 
@@ -62,6 +65,7 @@ bool AdapterRegistry::unload(const std::string& name) {
   auto it = by_name_.find(name);
   if (it == by_name_.end()) return false;
   gone = std::move(it->second);
+  gone->retired = true;
   by_name_.erase(it);
   return true;
 }

@@ -23,6 +23,9 @@ struct LoadedAdapter {
   llama_adapter_lora* handle = nullptr;
   float alpha = 0.0f;  // from the GGUF (0 = absent: llama.cpp then applies scale as is)
   std::atomic<float> default_scale{1.0f};
+  // Unloaded or replaced: the adapter bank lets it go once no request uses it.
+  std::atomic<bool> retired{false};
+  std::string bank_refusal;  // why it cannot join an adapter bank ("" when it can)
 
  private:
   static uint64_t next_serial() {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <thread>
 
+#include "bank_check.h"
 #include "js_params.h"
 #include "llama_log.h"
 #include "text_stream.h"
@@ -135,6 +136,11 @@ class LoadWorker : public Napi::AsyncWorker {
         throw LoadFailure{code::CONTEXT_FAILED,
                           "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
       }
+      if (o.sched.bank_size > 0) {
+        bank_check_ = check_bank(model_, ctx_);
+      } else {
+        bank_check_.reason = "off (adapterBank: 0)";
+      }
     } catch (const LoadFailure& f) {
       failure_ = f;
     }
@@ -163,8 +169,11 @@ class LoadWorker : public Napi::AsyncWorker {
     } else if (sc.fill_gap < 0) {
       sc.fill_gap = offloaded(engine_->opts_.gpu_layers) ? 32 : 2;
     }
+    engine_->bank_check_ = bank_check_;
+    std::unique_ptr<AdapterBank> bank;
+    if (bank_check_.ok) bank = std::make_unique<AdapterBank>(sc.n_slots, sc.bank_size);
     engine_->scheduler_ = std::make_unique<Scheduler>(
-        model_, ctx_, engine_->adapters_.get(), engine_->opts_.sched,
+        model_, ctx_, engine_->adapters_.get(), std::move(bank), engine_->opts_.sched,
         [engine = engine_](std::vector<Event>&& events) { engine->deliver(std::move(events)); });
     deferred_.Resolve(env.Undefined());
   }
@@ -187,6 +196,7 @@ class LoadWorker : public Napi::AsyncWorker {
   llama_model* model_ = nullptr;
   llama_context* ctx_ = nullptr;
   LoadFailure failure_;
+  BankCheck bank_check_;
   float last_progress_ = -1.0f;
   int32_t context_size_ = 0;
   int32_t max_piece_bytes_ = 0;
@@ -310,6 +320,14 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("samplingThreads", opts_.sched.n_threads);
   o.Set("fillGap", opts_.sched.fill_gap);
   o.Set("gpuLayers", opts_.gpu_layers);
+  // Whether mixed adapter sets share a decode (adapter_bank.h), and the load-time check's numbers.
+  Napi::Object bank = Napi::Object::New(env);
+  bank.Set("enabled", bank_check_.ok);
+  bank.Set("size", bank_check_.ok ? opts_.sched.bank_size : 0);
+  bank.Set("reason", bank_check_.ok ? env.Null() : Napi::Value(Napi::String::New(env, bank_check_.reason)));
+  bank.Set("checkError", bank_check_.error);
+  bank.Set("checkEffect", bank_check_.effect);
+  o.Set("adapterBank", bank);
   return o;
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "adapters.h"
+#include "bank_check.h"
 #include "scheduler.h"
 
 namespace cml {
@@ -71,6 +72,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   bool loading_ = false;
   bool closed_ = false;
   uint64_t next_id_ = 1;
+  BankCheck bank_check_;
   int32_t context_requested_ = 0;  // contextSize as asked, before the cap at the trained context
   // The most bytes one token's text covers, for SPM and BPE vocabularies (0: unknown): a prompt
   // longer than that times what fits is refused without tokenizing it on the JS thread.

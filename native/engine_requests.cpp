@@ -261,6 +261,8 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
     prof.Set("switchCostUs", Napi::Number::New(env, static_cast<double>(p.switch_cost_us)));
     prof.Set("nonFinite", Napi::Number::New(env, static_cast<double>(p.non_finite)));
     prof.Set("kvScrubs", Napi::Number::New(env, static_cast<double>(p.kv_scrubs)));
+    prof.Set("bankMembers", Napi::Number::New(env, static_cast<double>(p.bank_members)));
+    prof.Set("bankBytes", Napi::Number::New(env, static_cast<double>(p.bank_bytes)));
     o.Set("profile", prof);
   }
   return o;

@@ -115,6 +115,8 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
       bad(env, "flashAttention must be 'auto', 'on' or 'off'");
   }
   e.check_tensors = boolean(env, o, "checkTensors", true);
+  // Adapters whose requests share a decode (adapter_bank.h); 0 takes turns by adapter set.
+  e.sched.bank_size = integer(env, o, "adapterBank", 8, 0, 64);
   if (has(o, "kvCacheType")) {
     const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
     if (t == "f16")

@@ -12,7 +12,8 @@ int64_t now_us() {
       .count();
 }
 
-Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters, SchedulerConfig cfg, Sink sink)
+Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters,
+                     std::unique_ptr<AdapterBank> bank, SchedulerConfig cfg, Sink sink)
     : ctx_(ctx),
       vocab_(llama_model_get_vocab(model)),
       adapters_(adapters),
@@ -20,6 +21,8 @@ Scheduler::Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* ad
       sink_(std::move(sink)),
       n_ctx_seq_(static_cast<int32_t>(llama_n_ctx_seq(ctx))),
       n_vocab_(llama_vocab_n_tokens(llama_model_get_vocab(model))) {
+  bank_ = std::move(bank);
+  bank_on_ = bank_ != nullptr;  // with no members: the base model, as an empty context
   for (llama_token t = 0; t < n_vocab_; ++t) {
     if (llama_vocab_is_eog(vocab_, t)) eog_.push_back(t);
   }
@@ -84,10 +87,12 @@ void Scheduler::run() {
       if (stopping_) break;
     }
     const int64_t t_loop = now_us();
+    if (bank_on_) drop_retired();
     if (adapters_->has_garbage()) {
       llama_set_adapters_lora(ctx_, nullptr, 0, nullptr);  // the context must not point at freed adapters
       adapters_->reap();
       current_set_.clear();
+      if (bank_on_) apply_bank();  // its members are alive: it holds them
     }
     admit(events);
     for (auto& s : slots_) {
@@ -131,6 +136,99 @@ void Scheduler::apply_adapters(const Request& r) {
                           scales.empty() ? nullptr : scales.data());
 }
 
+// The bank's members are the context's adapters, at scale 1: llama.cpp then sizes its graph and
+// buffers for them and rebuilds them when they change; the scales come from the masks.
+void Scheduler::apply_bank() {
+  std::vector<llama_adapter_lora*> handles;
+  for (const auto& m : bank_->members()) handles.push_back(m->handle);
+  std::vector<float> ones(handles.size(), 1.0f);
+  llama_set_adapters_lora(ctx_, handles.empty() ? nullptr : handles.data(), handles.size(),
+                          ones.empty() ? nullptr : ones.data());
+  p_bank_members_ = static_cast<int64_t>(handles.size());
+  p_bank_bytes_ = static_cast<int64_t>(bank_->bytes());
+}
+
+// Makes the bank hold r's adapters, with those of the other busy slots that fit
+// (policy::bank_members). False when r cannot be banked: it then takes a turn of its own.
+bool Scheduler::enter_bank(const Request& r) {
+  if (!bank_) return false;
+  for (const auto& u : r.adapters) {
+    if (!u.adapter->bank_refusal.empty()) return false;
+  }
+  std::vector<std::shared_ptr<LoadedAdapter>> known;  // every adapter the answer may name
+  auto serials = [&known](const std::vector<AdapterUse>& uses) {
+    std::vector<uint64_t> out;
+    for (const auto& u : uses) {
+      out.push_back(u.adapter->serial);
+      known.push_back(u.adapter);
+    }
+    return out;
+  };
+  std::vector<std::vector<uint64_t>> wanted{serials(r.adapters)};
+  std::vector<const Slot*> waiting;
+  for (const Slot& s : slots_) {
+    if (!s.req || s.req.get() == &r) continue;
+    bool ok = true;
+    for (const auto& u : s.req->adapters) ok = ok && u.adapter->bank_refusal.empty();
+    if (ok) waiting.push_back(&s);
+  }
+  std::stable_sort(waiting.begin(), waiting.end(), [](const Slot* a, const Slot* b) { return a->last_step < b->last_step; });
+  for (const Slot* s : waiting) wanted.push_back(serials(s->req->adapters));
+  std::vector<uint64_t> current;
+  for (const auto& m : bank_->members()) {
+    if (m->retired) continue;
+    current.push_back(m->serial);
+    known.push_back(m);
+  }
+  const std::vector<uint64_t> chosen = policy::bank_members(current, wanted, bank_->capacity());
+  if (chosen.empty() && !r.adapters.empty()) return false;
+  std::vector<std::shared_ptr<LoadedAdapter>> members;
+  for (uint64_t serial : chosen) {
+    members.push_back(*std::find_if(known.begin(), known.end(), [&](const auto& a) { return a->serial == serial; }));
+  }
+  try {
+    bank_->set_members(std::move(members));
+  } catch (const std::exception&) {
+    return false;  // e.g. no memory for the stack: this set takes a turn instead
+  }
+  apply_bank();
+  return true;
+}
+
+// The context changes to r's set: into the bank when it can hold it, else a turn of its own.
+void Scheduler::enter_set(const Request& r) {
+  ++p_switches_;
+  if (enter_bank(r)) {
+    bank_on_ = true;
+    return;
+  }
+  bank_on_ = false;
+  current_set_ = r.adapter_key();
+  apply_adapters(r);
+}
+
+// Members unloaded or replaced leave the bank once no running request uses them.
+void Scheduler::drop_retired() {
+  const auto& now = bank_->members();
+  if (std::none_of(now.begin(), now.end(), [](const auto& m) { return m->retired.load(); })) return;
+  std::vector<std::shared_ptr<LoadedAdapter>> keep;
+  for (const auto& m : now) {
+    bool used = false;
+    for (const Slot& s : slots_) {
+      if (!s.req) continue;
+      for (const auto& u : s.req->adapters) used = used || u.adapter == m;
+    }
+    if (used || !m->retired) keep.push_back(m);
+  }
+  if (keep.size() == now.size()) return;
+  try {
+    bank_->set_members(std::move(keep));
+  } catch (const std::exception&) {
+    bank_->set_members({});  // cannot fail: nothing to stack
+  }
+  apply_bank();
+}
+
 // What the policies (scheduling_policy.h) see of the slots, for the set the context has now.
 void Scheduler::view_slots() {
   views_.resize(slots_.size());
@@ -154,10 +252,7 @@ bool Scheduler::take_turn(bool& switched) {
   if (pick.slot < 0) return false;
   switched = pick.switched;
   if (switched) {
-    const Request& r = *slots_[pick.slot].req;
-    current_set_ = r.adapter_key();
-    ++p_switches_;
-    apply_adapters(r);  // only on a change: current_set_ always mirrors the context
+    enter_set(*slots_[pick.slot].req);  // only on a change: the context always mirrors current_set_ or the bank
     view_slots();
   }
   ++step_no_;
@@ -195,6 +290,7 @@ void Scheduler::build_batch(int32_t lo, int32_t hi) {
   in_batch_.clear();
   for (int32_t i = std::max(lo, 0); i <= hi; ++i) {
     Slot& s = slots_[i];
+    if (bank_on_ && s.req && !s.filler) bank_->set_sequence(s.seq, s.req->adapters);
     if (s.filler) {
       add(0, static_cast<llama_pos>(s.kv_tokens.size()), s.seq, false);
     } else if (s.req && in_current_set(*s.req) && !s.prefilling()) {
@@ -229,14 +325,28 @@ void Scheduler::step(std::vector<Event>& out) {
   const std::vector<Slot*>& in_batch = in_batch_;
 
   const int64_t t_decode = now_us();
-  const int32_t rc = llama_decode(ctx_, batch_);
+  int32_t rc = 0;
+  {
+    BankScope scope(bank_on_ ? bank_.get() : nullptr);
+    rc = llama_decode(ctx_, batch_);
+  }
+  if (bank_on_ && bank_->take_fault()) {
+    // A graph the bank could not build: its rows are not what the requests asked for. Nothing
+    // of this decode goes out, and from now on sets take turns.
+    rc = -100;
+    bank_on_ = false;
+    bank_->set_members({});
+    llama_set_adapters_lora(ctx_, nullptr, 0, nullptr);
+    current_set_.clear();
+  }
   for (int32_t i = std::max(lo, 0); i <= hi; ++i) {  // the fillers' cells go, whatever the decode did
     if (slots_[i].filler)
       llama_memory_seq_rm(llama_get_memory(ctx_), i, static_cast<llama_pos>(slots_[i].kv_tokens.size()), -1);
   }
   if (rc != 0) {
-    const std::string why =
-        rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
+    const std::string why = rc == 1      ? "no room left in the KV cache"
+                            : rc == -100 ? "the adapter bank could not build this model's graph (now off)"
+                                         : "llama_decode failed with code " + std::to_string(rc);
     for (Slot* s : in_batch) {
       fail(*s, code::DECODE_FAILED, why, out);
       forget_kv(*s);  // what the failed batch left in the cells is unknown

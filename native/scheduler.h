@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "adapter_bank.h"
 #include "llama.h"
 #include "request.h"
 #include "scheduling_policy.h"
@@ -30,13 +31,17 @@ struct SchedulerConfig {
   // decodes a batch of per-sequence KV streams in one pass only over consecutive sequence ids; each
   // gap costs another pass over the weights, a filler token only its own row.
   int32_t fill_gap = -1;  // -1: 32 on a GPU, 2 on the CPU (the engine decides at load)
+  int32_t bank_size = 8;  // adapters in the bank (adapter_bank.h); 0: turns only
 };
 
 class Scheduler {
  public:
   using Sink = std::function<void(std::vector<Event>&&)>;
 
-  Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters, SchedulerConfig cfg, Sink sink);
+  // `bank` (null: none) serves mixed adapter sets in one decode; without one, or for a set it
+  // cannot hold, sets take turns.
+  Scheduler(llama_model* model, llama_context* ctx, AdapterRegistry* adapters, std::unique_ptr<AdapterBank> bank,
+            SchedulerConfig cfg, Sink sink);
   ~Scheduler();  // stops the thread; queued and running requests end with an ENGINE_CLOSED error
 
   // Returns false when the queue is full.
@@ -56,13 +61,15 @@ class Scheduler {
   // Also counted: throwaway tokens that joined runs of sequences, and changes of adapter set, with
   // the last change's measured cost (what sets the length of a turn).
   // Also counted: requests failed for non-finite logits, and scrubs of the KV cells they left.
+  // And the bank now: its members and the bytes their stacked weights take.
   struct Profile {
     int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches, switch_cost_us, non_finite,
-        kv_scrubs;
+        kv_scrubs, bank_members, bank_bytes;
   };
   Profile profile() const {
-    return {p_steps_.load(),   p_decode_us_.load(), p_sample_us_.load(),   p_emit_us_.load(),    p_loop_us_.load(),
-            p_fillers_.load(), p_switches_.load(),  p_switch_cost_.load(), p_non_finite_.load(), p_scrubs_.load()};
+    return {p_steps_.load(),      p_decode_us_.load(),   p_sample_us_.load(),   p_emit_us_.load(),
+            p_loop_us_.load(),    p_fillers_.load(),     p_switches_.load(),    p_switch_cost_.load(),
+            p_non_finite_.load(), p_scrubs_.load(),      p_bank_members_.load(), p_bank_bytes_.load()};
   }
 
  private:
@@ -116,7 +123,13 @@ class Scheduler {
   void scrub_kv();
   std::pair<Slot*, size_t> slot_for(const Request& r);
   void apply_adapters(const Request& r);
-  bool in_current_set(const Request& r) const { return r.has_adapters(current_set_); }
+  void enter_set(const Request& r);
+  bool enter_bank(const Request& r);
+  void apply_bank();
+  void drop_retired();
+  bool in_current_set(const Request& r) const {
+    return bank_on_ ? bank_->covers(r.adapters) : r.has_adapters(current_set_);
+  }
 
   llama_context* ctx_;
   const llama_vocab* vocab_;
@@ -134,8 +147,11 @@ class Scheduler {
   policy::StepPlan plan_;
   std::unique_ptr<WorkerPool> pool_;  // null with one thread
   uint64_t step_no_ = 0;
-  // The adapter set applied to the context, and its turn.
+  // The adapter set applied to the context, and its turn; or, while bank_on_, the bank's members
+  // (every set of them runs at once).
   AdapterSetKey current_set_;
+  std::unique_ptr<AdapterBank> bank_;
+  bool bank_on_ = false;
   policy::Turns turns_;
   int32_t settle_left_ = 0;  // decodes of this turn still counted into its change's cost
   int64_t settle_us_ = 0;
@@ -144,7 +160,7 @@ class Scheduler {
   std::atomic<int32_t> busy_{0};
   std::atomic<int32_t> quarantined_{0};
   std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0}, p_fillers_{0},
-      p_switches_{0}, p_switch_cost_{0}, p_non_finite_{0}, p_scrubs_{0};
+      p_switches_{0}, p_switch_cost_{0}, p_non_finite_{0}, p_scrubs_{0}, p_bank_members_{0}, p_bank_bytes_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

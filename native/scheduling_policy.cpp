@@ -108,4 +108,28 @@ void plan_step(const std::vector<SlotView>& slots, int32_t n_batch, int32_t fill
   }
 }
 
+std::vector<uint64_t> bank_members(const std::vector<uint64_t>& current,
+                                   const std::vector<std::vector<uint64_t>>& wanted, size_t capacity) {
+  std::vector<uint64_t> out;
+  auto has = [&out](uint64_t a) { return std::find(out.begin(), out.end(), a) != out.end(); };
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    size_t extra = 0;
+    for (size_t k = 0; k < wanted[i].size(); ++k) {
+      const bool repeat = std::find(wanted[i].begin(), wanted[i].begin() + k, wanted[i][k]) != wanted[i].begin() + k;
+      if (!has(wanted[i][k]) && !repeat) ++extra;
+    }
+    if (out.size() + extra > capacity) {
+      if (i == 0) return {};
+      continue;
+    }
+    for (uint64_t a : wanted[i]) {
+      if (!has(a)) out.push_back(a);
+    }
+  }
+  for (uint64_t a : current) {
+    if (out.size() < capacity && !has(a)) out.push_back(a);
+  }
+  return out;
+}
+
 }  // namespace cml::policy

@@ -96,4 +96,13 @@ struct StepPlan {
 // Fills `plan` (reused step after step: no allocation once its vectors have grown).
 void plan_step(const std::vector<SlotView>& slots, int32_t n_batch, int32_t fill_gap, size_t n_ctx_seq, StepPlan& plan);
 
+// The adapter bank's members after a change (adapter_bank.h), by adapter serial. `wanted` holds
+// adapter sets: first the one that needs the change, then the other busy slots', longest-waiting
+// first. Each set joins whole or not at all (half a set serves nobody), in that order, while
+// `capacity` allows; then `current` members stay, in their order, while room is left (a member
+// kept warm costs nothing until a set that needs its place comes). Empty when the first set alone
+// does not fit: it must take a turn of its own.
+std::vector<uint64_t> bank_members(const std::vector<uint64_t>& current,
+                                   const std::vector<std::vector<uint64_t>>& wanted, size_t capacity);
+
 }  // namespace cml::policy

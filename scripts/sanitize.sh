@@ -12,7 +12,7 @@ if [[ ! build/asan/cml_llama.node -nt native || -n "$(find native -newer build/a
   echo "sanitize: building build/asan/cml_llama.node"
   g++ -std=c++17 -O1 -g -Wall -Wextra -Wno-unused-parameter -Werror -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fPIC -shared \
     -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -I"$(node -p 'path.dirname(process.execPath)')/../include/node" \
-    -I"$(node -p "require('node-addon-api').include_dir")" -I"$llama/include" -I"$llama/ggml/include" native/*.cpp \
+    -I"$(node -p "require('node-addon-api').include_dir")" -I"$llama/include" -I"$llama/ggml/include" -I"$llama/src" native/*.cpp \
     -L"$bins" -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so -Wl,-rpath,"$bins" -o build/asan/cml_llama.node
 fi
 # Node itself is not instrumented: the runtimes are preloaded; leaks at exit are V8's, not checked.

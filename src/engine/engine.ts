@@ -83,6 +83,7 @@ export class Engine implements EngineClient {
           flashAttention: opts.flashAttention ?? D.flashAttention,
           kvCacheType: opts.kvCacheType ?? D.kvCacheType,
           ...(opts.checkTensors !== undefined ? { checkTensors: opts.checkTensors } : {}),
+          ...(opts.adapterBank !== undefined ? { adapterBank: opts.adapterBank } : {}),
         },
         (events) => self?.dispatch(events),
       );

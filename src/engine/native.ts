@@ -40,6 +40,12 @@ export interface NativeEngineOptions {
    * instead of its first request. Default true; off saves a pass over the weights at start-up.
    */
   checkTensors?: boolean;
+  /**
+   * Adapters whose requests share one decode, each token with its own adapters and scales (the
+   * adapter bank, native/adapter_bank.h). Default 8; 0 makes requests of different adapter sets
+   * take turns, as llama.cpp alone does. A check at load decides whether it works here (info().adapterBank).
+   */
+  adapterBank?: number;
 }
 
 /** One row of the native bounds table (native/params.cpp): what every layer checks a value against. */
@@ -149,6 +155,13 @@ export interface NativeModelInfo {
   samplingThreads: number;
   fillGap: number;
   gpuLayers: number;
+  /**
+   * The adapter bank: enabled when the check at load passed (two made-up adapters decoded mixed
+   * in one batch gave each one's logits alone, within 2% of their effect), with its size; else
+   * the reason, and adapter sets take turns. checkError/checkEffect: that check's largest logit
+   * difference, and the smallest largest change either adapter made.
+   */
+  adapterBank: { enabled: boolean; size: number; reason: string | null; checkError: number; checkEffect: number };
 }
 
 export interface NativeAdapterInfo {
@@ -238,7 +251,8 @@ export interface NativeStats {
    * adapterSwitches, changes of the context's adapter set, and switchCostUs, the last change's
    * measured cost (its turn's first decodes over the usual), which sets how long turns last; and
    * nonFinite, requests failed because their logits became NaN or infinite, and kvScrubs, clears of
-   * the KV cells such requests may have left behind. Absent once closed.
+   * the KV cells such requests may have left behind; and bankMembers and bankBytes, the adapter
+   * bank's members now and the memory their stacked weights take. Absent once closed.
    */
   profile?: {
     steps: number;
@@ -251,5 +265,7 @@ export interface NativeStats {
     switchCostUs: number;
     nonFinite: number;
     kvScrubs: number;
+    bankMembers: number;
+    bankBytes: number;
   };
 }

@@ -1,0 +1,195 @@
+// The bank's members and their stacked weights (adapter_bank.h). The graph side is lora_hook.cpp.
+#include "adapter_bank.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+
+#include "llama-adapter.h"  // llama.cpp's internal headers: an adapter's tensors, a batch's rows (see adapter_bank.h)
+#include "llama-batch.h"
+
+namespace cml {
+
+namespace {
+
+bool ends_with(const std::string& s, const char* tail) {
+  const size_t n = std::strlen(tail);
+  return s.size() >= n && s.compare(s.size() - n, n, tail) == 0;
+}
+
+// A tensor's values as floats, wherever it lives (F32, F16, BF16 or a quantized type).
+std::vector<float> read_floats(const ggml_tensor* t) {
+  std::vector<uint8_t> raw(ggml_nbytes(t));
+  ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
+  std::vector<float> out(ggml_nelements(t));
+  if (t->type == GGML_TYPE_F32) {
+    std::memcpy(out.data(), raw.data(), out.size() * sizeof(float));
+  } else {
+    const auto* traits = ggml_get_type_traits(t->type);
+    if (traits->to_float == nullptr) throw std::runtime_error(std::string("cannot read tensor ") + t->name);
+    traits->to_float(raw.data(), out.data(), static_cast<int64_t>(out.size()));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string bank_refusal(const llama_adapter_lora* handle) {
+  if (!handle->alora_invocation_tokens.empty()) return "it is an activated LoRA (aLoRA)";
+  for (const auto& [name, w] : handle->ab_map) {
+    if (ends_with(name, "token_embd.weight")) return "it adapts the token embeddings";
+    if (name.find("_exps") != std::string::npos || w.a->ne[2] != 1 || w.b->ne[2] != 1)
+      return "it adapts mixture-of-experts weights (" + name + ")";
+    if (name.rfind("blk.", 0) != 0 && name != "output.weight") return "it adapts " + name;
+  }
+  return "";
+}
+
+AdapterBank::AdapterBank(int32_t n_seq, int32_t capacity)
+    : n_seq_(n_seq), capacity_(capacity), seq_scales_(n_seq, std::vector<float>(capacity, 0.0f)) {}
+
+AdapterBank::~AdapterBank() { release(); }
+
+void AdapterBank::release() {
+  for (auto* b : bufs_) ggml_backend_buffer_free(b);
+  for (auto* c : ctxs_) ggml_free(c);
+  bufs_.clear();
+  ctxs_.clear();
+  weights_.clear();
+  layouts_.clear();
+  bytes_ = 0;
+}
+
+bool AdapterBank::covers(const std::vector<AdapterUse>& uses) const {
+  for (const auto& u : uses) {
+    if (std::none_of(members_.begin(), members_.end(), [&](const auto& m) { return m == u.adapter; })) return false;
+  }
+  return true;
+}
+
+bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> members) {
+  if (members == members_) return false;
+  if (static_cast<int32_t>(members.size()) > capacity_) throw std::runtime_error("more adapters than the bank holds");
+  for (const auto& m : members) {
+    const std::string why = bank_refusal(m->handle);
+    if (!why.empty()) throw std::runtime_error("adapter '" + m->name + "' cannot join the bank: " + why);
+  }
+  release();
+  members_.clear();
+  ++version_;
+  for (auto& row : seq_scales_) std::fill(row.begin(), row.end(), 0.0f);
+
+  // Per adapted weight, the members that adapt it, in member order.
+  struct Part {
+    int32_t member;
+    const llama_adapter_lora_weight* w;
+  };
+  std::map<std::string, std::vector<Part>> parts;
+  for (size_t k = 0; k < members.size(); ++k) {
+    for (const auto& [name, w] : members[k]->handle->ab_map) parts[name].push_back({static_cast<int32_t>(k), &w});
+  }
+  // Tensors go where the members' own tensors are (llama.cpp put them beside their weight). A GPU
+  // runs its own matmul kernels, not cuBLAS conversions, at a stacked rank that is a multiple of 32.
+  std::map<ggml_backend_buffer_type_t, ggml_context*> ctx_of;
+  auto ctx_for = [&](ggml_backend_buffer_type_t buft) {
+    auto it = ctx_of.find(buft);
+    if (it != ctx_of.end()) return it->second;
+    ggml_init_params p{ggml_tensor_overhead() * 2 * (parts.size() + 1), nullptr, /*no_alloc=*/true};
+    ggml_context* c = ggml_init(p);
+    if (c == nullptr) throw std::runtime_error("cannot allocate the bank's tensor metadata");
+    ctxs_.push_back(c);
+    return ctx_of[buft] = c;
+  };
+  for (const auto& [name, ps] : parts) {
+    const ggml_tensor* a0 = ps[0].w->a;
+    const ggml_tensor* b0 = ps[0].w->b;
+    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(a0->buffer);
+    Layout layout;
+    for (const auto& p : ps) {
+      const int64_t rank = p.w->b->ne[0];
+      const float alpha = members[p.member]->handle->alpha;
+      layout.segments.push_back({p.member, layout.rows, rank, alpha != 0.0f ? alpha / static_cast<float>(rank) : 1.0f});
+      layout.rows += rank;
+    }
+    if (!ggml_backend_buft_is_host(buft)) layout.rows = (layout.rows + 31) / 32 * 32;
+    auto same = std::find_if(layouts_.begin(), layouts_.end(), [&](const Layout& l) {
+      return l.rows == layout.rows && l.segments == layout.segments;
+    });
+    Stacked s;
+    s.layout = static_cast<int32_t>(same - layouts_.begin());
+    if (same == layouts_.end()) layouts_.push_back(layout);
+    ggml_context* c = ctx_for(buft);
+    s.a = ggml_new_tensor_2d(c, GGML_TYPE_F32, a0->ne[0], layout.rows);
+    s.b = ggml_new_tensor_2d(c, GGML_TYPE_F32, layout.rows, b0->ne[1]);
+    ggml_format_name(s.a, "bank.%s.a", name.c_str());
+    ggml_format_name(s.b, "bank.%s.b", name.c_str());
+    weights_[name] = s;
+  }
+  for (const auto& [buft, c] : ctx_of) {
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(c, buft);
+    if (buf == nullptr) {
+      release();
+      throw std::runtime_error(std::string("not enough memory for the adapter bank on ") + ggml_backend_buft_name(buft));
+    }
+    bufs_.push_back(buf);
+    bytes_ += ggml_backend_buffer_get_size(buf);
+  }
+  // Fill: A's rows one member after the other; each of B's rows the members' rows side by side.
+  for (const auto& [name, ps] : parts) {
+    const Stacked& s = weights_[name];
+    const Layout& layout = layouts_[s.layout];
+    const int64_t n_in = s.a->ne[0], n_out = s.b->ne[1], rows = layout.rows;
+    std::vector<float> a(n_in * rows, 0.0f), b(rows * n_out, 0.0f);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const Segment& seg = layout.segments[i];
+      const std::vector<float> pa = read_floats(ps[i].w->a), pb = read_floats(ps[i].w->b);
+      std::copy(pa.begin(), pa.end(), a.begin() + seg.offset * n_in);
+      for (int64_t j = 0; j < n_out; ++j) {
+        std::copy_n(pb.begin() + j * seg.rank, seg.rank, b.begin() + j * rows + seg.offset);
+      }
+    }
+    ggml_backend_tensor_set(s.a, a.data(), 0, a.size() * sizeof(float));
+    ggml_backend_tensor_set(s.b, b.data(), 0, b.size() * sizeof(float));
+  }
+  members_ = std::move(members);
+  return true;
+}
+
+void AdapterBank::set_sequence(int32_t seq, const std::vector<AdapterUse>& uses) {
+  if (seq < 0 || seq >= n_seq_) return;
+  std::vector<float>& row = seq_scales_[seq];
+  std::fill(row.begin(), row.end(), 0.0f);
+  for (const auto& u : uses) {
+    for (size_t k = 0; k < members_.size(); ++k) {
+      if (members_[k] == u.adapter) row[k] = u.scale;
+    }
+  }
+}
+
+void AdapterBank::fill_masks(const MaskSet& masks, const llama_ubatch& ub) const {
+  std::vector<float> data;
+  // One column of `rows` values per token: each member's rank block holds that token's scale
+  // for the member times the member's alpha / rank.
+  auto fill = [&](ggml_tensor* t, const Layout& layout, bool outputs_only) {
+    if (t == nullptr || t->buffer == nullptr) return;  // not used by this graph
+    data.assign(ggml_nelements(t), 0.0f);
+    int64_t col = 0;
+    for (uint32_t i = 0; i < ub.n_tokens && col < t->ne[1]; ++i) {
+      if (outputs_only && ub.output != nullptr && !ub.output[i]) continue;
+      const llama_seq_id seq = ub.seq_id[i][0];
+      if (seq >= 0 && seq < n_seq_) {
+        float* c = data.data() + col * layout.rows;
+        for (const Segment& s : layout.segments) std::fill_n(c + s.offset, s.rank, seq_scales_[seq][s.member] * s.factor);
+      }
+      ++col;
+    }
+    ggml_backend_tensor_set(t, data.data(), 0, data.size() * sizeof(float));
+  };
+  for (size_t l = 0; l < layouts_.size(); ++l) {
+    if (l < masks.tokens.size()) fill(masks.tokens[l], layouts_[l], false);
+    if (l < masks.outputs.size()) fill(masks.outputs[l], layouts_[l], true);
+  }
+}
+
+}  // namespace cml
