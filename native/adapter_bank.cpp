@@ -113,9 +113,8 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
       layout.rows += rank;
     }
     if (!ggml_backend_buft_is_host(buft)) layout.rows = (layout.rows + 31) / 32 * 32;
-    auto same = std::find_if(layouts_.begin(), layouts_.end(), [&](const Layout& l) {
-      return l.rows == layout.rows && l.segments == layout.segments;
-    });
+    auto same = std::find_if(layouts_.begin(), layouts_.end(),
+                             [&](const Layout& l) { return l.rows == layout.rows && l.segments == layout.segments; });
     Stacked s;
     s.layout = static_cast<int32_t>(same - layouts_.begin());
     if (same == layouts_.end()) layouts_.push_back(layout);
@@ -130,7 +129,8 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(c, buft);
     if (buf == nullptr) {
       release();
-      throw std::runtime_error(std::string("not enough memory for the adapter bank on ") + ggml_backend_buft_name(buft));
+      throw std::runtime_error(std::string("not enough memory for the adapter bank on ") +
+                               ggml_backend_buft_name(buft));
     }
     bufs_.push_back(buf);
     bytes_ += ggml_backend_buffer_get_size(buf);
@@ -180,7 +180,8 @@ void AdapterBank::fill_masks(const MaskSet& masks, const llama_ubatch& ub) const
       const llama_seq_id seq = ub.seq_id[i][0];
       if (seq >= 0 && seq < n_seq_) {
         float* c = data.data() + col * layout.rows;
-        for (const Segment& s : layout.segments) std::fill_n(c + s.offset, s.rank, seq_scales_[seq][s.member] * s.factor);
+        for (const Segment& s : layout.segments)
+          std::fill_n(c + s.offset, s.rank, seq_scales_[seq][s.member] * s.factor);
       }
       ++col;
     }

@@ -26,12 +26,14 @@ std::string meta(const llama_model* model, const char* key) {
 // The weights of the first and last layer that build_lora_mm multiplies in every architecture we
 // convert (the last layer's later ones see only the rows that give logits).
 std::vector<const ggml_tensor*> probe_weights(const llama_model* model) {
-  static const char* kinds[] = {"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-  const int32_t last = llama_model_n_layer(model) - 1;
+  static const char* kinds[] = {"attn_q",      "attn_k",   "attn_v", "attn_qkv",
+                                "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  std::vector<int32_t> layers{0};
+  if (llama_model_n_layer(model) > 1) layers.push_back(llama_model_n_layer(model) - 1);
   std::vector<const ggml_tensor*> out;
   for (const auto& [name, t] : llama_internal_get_tensor_map(model)) {
-    if (ggml_n_dims(t) != 2) continue;
-    for (int32_t layer : {0, last}) {
+    if (ggml_n_dims(t) != 2 || std::find(out.begin(), out.end(), t) != out.end()) continue;
+    for (int32_t layer : layers) {
       for (const char* kind : kinds) {
         if (name == "blk." + std::to_string(layer) + "." + kind + ".weight") out.push_back(t);
       }
@@ -148,7 +150,8 @@ BankCheck check_bank(llama_model* model, llama_context* ctx) {
   try {
     x->handle = made_up_adapter(model, weights, 8, 0.0f, 0x9e3779b9u);
     y->handle = made_up_adapter(model, some, 4, 8.0f, 0x7f4a7c15u);  // alpha 8 at rank 4: scale x2
-    const std::vector<float> base = alone(nullptr, 0.0f), ref_x = alone(x->handle, 0.5f), ref_y = alone(y->handle, 1.0f);
+    const std::vector<float> base = alone(nullptr, 0.0f), ref_x = alone(x->handle, 0.5f),
+                             ref_y = alone(y->handle, 1.0f);
 
     bank->set_members({x, y});
     llama_adapter_lora* both[] = {x->handle, y->handle};
@@ -174,8 +177,8 @@ BankCheck check_bank(llama_model* model, llama_context* ctx) {
     } else if (!(out.effect > 0.0f) || !std::isfinite(out.effect)) {
       out.reason = "the made-up adapters changed nothing: inconclusive";
     } else if (!(out.error <= 0.02f * out.effect)) {
-      out.reason = "mixed rows differ from each adapter alone (" + std::to_string(out.error) + " against an effect of " +
-                   std::to_string(out.effect) + ")";
+      out.reason = "mixed rows differ from each adapter alone (" + std::to_string(out.error) +
+                   " against an effect of " + std::to_string(out.effect) + ")";
     } else {
       out.ok = true;
     }

@@ -172,7 +172,8 @@ bool Scheduler::enter_bank(const Request& r) {
     for (const auto& u : s.req->adapters) ok = ok && u.adapter->bank_refusal.empty();
     if (ok) waiting.push_back(&s);
   }
-  std::stable_sort(waiting.begin(), waiting.end(), [](const Slot* a, const Slot* b) { return a->last_step < b->last_step; });
+  std::stable_sort(waiting.begin(), waiting.end(),
+                   [](const Slot* a, const Slot* b) { return a->last_step < b->last_step; });
   for (const Slot* s : waiting) wanted.push_back(serials(s->req->adapters));
   std::vector<uint64_t> current;
   for (const auto& m : bank_->members()) {

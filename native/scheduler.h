@@ -67,9 +67,9 @@ class Scheduler {
         kv_scrubs, bank_members, bank_bytes;
   };
   Profile profile() const {
-    return {p_steps_.load(),      p_decode_us_.load(),   p_sample_us_.load(),   p_emit_us_.load(),
-            p_loop_us_.load(),    p_fillers_.load(),     p_switches_.load(),    p_switch_cost_.load(),
-            p_non_finite_.load(), p_scrubs_.load(),      p_bank_members_.load(), p_bank_bytes_.load()};
+    return {p_steps_.load(),      p_decode_us_.load(), p_sample_us_.load(),    p_emit_us_.load(),
+            p_loop_us_.load(),    p_fillers_.load(),   p_switches_.load(),     p_switch_cost_.load(),
+            p_non_finite_.load(), p_scrubs_.load(),    p_bank_members_.load(), p_bank_bytes_.load()};
   }
 
  private:

@@ -14,134 +14,143 @@ const requests = Array.from({ length: 8 }, (_, i) => ({
 }));
 
 // With the adapter bank (the default: every set in one decode) and without (sets take turns).
-describe.each([{ adapterBank: 8 }, { adapterBank: 0 }])('concurrent requests (adapterBank $adapterBank)', ({
-  adapterBank,
-}) => {
-  let engine: Engine;
-  const alone: number[][] = [];
+describe.each([{ adapterBank: 8 }, { adapterBank: 0 }])(
+  'concurrent requests (adapterBank $adapterBank)',
+  ({ adapterBank }) => {
+    let engine: Engine;
+    const alone: number[][] = [];
 
-  beforeAll(async () => {
-    // Serving defaults (f16 KV cache, flash attention auto) on the CPU, rowsAsAlone on a GPU.
-    engine = await loadEngine('tiny-qa', { slots: 8, samplingThreads: 2, adapterBank, ...rowsAsAlone });
-    expect(engine.model.adapterBank.enabled).toBe(adapterBank > 0);
-    await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
-    for (const r of requests) alone.push((await engine.generate(r.prompt, r.params).result).tokens);
-  });
-  afterAll(() => engine?.close());
-
-  it('8 at once give the same greedy ids as each alone', async () => {
-    const before = engine.stats().profile!;
-    const together = await Promise.all(requests.map((r) => engine.generate(r.prompt, r.params).result));
-    expect(together.map((r) => r.tokens)).toEqual(alone);
-    expect(together.map((r) => r.stopReason)).toEqual(requests.map(() => 'length'));
-    const switches = engine.stats().profile!.adapterSwitches - before.adapterSwitches;
-    if (adapterBank > 0) {
-      // One decode for all three sets: the bank already held 'qa' from the runs alone.
-      expect(switches).toBe(0);
-    } else {
-      // The three sets took turns: the two that did not hold the context got it.
-      expect(switches).toBeGreaterThanOrEqual(2);
-    }
-  });
-
-  it('more requests than slots queue and still match', async () => {
-    const twice = [...requests, ...requests];
-    const results = await Promise.all(twice.map((r) => engine.generate(r.prompt, r.params).result));
-    expect(results.map((r) => r.tokens)).toEqual([...alone, ...alone]);
-  });
-
-  it('cancelling one mid-stream leaves the others unchanged and frees its slot', async () => {
-    const gens = requests.map((r, i) =>
-      engine.generate(r.prompt, i === 3 ? { ...r.params, maxTokens: 200 } : r.params),
-    );
-    let seen = 0;
-    for await (const _ of gens[3]!) {
-      if (++seen === 5) gens[3]!.cancel();
-    }
-    const results = await Promise.all(gens.map((g) => g.result));
-    expect(results[3]!.stopReason).toBe('cancelled');
-    expect(results[3]!.tokens.length).toBeLessThan(200);
-    expect(results[3]!.tokens).toEqual(alone[3]!.slice(0, results[3]!.tokens.length));
-    results.forEach((r, i) => {
-      if (i !== 3) expect(r.tokens).toEqual(alone[i]);
+    beforeAll(async () => {
+      // Serving defaults (f16 KV cache, flash attention auto) on the CPU, rowsAsAlone on a GPU.
+      engine = await loadEngine('tiny-qa', { slots: 8, samplingThreads: 2, adapterBank, ...rowsAsAlone });
+      expect(engine.model.adapterBank.enabled).toBe(adapterBank > 0);
+      await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`);
+      for (const r of requests) alone.push((await engine.generate(r.prompt, r.params).result).tokens);
     });
-    expect(engine.stats()).toMatchObject({ busySlots: 0, queued: 0, inFlight: 0 });
-  });
+    afterAll(() => engine?.close());
 
-  it('an AbortSignal cancels a queued or running request', async () => {
-    const ac = new AbortController();
-    const g = engine.generate(requests[0]!.prompt, { ...requests[0]!.params, maxTokens: 200 }, { signal: ac.signal });
-    ac.abort();
-    const r = await g.result;
-    expect(r.stopReason).toBe('cancelled');
-    expect(r.tokens.length).toBeLessThan(200);
-  });
-
-  it('the adapter set holding the context yields its turn: a request of another set does not wait for it', async () => {
-    // A long adapter request holds the context; a short base request arrives. Turns last 8 steps
-    // or 200 ms, so the short one finishes long before the long one: a set that never yielded
-    // would make it wait all 200 tokens.
-    const long = engine.generate(prompts[0]!, {
-      greedy: true,
-      maxTokens: 200,
-      ignoreEos: true,
-      adapters: [{ name: 'qa', scale: 1 }],
+    it('8 at once give the same greedy ids as each alone', async () => {
+      const before = engine.stats().profile!;
+      const together = await Promise.all(requests.map((r) => engine.generate(r.prompt, r.params).result));
+      expect(together.map((r) => r.tokens)).toEqual(alone);
+      expect(together.map((r) => r.stopReason)).toEqual(requests.map(() => 'length'));
+      const switches = engine.stats().profile!.adapterSwitches - before.adapterSwitches;
+      if (adapterBank > 0) {
+        // One decode for all three sets: the bank already held 'qa' from the runs alone.
+        expect(switches).toBe(0);
+      } else {
+        // The three sets took turns: the two that did not hold the context got it.
+        expect(switches).toBeGreaterThanOrEqual(2);
+      }
     });
-    let streamed = 0;
-    const counting = (async () => {
-      for await (const c of long) if (c.token !== null) streamed++;
-    })();
-    while (streamed < 3) await new Promise((r) => setTimeout(r, 1));
-    const short = await engine.generate(prompts[1]!, { greedy: true, maxTokens: 8, ignoreEos: true }).result;
-    const longAtShortsEnd = streamed;
-    await counting;
-    expect(short.usage.generatedTokens).toBe(8);
-    expect(longAtShortsEnd).toBeLessThan(150);
-    expect((await long.result).usage.generatedTokens).toBe(200);
-  });
 
-  it('adapters can be unloaded and reloaded while requests run', async () => {
-    const running = engine.generate(requests[1]!.prompt, requests[1]!.params); // uses 'qa'
-    expect(engine.unloadAdapter('qa')).toBe(true);
-    expect(() => engine.generate('x', { adapters: [{ name: 'qa' }] })).toThrow(/no adapter named 'qa'/);
-    expect((await running.result).tokens).toEqual(alone[1]);
-    await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`, 0.5);
-    // The default scale applies when a request names no scale: 0.5 here, so it equals request 2.
-    const r = await engine.generate(requests[2]!.prompt, { ...requests[2]!.params, adapters: [{ name: 'qa' }] }).result;
-    expect(r.tokens).toEqual(alone[2]);
-    expect(engine.setAdapterScale('qa', 1)).toBe(true);
-    expect(engine.adapters()).toMatchObject([{ name: 'qa', scale: 1, alpha: 16 }]);
-  });
+    it('more requests than slots queue and still match', async () => {
+      const twice = [...requests, ...requests];
+      const results = await Promise.all(twice.map((r) => engine.generate(r.prompt, r.params).result));
+      expect(results.map((r) => r.tokens)).toEqual([...alone, ...alone]);
+    });
 
-  it('seeded sampling is reproducible, alone or batched with others', async () => {
-    const sampled = { temperature: 0.9, topK: 40, topP: 0.95, repetitionPenalty: 1.1, maxTokens: 30, ignoreEos: true };
-    const alone = (await engine.generate(prompts[0]!, { ...sampled, seed: 7 }).result).tokens;
-    const seeds = [7, 8, 7, 9, 7, 10];
-    const batch = await Promise.all(seeds.map((seed) => engine.generate(prompts[0]!, { ...sampled, seed }).result));
-    for (const [i, seed] of seeds.entries()) {
-      if (seed === 7) expect(batch[i]!.tokens).toEqual(alone);
-      else expect(batch[i]!.tokens).not.toEqual(alone);
-    }
-  });
+    it('cancelling one mid-stream leaves the others unchanged and frees its slot', async () => {
+      const gens = requests.map((r, i) =>
+        engine.generate(r.prompt, i === 3 ? { ...r.params, maxTokens: 200 } : r.params),
+      );
+      let seen = 0;
+      for await (const _ of gens[3]!) {
+        if (++seen === 5) gens[3]!.cancel();
+      }
+      const results = await Promise.all(gens.map((g) => g.result));
+      expect(results[3]!.stopReason).toBe('cancelled');
+      expect(results[3]!.tokens.length).toBeLessThan(200);
+      expect(results[3]!.tokens).toEqual(alone[3]!.slice(0, results[3]!.tokens.length));
+      results.forEach((r, i) => {
+        if (i !== 3) expect(r.tokens).toEqual(alone[i]);
+      });
+      expect(engine.stats()).toMatchObject({ busySlots: 0, queued: 0, inFlight: 0 });
+    });
 
-  it('stats() profiles the scheduler thread: one step per decode, its time split', async () => {
-    const before = engine.stats().profile!;
-    const r = await engine.generate(requests[0]!.prompt, { ...requests[0]!.params, maxTokens: 10 }).result;
-    const after = engine.stats().profile!;
-    // One step per generated token: the prompt fits one batch, whose step samples the first.
-    expect(after.steps - before.steps).toBe(r.tokens.length);
-    expect(after.decodeUs - before.decodeUs).toBeGreaterThan(0);
-    expect(after.loopUs - before.loopUs).toBeGreaterThanOrEqual(
-      after.decodeUs - before.decodeUs + after.sampleUs - before.sampleUs,
-    );
-  });
+    it('an AbortSignal cancels a queued or running request', async () => {
+      const ac = new AbortController();
+      const g = engine.generate(requests[0]!.prompt, { ...requests[0]!.params, maxTokens: 200 }, { signal: ac.signal });
+      ac.abort();
+      const r = await g.result;
+      expect(r.stopReason).toBe('cancelled');
+      expect(r.tokens.length).toBeLessThan(200);
+    });
 
-  it('the text streamed equals the final text', async () => {
-    const g = engine.generate(requests[4]!.prompt, requests[4]!.params);
-    const chunks = await chunksOf(g);
-    expect(chunks.join('')).toBe((await g.result).text);
-  });
-});
+    it('the adapter set holding the context yields its turn: a request of another set does not wait for it', async () => {
+      // A long adapter request holds the context; a short base request arrives. Turns last 8 steps
+      // or 200 ms, so the short one finishes long before the long one: a set that never yielded
+      // would make it wait all 200 tokens.
+      const long = engine.generate(prompts[0]!, {
+        greedy: true,
+        maxTokens: 200,
+        ignoreEos: true,
+        adapters: [{ name: 'qa', scale: 1 }],
+      });
+      let streamed = 0;
+      const counting = (async () => {
+        for await (const c of long) if (c.token !== null) streamed++;
+      })();
+      while (streamed < 3) await new Promise((r) => setTimeout(r, 1));
+      const short = await engine.generate(prompts[1]!, { greedy: true, maxTokens: 8, ignoreEos: true }).result;
+      const longAtShortsEnd = streamed;
+      await counting;
+      expect(short.usage.generatedTokens).toBe(8);
+      expect(longAtShortsEnd).toBeLessThan(150);
+      expect((await long.result).usage.generatedTokens).toBe(200);
+    });
+
+    it('adapters can be unloaded and reloaded while requests run', async () => {
+      const running = engine.generate(requests[1]!.prompt, requests[1]!.params); // uses 'qa'
+      expect(engine.unloadAdapter('qa')).toBe(true);
+      expect(() => engine.generate('x', { adapters: [{ name: 'qa' }] })).toThrow(/no adapter named 'qa'/);
+      expect((await running.result).tokens).toEqual(alone[1]);
+      await engine.loadAdapter('qa', `${modelDir('tiny-qa')}/adapter-f32.gguf`, 0.5);
+      // The default scale applies when a request names no scale: 0.5 here, so it equals request 2.
+      const r = await engine.generate(requests[2]!.prompt, { ...requests[2]!.params, adapters: [{ name: 'qa' }] })
+        .result;
+      expect(r.tokens).toEqual(alone[2]);
+      expect(engine.setAdapterScale('qa', 1)).toBe(true);
+      expect(engine.adapters()).toMatchObject([{ name: 'qa', scale: 1, alpha: 16 }]);
+    });
+
+    it('seeded sampling is reproducible, alone or batched with others', async () => {
+      const sampled = {
+        temperature: 0.9,
+        topK: 40,
+        topP: 0.95,
+        repetitionPenalty: 1.1,
+        maxTokens: 30,
+        ignoreEos: true,
+      };
+      const alone = (await engine.generate(prompts[0]!, { ...sampled, seed: 7 }).result).tokens;
+      const seeds = [7, 8, 7, 9, 7, 10];
+      const batch = await Promise.all(seeds.map((seed) => engine.generate(prompts[0]!, { ...sampled, seed }).result));
+      for (const [i, seed] of seeds.entries()) {
+        if (seed === 7) expect(batch[i]!.tokens).toEqual(alone);
+        else expect(batch[i]!.tokens).not.toEqual(alone);
+      }
+    });
+
+    it('stats() profiles the scheduler thread: one step per decode, its time split', async () => {
+      const before = engine.stats().profile!;
+      const r = await engine.generate(requests[0]!.prompt, { ...requests[0]!.params, maxTokens: 10 }).result;
+      const after = engine.stats().profile!;
+      // One step per generated token: the prompt fits one batch, whose step samples the first.
+      expect(after.steps - before.steps).toBe(r.tokens.length);
+      expect(after.decodeUs - before.decodeUs).toBeGreaterThan(0);
+      expect(after.loopUs - before.loopUs).toBeGreaterThanOrEqual(
+        after.decodeUs - before.decodeUs + after.sampleUs - before.sampleUs,
+      );
+    });
+
+    it('the text streamed equals the final text', async () => {
+      const g = engine.generate(requests[4]!.prompt, requests[4]!.params);
+      const chunks = await chunksOf(g);
+      expect(chunks.join('')).toBe((await g.result).text);
+    });
+  },
+);
 
 describe('a random mix of arrivals, lengths, adapter sets and cancels', () => {
   // fillGap 32 is the GPU's default: here it fills every gap, the CPU's 2 only short ones.

@@ -261,3 +261,21 @@ TEST_CASE("step plan: a plan reused step after step holds only this step's answe
   CHECK(p.take == Takes{3, 0});
   CHECK(p.n_fillers == 0);
 }
+
+using Serials = std::vector<uint64_t>;
+
+TEST_CASE("bank members: the set that needs the change first, then the busy slots' sets that fit whole") {
+  // Room for all: everything wanted joins, in order, and the warm members stay after them.
+  CHECK(bank_members({7}, {{1}, {2, 3}}, 8) == Serials{1, 2, 3, 7});
+  // A set joins whole or not at all: {2, 3} does not fit beside {1} in 2, but the later {4} does
+  // (a bug that took part of {2, 3} would bank a set that still cannot run).
+  CHECK(bank_members({}, {{1}, {2, 3}, {4}}, 2) == Serials{1, 4});
+  // Adapters shared between sets count once.
+  CHECK(bank_members({}, {{1, 2}, {2, 3}}, 3) == Serials{1, 2, 3});
+  // The needing set alone past the capacity: no bank can serve it (it takes a turn of its own).
+  CHECK(bank_members({1}, {{1, 2, 3}}, 2).empty());
+  // The base model (an empty set) always fits; warm members fill what is left, in their order.
+  CHECK(bank_members({5, 6, 7}, {{}}, 2) == Serials{5, 6});
+  // A current member a busy slot needs stays even when the bank is full of others' wishes.
+  CHECK(bank_members({9}, {{1}, {9}}, 2) == Serials{1, 9});
+}

@@ -1,0 +1,139 @@
+// The adapter bank (native/adapter_bank.h): requests of different adapters and scales share one
+// decode, and each gets what it gets alone through the context's own adapter set (adapterBank: 0,
+// llama.cpp's way). Two adapters: tiny-qa's trained one, and a second made from it with every
+// other value of each lora_b negated (same shapes, different outputs).
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Engine, GenerateParams } from '../../src/engine/index.ts';
+import { loadEngine, loadReference, modelDir, patchGguf } from '../helpers.ts';
+
+const prompts = [...new Set(loadReference('tiny-qa').cases.map((c) => c.prompt))];
+const adapterA = path.join(modelDir('tiny-qa'), 'adapter-f32.gguf');
+const dir = mkdtempSync(path.join(os.tmpdir(), 'bank-'));
+const writeVariant = (name: string, every: number) =>
+  patchGguf(adapterA, path.join(dir, name), (tensor, v) => {
+    if (!tensor.endsWith('.lora_b')) return false;
+    for (let i = 0; i < v.length; i += every) v[i] = -v[i]!;
+    return true;
+  });
+
+type Sets = GenerateParams['adapters'][];
+// Base, each adapter at several scales, both at once, and a negative scale (a merged model's base).
+const mixedSets: Sets = [
+  [],
+  [{ name: 'a', scale: 1 }],
+  [{ name: 'b', scale: 0.5 }],
+  [{ name: 'a', scale: 0.3 }],
+  [
+    { name: 'a', scale: 1 },
+    { name: 'b', scale: -0.7 },
+  ],
+  [{ name: 'b', scale: 1 }],
+];
+const params = (adapters: GenerateParams['adapters'], maxTokens = 32): GenerateParams => ({
+  greedy: true,
+  maxTokens,
+  ignoreEos: true,
+  adapters,
+});
+
+async function aloneThroughTurns(turns: Engine, sets: Sets, maxTokens?: number): Promise<number[][]> {
+  const out: number[][] = [];
+  for (const [i, adapters] of sets.entries()) {
+    out.push((await turns.generate(prompts[i % prompts.length]!, params(adapters, maxTokens)).result).tokens);
+  }
+  return out;
+}
+
+describe('the adapter bank', () => {
+  let bank: Engine, turns: Engine;
+  let alone: number[][];
+
+  beforeAll(async () => {
+    const b = await writeVariant('b.gguf', 2);
+    bank = await loadEngine('tiny-qa', { slots: 6 });
+    turns = await loadEngine('tiny-qa', { slots: 6, adapterBank: 0 });
+    for (const e of [bank, turns]) {
+      await e.loadAdapter('a', adapterA);
+      await e.loadAdapter('b', b);
+    }
+    alone = await aloneThroughTurns(turns, mixedSets);
+  });
+  afterAll(async () => {
+    await bank?.close();
+    await turns?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('passes its check at load: two made-up adapters mixed in one batch give their rows alone', () => {
+    // CI runs this on the prebuilt CPU llama.cpp: a llama.cpp update that stops calling our
+    // build_lora_mm, or changes the internals it reads, fails here, not in production.
+    expect(bank.model.adapterBank).toMatchObject({ enabled: true, size: 8, reason: null });
+    const { checkError, checkEffect } = bank.model.adapterBank;
+    expect(checkEffect).toBeGreaterThan(0.1);
+    expect(checkError).toBeLessThanOrEqual(0.02 * checkEffect);
+    expect(turns.model.adapterBank).toMatchObject({ enabled: false, size: 0, reason: 'off (adapterBank: 0)' });
+  });
+
+  it('every stream of a mixed batch gives the greedy ids it gives alone, in one decode per token', async () => {
+    // The sets really differ, so a bank that applied one stream's adapters to another would show.
+    expect(new Set(alone.map((t) => t.join())).size).toBe(mixedSets.length);
+    const before = bank.stats().profile!;
+    const mixed = await Promise.all(
+      mixedSets.map((adapters, i) => bank.generate(prompts[i % prompts.length]!, params(adapters)).result),
+    );
+    expect(mixed.map((r) => r.tokens)).toEqual(alone);
+    const after = bank.stats().profile!;
+    // All six sets in each step: one bank change at most (its first members), and about one step
+    // per token, where taking turns costs one step per token per set.
+    expect(after.adapterSwitches - before.adapterSwitches).toBeLessThanOrEqual(1);
+    expect(after.steps - before.steps).toBeLessThan(32 + 8);
+    expect(after.bankMembers).toBe(2);
+    expect(after.bankBytes).toBeGreaterThan(0);
+  });
+
+  it('adapters join and leave the bank while requests run; a member unloaded leaves once unused', async () => {
+    const c = await writeVariant('c.gguf', 3);
+    const sets: Sets = [[{ name: 'a', scale: 1 }], [{ name: 'b', scale: 0.5 }], [{ name: 'c', scale: 1 }]];
+    await turns.loadAdapter('c', c);
+    // Long enough that the first two still run when the third comes.
+    const want = await aloneThroughTurns(turns, sets, 200);
+    const running = [0, 1].map((i) => bank.generate(prompts[i]!, params(sets[i], 200)));
+    await bank.loadAdapter('c', c); // joins once its request comes, beside the running ones
+    const third = bank.generate(prompts[2]!, params(sets[2], 200));
+    while (bank.stats().profile!.bankMembers < 3) await new Promise((r) => setTimeout(r, 1));
+    const withA = bank.stats().profile!.bankBytes;
+    expect(bank.unloadAdapter('a')).toBe(true); // its running request keeps it
+    const got = await Promise.all([...running, third].map((g) => g.result));
+    expect(got.map((r) => r.tokens)).toEqual(want);
+    // Once its request is done 'a' goes: the bank then holds b and c, in fewer bytes.
+    await bank.generate(prompts[0]!, params([{ name: 'b', scale: 1 }])).result;
+    const after = bank.stats().profile!;
+    expect(after.bankMembers).toBe(2);
+    expect(after.bankBytes).toBeLessThan(withA);
+    await bank.loadAdapter('a', adapterA);
+    const again = await Promise.all(
+      mixedSets.map((adapters, i) => bank.generate(prompts[i % prompts.length]!, params(adapters)).result),
+    );
+    expect(again.map((r) => r.tokens)).toEqual(alone);
+  });
+
+  it('a bank too small for every set waiting fills by turns, each stream still as alone', async () => {
+    const small = await loadEngine('tiny-qa', { slots: 6, adapterBank: 1 });
+    try {
+      await small.loadAdapter('a', adapterA);
+      await small.loadAdapter('b', path.join(dir, 'b.gguf'));
+      const before = small.stats().profile!;
+      // Both adapters at once can never be banked in one: that set takes turns of its own.
+      const mixed = await Promise.all(
+        mixedSets.map((adapters, i) => small.generate(prompts[i % prompts.length]!, params(adapters)).result),
+      );
+      expect(mixed.map((r) => r.tokens)).toEqual(alone);
+      expect(small.stats().profile!.adapterSwitches - before.adapterSwitches).toBeGreaterThanOrEqual(2);
+    } finally {
+      await small.close();
+    }
+  });
+});
