@@ -53,6 +53,11 @@ class AdapterBank {
   // The scales sequence `seq` runs with: `uses`' (all members) for their members, 0 for the rest.
   void set_sequence(int32_t seq, const std::vector<AdapterUse>& uses);
 
+  // Idle: no token of the next batch uses a member, so graphs leave the deltas out (they would
+  // add zeros) and cost what the base model costs.
+  void set_idle(bool idle) { idle_ = idle; }
+  bool idle() const { return idle_; }
+
   // Changes with every set_members that changed something: what a built graph was built for.
   uint64_t version() const { return version_; }
   size_t bytes() const { return bytes_; }
@@ -99,6 +104,7 @@ class AdapterBank {
   std::vector<ggml_backend_buffer_t> bufs_;
   size_t bytes_ = 0;
   uint64_t version_ = 0;
+  bool idle_ = false;
   std::atomic<bool> fault_{false};
 };
 

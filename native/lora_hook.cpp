@@ -20,15 +20,18 @@ thread_local uint64_t t_calls = 0;
 class BankMasks : public llm_graph_input_i {
  public:
   BankMasks(AdapterBank* bank, int64_t n_tokens, int64_t n_outputs)
-      : bank(bank), version(bank->version()), n_tokens(n_tokens), n_outputs(n_outputs) {}
+      : bank(bank), version(bank->version()), idle(bank->idle()), n_tokens(n_tokens), n_outputs(n_outputs) {}
   void set_input(const llama_ubatch* ubatch) override { bank->fill_masks(masks, *ubatch); }
+  // An idle graph has no deltas: it serves only idle batches, and a full one only full ones.
   bool can_reuse(const llm_graph_params& params) override {
-    return bank == t_bank && bank->version() == version && static_cast<int64_t>(params.ubatch.n_tokens) == n_tokens &&
+    return bank == t_bank && bank->version() == version && bank->idle() == idle &&
+           static_cast<int64_t>(params.ubatch.n_tokens) == n_tokens &&
            static_cast<int64_t>(params.n_outputs) == n_outputs;
   }
 
   AdapterBank* const bank;
   const uint64_t version;
+  const bool idle;
   const int64_t n_tokens, n_outputs;
   AdapterBank::MaskSet masks;
 };
@@ -54,10 +57,11 @@ AdapterBank::MaskSet* AdapterBank::masks_of(const llm_graph_context& g) {
 ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, ggml_tensor* cur, ggml_tensor* res) {
   auto it = weights_.find(w->name);
   if (it == weights_.end()) return res;  // no member adapts w
+  MaskSet& masks = *masks_of(g);         // also in an idle graph: its can_reuse keeps it idle
+  if (idle_) return res;
   const Stacked& s = it->second;
   // The rows of `cur` are the batch's tokens, or in a last layer only those that give logits.
   const int64_t rows = ggml_nelements(cur) / cur->ne[0];
-  MaskSet& masks = *masks_of(g);
   std::vector<ggml_tensor*>* set = rows == g.n_tokens ? &masks.tokens : rows == g.n_outputs ? &masks.outputs : nullptr;
   if (set == nullptr) {
     fault_ = true;  // nothing to tell the rows' sequences by: the scheduler fails this decode

@@ -327,6 +327,11 @@ void Scheduler::step(std::vector<Event>& out) {
 
   const int64_t t_decode = now_us();
   int32_t rc = 0;
+  if (bank_on_) {
+    bool any = false;
+    for (const Slot* s : in_batch) any = any || !s->req->adapters.empty();
+    bank_->set_idle(!any);
+  }
   {
     BankScope scope(bank_on_ ? bank_.get() : nullptr);
     rc = llama_decode(ctx_, batch_);

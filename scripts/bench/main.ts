@@ -238,6 +238,8 @@ if (ours.lora.eight?.mixed)
   ratio('two adapters mixed, 8 streams (mixed / base)', ours.lora.eight.mixed, ours.lora.eight.base);
 for (const m of ours.lora.mixes) {
   ratio(`${m.adapters} adapter${m.adapters > 1 ? 's' : ''} mixed, ${m.streams} streams (/ base)`, m.tokS, m.baseTokS);
+  if (m.turnsTokS !== null && m.turnsBaseTokS !== null)
+    ratio(`${m.adapters} adapters mixed, ${m.streams} streams, bank off: turns (/ base)`, m.turnsTokS, m.turnsBaseTokS);
 }
 if (results.bandwidthBoundTokS)
   ratio('one stream: ours / bandwidth bound', ours.engine.decodeTokS, results.bandwidthBoundTokS as number);
@@ -328,7 +330,15 @@ const md = [
     ? [
         '## Adapters mixed in one batch (stream i runs adapter i mod k; unmerged)',
         table(
-          ['streams', 'adapters', 'tok/s', 'base tok/s', 'of base', 'adapter-set switches / steps'],
+          [
+            'streams',
+            'adapters',
+            'tok/s',
+            'base tok/s',
+            'of base',
+            'adapter-set switches / steps',
+            'turns (bank off): of base',
+          ],
           ours.lora.mixes.map((m) => [
             m.streams,
             m.adapters,
@@ -336,6 +346,7 @@ const md = [
             m.baseTokS,
             (m.tokS / m.baseTokS).toFixed(2),
             `${m.switches} / ${m.steps}`,
+            m.turnsTokS === null || m.turnsBaseTokS === null ? '-' : (m.turnsTokS / m.turnsBaseTokS).toFixed(2),
           ]),
         ),
         '',

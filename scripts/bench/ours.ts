@@ -90,7 +90,17 @@ export interface OursResult {
     oneStream: SingleStream | null;
     eight: { base: number; lora: number; mixed: number | null } | null;
     /** k adapters spread over n streams (stream i runs adapter i mod k), and base at n streams. */
-    mixes: { streams: number; adapters: number; tokS: number; baseTokS: number; switches: number; steps: number }[];
+    mixes: {
+      streams: number;
+      adapters: number;
+      tokS: number;
+      baseTokS: number;
+      switches: number;
+      steps: number;
+      /** The same mix with the adapter bank off (adapterBank: 0: sets take turns), in this run, and base there. */
+      turnsTokS: number | null;
+      turnsBaseTokS: number | null;
+    }[];
     /** Adapter 'a' merged into the weights (how `serve` runs it): its requests, and base requests on that model. */
     merged: { mergeMs: number; oneStream: SingleStream; baseOnMerged: SingleStream } | null;
   };
@@ -251,29 +261,75 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const ks = o.mixAdapters.filter((k) => k <= names.length);
       if (ks.length === 0) continue;
       o.progress(`ours: ${ks.join(', ')} adapters mixed over ${n} streams`);
-      const at = async (f: (i: number) => GenerateParams['adapters']) => {
-        await concurrent(n, f);
-        const rates = [];
-        for (let i = 0; i < 2; i++) rates.push((await concurrent(n, f)).rate);
-        return median(rates);
-      };
-      const baseTokS = await at(() => []);
+      // Rounds of base, then each mix, so that this noisy machine's drift falls on all of them
+      // alike; each figure is the median of its rounds.
+      const mixOf = (k: number) => (i: number) => (k === 0 ? [] : [{ name: names[i % k]!, scale: 1 }]);
+      const runsOf = new Map<number, number[]>([0, ...ks].map((k) => [k, []]));
+      const counts = new Map<number, { switches: number; steps: number }>(
+        ks.map((k) => [k, { switches: 0, steps: 0 }]),
+      );
+      for (const k of [0, ...ks]) await concurrent(n, mixOf(k)); // warm-up: the bank takes its members here
+      for (let round = 0; round < Math.max(2, o.runs); round++) {
+        for (const k of [0, ...ks]) {
+          const p0 = engine.stats().profile!;
+          runsOf.get(k)!.push((await concurrent(n, mixOf(k))).rate);
+          const p1 = engine.stats().profile!;
+          const c = counts.get(k);
+          if (c) {
+            c.switches += p1.adapterSwitches - p0.adapterSwitches;
+            c.steps += p1.steps - p0.steps;
+          }
+        }
+      }
+      const baseTokS = median(runsOf.get(0)!);
       for (const k of ks) {
-        const p0 = engine.stats().profile!;
-        const tokS = await at((i) => [{ name: names[i % k]!, scale: 1 }]);
-        const p1 = engine.stats().profile!;
+        const tokS = median(runsOf.get(k)!);
         const row = {
           streams: n,
           adapters: k,
           tokS,
           baseTokS,
-          switches: p1.adapterSwitches - p0.adapterSwitches,
-          steps: p1.steps - p0.steps,
+          ...counts.get(k)!,
+          turnsTokS: null as number | null,
+          turnsBaseTokS: null as number | null,
         };
         lora.mixes.push(row);
         note(
           `${k} adapter${k > 1 ? 's' : ''} mixed over ${n} streams: ${r0(tokS)} tok/s, ${(tokS / baseTokS).toFixed(2)} of base (${r0(baseTokS)}); ${row.switches} switches in ${row.steps} steps`,
         );
+      }
+    }
+
+    // The mixes again with the bank off, on an engine of their own: what turn-taking gives on this
+    // machine in this run (the bank's gain, free of run-to-run noise).
+    const mixedRows = lora.mixes.filter((m) => m.adapters > 1);
+    if (mixedRows.length > 0) {
+      o.progress('ours: the same mixes with the adapter bank off (turns)');
+      const banked = engine;
+      engine = await load({ adapterBank: 0 });
+      try {
+        for (const [i, p] of o.adapters.entries()) await engine.loadAdapter(names[i]!, p);
+        // Interleaved with base on this engine, as above.
+        const streamCounts = [...new Set(mixedRows.map((m) => m.streams))];
+        for (const n of streamCounts) {
+          const rows = mixedRows.filter((m) => m.streams === n);
+          const mixOf = (k: number) => (i: number) => (k === 0 ? [] : [{ name: names[i % k]!, scale: 1 }]);
+          const runsOf = new Map<number, number[]>([0, ...rows.map((m) => m.adapters)].map((k) => [k, []]));
+          for (const k of runsOf.keys()) await concurrent(n, mixOf(k));
+          for (let round = 0; round < Math.max(2, o.runs); round++) {
+            for (const [k, rates] of runsOf) rates.push((await concurrent(n, mixOf(k))).rate);
+          }
+          for (const m of rows) {
+            m.turnsTokS = median(runsOf.get(m.adapters)!);
+            m.turnsBaseTokS = median(runsOf.get(0)!);
+            note(
+              `${m.adapters} adapters mixed over ${n} streams, turns: ${r0(m.turnsTokS)} tok/s, ${(m.turnsTokS / m.turnsBaseTokS).toFixed(2)} of base (${r0(m.turnsBaseTokS)})`,
+            );
+          }
+        }
+      } finally {
+        await engine.close();
+        engine = banked;
       }
     }
 

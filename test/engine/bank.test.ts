@@ -94,6 +94,37 @@ describe('the adapter bank', () => {
     expect(after.bankBytes).toBeGreaterThan(0);
   });
 
+  it('base and adapter requests one after another: an idle graph (base alone) never serves an adapter', async () => {
+    // Base alone leaves the deltas out of the graph; a graph kept for that must not be reused for
+    // the next batch that needs an adapter (nor a full one for base: that only costs time).
+    for (const i of [0, 1, 0, 2, 0, 5]) {
+      const r = await bank.generate(prompts[i % prompts.length]!, params(mixedSets[i])).result;
+      expect(r.tokens, `set ${i}`).toEqual(alone[i]);
+    }
+  });
+
+  it('a graph built idle is not reused when an adapter request takes the next step of the same shape', async () => {
+    // Two base streams decode (an idle step: 2 tokens, sequences 0 and 1); the short one ends and a
+    // queued one-token adapter prompt takes its slot: 2 tokens again, the same sequences, which
+    // llama.cpp would reuse the idle graph for unless the bank's input refuses.
+    const two = await loadEngine('tiny-qa', { slots: 2, promptCache: false });
+    try {
+      await two.loadAdapter('a', adapterA);
+      const bos = [two.model.bos];
+      const want = (await turns.generate(bos, params([{ name: 'a', scale: 1 }], 20)).result).tokens;
+      const baseToo = (await turns.generate(bos, params([], 20)).result).tokens;
+      expect(want).not.toEqual(baseToo);
+      await two.generate(prompts[0]!, params([{ name: 'a', scale: 1 }], 3)).result; // 'a' joins the bank now
+      const long = two.generate(prompts[0]!, params([], 120));
+      const short = two.generate(prompts[1]!, params([], 4));
+      const q = two.generate(bos, params([{ name: 'a', scale: 1 }], 20));
+      expect((await q.result).tokens).toEqual(want);
+      await Promise.all([long.result, short.result]);
+    } finally {
+      await two.close();
+    }
+  });
+
   it('adapters join and leave the bank while requests run; a member unloaded leaves once unused', async () => {
     const c = await writeVariant('c.gguf', 3);
     const sets: Sets = [[{ name: 'a', scale: 1 }], [{ name: 'b', scale: 0.5 }], [{ name: 'c', scale: 1 }]];
