@@ -89,8 +89,11 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
   for (size_t k = 0; k < members.size(); ++k) {
     for (const auto& [name, w] : members[k]->handle->ab_map) parts[name].push_back({static_cast<int32_t>(k), &w});
   }
-  // Tensors go where the members' own tensors are (llama.cpp put them beside their weight). A GPU
-  // runs its own matmul kernels, not cuBLAS conversions, at a stacked rank that is a multiple of 32.
+  // Tensors go where the members' own tensors are (llama.cpp put them beside their weight), in F32
+  // whatever the members' types: exact for all of them, and a member's rows then come out the same
+  // whichever others share its stack (F16 would round a row's activations, F32 would not). On a GPU
+  // each member's rows are padded to a multiple of 32, what ggml's own F32 matmul kernels take
+  // (else cuBLAS), so any range of members stays aligned.
   std::map<ggml_backend_buffer_type_t, ggml_context*> ctx_of;
   auto ctx_for = [&](ggml_backend_buffer_type_t buft) {
     auto it = ctx_of.find(buft);
@@ -105,14 +108,16 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     const ggml_tensor* a0 = ps[0].w->a;
     const ggml_tensor* b0 = ps[0].w->b;
     ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(a0->buffer);
+    const int64_t pad = ggml_backend_buft_is_host(buft) ? 1 : 32;
     Layout layout;
     for (const auto& p : ps) {
       const int64_t rank = p.w->b->ne[0];
       const float alpha = members[p.member]->handle->alpha;
-      layout.segments.push_back({p.member, layout.rows, rank, alpha != 0.0f ? alpha / static_cast<float>(rank) : 1.0f});
-      layout.rows += rank;
+      const int64_t stride = (rank + pad - 1) / pad * pad;
+      layout.segments.push_back(
+          {p.member, layout.rows, rank, stride, alpha != 0.0f ? alpha / static_cast<float>(rank) : 1.0f});
+      layout.rows += stride;
     }
-    if (!ggml_backend_buft_is_host(buft)) layout.rows = (layout.rows + 31) / 32 * 32;
     auto same = std::find_if(layouts_.begin(), layouts_.end(),
                              [&](const Layout& l) { return l.rows == layout.rows && l.segments == layout.segments; });
     Stacked s;
@@ -167,29 +172,36 @@ void AdapterBank::set_sequence(int32_t seq, const std::vector<AdapterUse>& uses)
   }
 }
 
-void AdapterBank::fill_masks(const MaskSet& masks, const llama_ubatch& ub) const {
+int32_t AdapterBank::member_index(const LoadedAdapter* a) const {
+  for (size_t k = 0; k < members_.size(); ++k) {
+    if (members_[k].get() == a) return static_cast<int32_t>(k);
+  }
+  return -1;
+}
+
+void AdapterBank::fill_masks(const MaskSet& set, const llama_ubatch& ub) const {
   std::vector<float> data;
-  // One column of `rows` values per token: each member's rank block holds that token's scale
-  // for the member times the member's alpha / rank.
-  auto fill = [&](ggml_tensor* t, const Layout& layout, bool outputs_only) {
-    if (t == nullptr || t->buffer == nullptr) return;  // not used by this graph
-    data.assign(ggml_nelements(t), 0.0f);
+  // One column per token (or output row): each active member's rank block holds that token's
+  // scale for the member times the member's alpha / rank; padding and other members hold 0.
+  for (const MaskSet::Mask& m : set.masks) {
+    if (m.t == nullptr || m.t->buffer == nullptr) continue;  // not allocated: not used by this graph
+    const Layout& layout = layouts_[m.layout];
+    const int64_t rows = m.t->ne[0];
+    data.assign(ggml_nelements(m.t), 0.0f);
     int64_t col = 0;
-    for (uint32_t i = 0; i < ub.n_tokens && col < t->ne[1]; ++i) {
-      if (outputs_only && ub.output != nullptr && !ub.output[i]) continue;
+    for (uint32_t i = 0; i < ub.n_tokens && col < m.t->ne[1]; ++i) {
+      if (m.outputs && ub.output != nullptr && !ub.output[i]) continue;
       const llama_seq_id seq = ub.seq_id[i][0];
       if (seq >= 0 && seq < n_seq_) {
-        float* c = data.data() + col * layout.rows;
-        for (const Segment& s : layout.segments)
-          std::fill_n(c + s.offset, s.rank, seq_scales_[seq][s.member] * s.factor);
+        float* c = data.data() + col * rows;
+        for (const Segment& s : layout.segments) {
+          if (s.member < set.lo || s.member > set.hi) continue;
+          std::fill_n(c + (s.offset - m.first), s.rank, seq_scales_[seq][s.member] * s.factor);
+        }
       }
       ++col;
     }
-    ggml_backend_tensor_set(t, data.data(), 0, data.size() * sizeof(float));
-  };
-  for (size_t l = 0; l < layouts_.size(); ++l) {
-    if (l < masks.tokens.size()) fill(masks.tokens[l], layouts_[l], false);
-    if (l < masks.outputs.size()) fill(masks.outputs[l], layouts_[l], true);
+    ggml_backend_tensor_set(m.t, data.data(), 0, data.size() * sizeof(float));
   }
 }
 

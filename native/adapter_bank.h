@@ -53,10 +53,14 @@ class AdapterBank {
   // The scales sequence `seq` runs with: `uses`' (all members) for their members, 0 for the rest.
   void set_sequence(int32_t seq, const std::vector<AdapterUse>& uses);
 
-  // Idle: no token of the next batch uses a member, so graphs leave the deltas out (they would
-  // add zeros) and cost what the base model costs.
-  void set_idle(bool idle) { idle_ = idle; }
-  bool idle() const { return idle_; }
+  // The members the next batch uses: the range [lo, hi] of member indices that holds them all (lo >
+  // hi: none, as for base requests alone). Graphs compute only that range's rows of the stacks, so a
+  // step costs what its own adapters cost, not what the whole bank would.
+  void set_active(int32_t lo, int32_t hi) {
+    active_lo_ = lo;
+    active_hi_ = hi;
+  }
+  int32_t member_index(const LoadedAdapter* a) const;  // -1: not a member
 
   // Changes with every set_members that changed something: what a built graph was built for.
   uint64_t version() const { return version_; }
@@ -67,9 +71,22 @@ class AdapterBank {
   ggml_tensor* add_delta(const llm_graph_context& g, ggml_tensor* w, ggml_tensor* cur, ggml_tensor* res);
   // Fills the masks of one graph for the batch `ub` (see BankMasks in lora_hook.cpp).
   struct MaskSet {
-    std::vector<ggml_tensor*> tokens, outputs;  // per layout: one row block per token / per output
+    int32_t lo = 0, hi = -1;  // the active range the graph was built for
+    struct Mask {
+      int32_t layout = 0;
+      bool outputs = false;  // one column per output row (a last layer's), else per token
+      int64_t first = 0;     // the stacked row it starts at
+      ggml_tensor* t = nullptr;
+    };
+    std::vector<Mask> masks;
   };
-  void fill_masks(const MaskSet& masks, const llama_ubatch& ub) const;
+  void fill_masks(const MaskSet& set, const llama_ubatch& ub) const;
+  MaskSet active_range() const {
+    MaskSet m;
+    m.lo = active_lo_;
+    m.hi = active_hi_;
+    return m;
+  }
   // Set when a graph asked for something the bank cannot build (it then added no delta): the
   // decode that built it must not be trusted. Read and cleared by the scheduler after each decode.
   bool take_fault() { return fault_.exchange(false); }
@@ -78,18 +95,19 @@ class AdapterBank {
   struct Segment {
     int32_t member = 0;  // index into members_
     int64_t offset = 0, rank = 0;
+    int64_t stride = 0;   // rows it takes: its rank, padded on a GPU (see set_members)
     float factor = 1.0f;  // alpha / rank, or 1 without alpha (llama.cpp's get_scale)
     bool operator==(const Segment& o) const {
-      return member == o.member && offset == o.offset && rank == o.rank && factor == o.factor;
+      return member == o.member && offset == o.offset && rank == o.rank && stride == o.stride && factor == o.factor;
     }
   };
   struct Layout {
     std::vector<Segment> segments;
-    int64_t rows = 0;  // the stacked rank, padded
+    int64_t rows = 0;  // the stacked rank
   };
   struct Stacked {
-    ggml_tensor* a = nullptr;  // F32 [n_in, rows]
-    ggml_tensor* b = nullptr;  // F32 [rows, n_out]
+    ggml_tensor* a = nullptr;  // F32 [n_in, rows]: the members' A, one after the other
+    ggml_tensor* b = nullptr;  // F32 [rows, n_out]: each row the members' rows of B side by side
     int32_t layout = 0;
   };
   MaskSet* masks_of(const llm_graph_context& g);
@@ -104,7 +122,7 @@ class AdapterBank {
   std::vector<ggml_backend_buffer_t> bufs_;
   size_t bytes_ = 0;
   uint64_t version_ = 0;
-  bool idle_ = false;
+  int32_t active_lo_ = 0, active_hi_ = -1;
   std::atomic<bool> fault_{false};
 };
 

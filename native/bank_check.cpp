@@ -43,11 +43,11 @@ std::vector<const ggml_tensor*> probe_weights(const llama_model* model) {
 }
 
 // A LoRA GGUF with random A and B for `weights`, written to a temporary file and loaded.
-llama_adapter_lora* made_up_adapter(llama_model* model, const std::vector<const ggml_tensor*>& weights, int64_t rank,
-                                    float alpha, uint32_t seed) {
-  size_t floats = 0;
-  for (const auto* w : weights) floats += rank * (w->ne[0] + w->ne[1]);
-  ggml_init_params p{floats * sizeof(float) + ggml_tensor_overhead() * 2 * (weights.size() + 1), nullptr, false};
+llama_adapter_lora* made_up_adapter(llama_model* model, const std::vector<const ggml_tensor*>& weights, ggml_type type,
+                                    int64_t rank, float alpha, uint32_t seed) {
+  size_t values = 0;
+  for (const auto* w : weights) values += rank * (w->ne[0] + w->ne[1]);
+  ggml_init_params p{values * sizeof(float) + ggml_tensor_overhead() * 2 * (weights.size() + 1), nullptr, false};
   ggml_context* c = ggml_init(p);
   gguf_context* g = gguf_init_empty();
   gguf_set_val_str(g, "general.architecture", meta(model, "general.architecture").c_str());
@@ -62,14 +62,22 @@ llama_adapter_lora* made_up_adapter(llama_model* model, const std::vector<const 
     return static_cast<float>(x) / 2147483648.0f - 1.0f;
   };
   for (const auto* w : weights) {
-    ggml_tensor* a = ggml_new_tensor_2d(c, GGML_TYPE_F32, w->ne[0], rank);
-    ggml_tensor* b = ggml_new_tensor_2d(c, GGML_TYPE_F32, rank, w->ne[1]);
+    ggml_tensor* a = ggml_new_tensor_2d(c, type, w->ne[0], rank);
+    ggml_tensor* b = ggml_new_tensor_2d(c, type, rank, w->ne[1]);
     ggml_format_name(a, "%s.lora_a", w->name);
     ggml_format_name(b, "%s.lora_b", w->name);
     // Big enough to move every logit well past rounding, small enough to stay finite.
     const float sa = 1.0f / std::sqrt(static_cast<float>(w->ne[0])), sb = 0.5f / std::sqrt(static_cast<float>(rank));
-    for (int64_t i = 0; i < ggml_nelements(a); ++i) static_cast<float*>(a->data)[i] = sa * uniform();
-    for (int64_t i = 0; i < ggml_nelements(b); ++i) static_cast<float*>(b->data)[i] = sb * uniform();
+    for (auto [t, scale] : {std::pair{a, sa}, std::pair{b, sb}}) {
+      for (int64_t i = 0; i < ggml_nelements(t); ++i) {
+        const float v = scale * uniform();
+        if (type == GGML_TYPE_F16) {
+          static_cast<ggml_fp16_t*>(t->data)[i] = ggml_fp32_to_fp16(v);
+        } else {
+          static_cast<float*>(t->data)[i] = v;
+        }
+      }
+    }
     gguf_add_tensor(g, a);
     gguf_add_tensor(g, b);
   }
@@ -148,8 +156,9 @@ BankCheck check_bank(llama_model* model, llama_context* ctx) {
     return std::isfinite(d) ? d : INFINITY;
   };
   try {
-    x->handle = made_up_adapter(model, weights, 8, 0.0f, 0x9e3779b9u);
-    y->handle = made_up_adapter(model, some, 4, 8.0f, 0x7f4a7c15u);  // alpha 8 at rank 4: scale x2
+    // F16 and F32: the bank stacks both as F32.
+    x->handle = made_up_adapter(model, weights, GGML_TYPE_F16, 8, 0.0f, 0x9e3779b9u);
+    y->handle = made_up_adapter(model, some, GGML_TYPE_F32, 4, 8.0f, 0x7f4a7c15u);  // alpha 8 at rank 4: scale x2
     const std::vector<float> base = alone(nullptr, 0.0f), ref_x = alone(x->handle, 0.5f),
                              ref_y = alone(y->handle, 1.0f);
 
@@ -159,6 +168,7 @@ BankCheck check_bank(llama_model* model, llama_context* ctx) {
     llama_set_adapters_lora(ctx, both, 2, ones);
     bank->set_sequence(0, {{x, 0.5f}});
     bank->set_sequence(1, {{y, 1.0f}});
+    bank->set_active(0, 1);
     const bool three = n_seq >= 3;  // and the base model beside them, when there is a third slot
     const uint64_t calls = lora_hook_calls();
     std::vector<std::vector<float>> mixed;

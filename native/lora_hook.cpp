@@ -19,19 +19,20 @@ thread_local uint64_t t_calls = 0;
 // for every batch the graph computes, and reuses the graph only while can_reuse holds.
 class BankMasks : public llm_graph_input_i {
  public:
-  BankMasks(AdapterBank* bank, int64_t n_tokens, int64_t n_outputs)
-      : bank(bank), version(bank->version()), idle(bank->idle()), n_tokens(n_tokens), n_outputs(n_outputs) {}
+  BankMasks(AdapterBank* bank, const AdapterBank::MaskSet& range, int64_t n_tokens, int64_t n_outputs)
+      : bank(bank), version(bank->version()), n_tokens(n_tokens), n_outputs(n_outputs), masks(range) {}
   void set_input(const llama_ubatch* ubatch) override { bank->fill_masks(masks, *ubatch); }
-  // An idle graph has no deltas: it serves only idle batches, and a full one only full ones.
+  // The graph computes its active range's rows only: it serves batches of that range alone (one
+  // built for base alone, with no deltas, must never serve an adapter).
   bool can_reuse(const llm_graph_params& params) override {
-    return bank == t_bank && bank->version() == version && bank->idle() == idle &&
+    const AdapterBank::MaskSet now = bank->active_range();
+    return bank == t_bank && bank->version() == version && now.lo == masks.lo && now.hi == masks.hi &&
            static_cast<int64_t>(params.ubatch.n_tokens) == n_tokens &&
            static_cast<int64_t>(params.n_outputs) == n_outputs;
   }
 
   AdapterBank* const bank;
   const uint64_t version;
-  const bool idle;
   const int64_t n_tokens, n_outputs;
   AdapterBank::MaskSet masks;
 };
@@ -48,34 +49,50 @@ AdapterBank::MaskSet* AdapterBank::masks_of(const llm_graph_context& g) {
     auto* m = dynamic_cast<BankMasks*>(it->get());
     if (m != nullptr && m->bank == this) return &m->masks;
   }
-  auto* m = static_cast<BankMasks*>(g.res->add_input(std::make_unique<BankMasks>(this, g.n_tokens, g.n_outputs)));
-  m->masks.tokens.assign(layouts_.size(), nullptr);
-  m->masks.outputs.assign(layouts_.size(), nullptr);
+  auto* m = static_cast<BankMasks*>(
+      g.res->add_input(std::make_unique<BankMasks>(this, active_range(), g.n_tokens, g.n_outputs)));
   return &m->masks;
 }
 
 ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, ggml_tensor* cur, ggml_tensor* res) {
   auto it = weights_.find(w->name);
   if (it == weights_.end()) return res;  // no member adapts w
-  MaskSet& masks = *masks_of(g);         // also in an idle graph: its can_reuse keeps it idle
-  if (idle_) return res;
+  MaskSet& set = *masks_of(g);           // even when nothing is active: its can_reuse holds the graph to that
   const Stacked& s = it->second;
+  const Layout& layout = layouts_[s.layout];
+  // The stacked rows of the active members (consecutive: members are stacked in order).
+  int64_t first = -1, end = -1;
+  for (const Segment& seg : layout.segments) {
+    if (seg.member < set.lo || seg.member > set.hi) continue;
+    if (first < 0) first = seg.offset;
+    end = seg.offset + seg.stride;
+  }
+  if (first < 0) return res;  // none of them adapts w
   // The rows of `cur` are the batch's tokens, or in a last layer only those that give logits.
   const int64_t rows = ggml_nelements(cur) / cur->ne[0];
-  std::vector<ggml_tensor*>* set = rows == g.n_tokens ? &masks.tokens : rows == g.n_outputs ? &masks.outputs : nullptr;
-  if (set == nullptr) {
+  if (rows != g.n_tokens && rows != g.n_outputs) {
     fault_ = true;  // nothing to tell the rows' sequences by: the scheduler fails this decode
     return res;
   }
-  ggml_tensor*& mask = (*set)[s.layout];
-  if (mask == nullptr) {
-    mask = ggml_new_tensor_2d(g.ctx0, GGML_TYPE_F32, layouts_[s.layout].rows, rows);
-    ggml_set_input(mask);
-    ggml_format_name(mask, "bank_mask_%d_%s", s.layout, set == &masks.tokens ? "tok" : "out");
+  const bool outputs = rows != g.n_tokens;
+  auto m = std::find_if(set.masks.begin(), set.masks.end(),
+                        [&](const MaskSet::Mask& x) { return x.layout == s.layout && x.outputs == outputs; });
+  if (m == set.masks.end()) {
+    ggml_tensor* t = ggml_new_tensor_2d(g.ctx0, GGML_TYPE_F32, end - first, rows);
+    ggml_set_input(t);
+    ggml_format_name(t, "bank_mask_%d_%s", s.layout, outputs ? "out" : "tok");
+    set.masks.push_back({s.layout, outputs, first, t});
+    m = set.masks.end() - 1;
   }
-  ggml_tensor* t = ggml_mul_mat(g.ctx0, s.a, cur);  // [rows of the stacked rank, tokens…]
-  t = ggml_mul(g.ctx0, t, ggml_n_dims(t) > 2 ? ggml_reshape(g.ctx0, mask, t) : mask);
-  return ggml_add(g.ctx0, res, ggml_mul_mat(g.ctx0, s.b, t));
+  ggml_tensor* a = s.a;
+  ggml_tensor* b = s.b;
+  if (first > 0 || end < layout.rows) {
+    a = ggml_view_2d(g.ctx0, s.a, s.a->ne[0], end - first, s.a->nb[1], first * s.a->nb[1]);
+    b = ggml_view_2d(g.ctx0, s.b, end - first, s.b->ne[1], s.b->nb[1], first * ggml_element_size(s.b));
+  }
+  ggml_tensor* t = ggml_mul_mat(g.ctx0, a, cur);  // [active stacked rows, tokens…]
+  t = ggml_mul(g.ctx0, t, ggml_n_dims(t) > 2 ? ggml_reshape(g.ctx0, m->t, t) : m->t);
+  return ggml_add(g.ctx0, res, ggml_mul_mat(g.ctx0, b, t));
 }
 
 }  // namespace cml
