@@ -1,4 +1,5 @@
-// The bank's members and their stacked weights (adapter_bank.h). The graph side is lora_hook.cpp.
+// The bank's members, their weights (stacked or their own) and its masks' values (adapter_bank.h).
+// The graph side is lora_hook.cpp.
 #include "adapter_bank.h"
 
 #include <algorithm>
@@ -46,8 +47,11 @@ std::string bank_refusal(const llama_adapter_lora* handle) {
   return "";
 }
 
-AdapterBank::AdapterBank(int32_t n_seq, int32_t capacity)
-    : n_seq_(n_seq), capacity_(capacity), seq_scales_(n_seq, std::vector<float>(capacity, 0.0f)) {}
+AdapterBank::AdapterBank(int32_t n_seq, int32_t capacity, BankLayout layout)
+    : n_seq_(n_seq),
+      capacity_(std::min(capacity, 64)),  // active members are bits of a uint64_t
+      layout_(layout),
+      seq_scales_(n_seq, std::vector<float>(capacity_, 0.0f)) {}
 
 AdapterBank::~AdapterBank() { release(); }
 
@@ -59,6 +63,7 @@ void AdapterBank::release() {
   weights_.clear();
   layouts_.clear();
   bytes_ = 0;
+  any_stacked_ = false;
 }
 
 bool AdapterBank::covers(const std::vector<AdapterUse>& uses) const {
@@ -69,6 +74,7 @@ bool AdapterBank::covers(const std::vector<AdapterUse>& uses) const {
 }
 
 bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> members) {
+  std::sort(members.begin(), members.end(), [](const auto& x, const auto& y) { return x->serial < y->serial; });
   if (members == members_) return false;
   if (static_cast<int32_t>(members.size()) > capacity_) throw std::runtime_error("more adapters than the bank holds");
   for (const auto& m : members) {
@@ -89,11 +95,14 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
   for (size_t k = 0; k < members.size(); ++k) {
     for (const auto& [name, w] : members[k]->handle->ab_map) parts[name].push_back({static_cast<int32_t>(k), &w});
   }
-  // Tensors go where the members' own tensors are (llama.cpp put them beside their weight), in F32
-  // whatever the members' types: exact for all of them, and a member's rows then come out the same
-  // whichever others share its stack (F16 would round a row's activations, F32 would not). On a GPU
-  // each member's rows are padded to a multiple of 32, what ggml's own F32 matmul kernels take
-  // (else cuBLAS), so any range of members stays aligned.
+  auto factor = [&](const Part& p) {  // llama.cpp's get_scale without the scale
+    const float alpha = members[p.member]->handle->alpha;
+    return alpha != 0.0f ? alpha / static_cast<float>(p.w->b->ne[0]) : 1.0f;
+  };
+  // The copies go where the members' own tensors are (llama.cpp put them beside their weight), in
+  // F32 whatever the members' types (exact for all). Stacked on a GPU, each member's rows are padded
+  // to a multiple of 32, what ggml's own F32 matmul kernels take (else cuBLAS, with conversions), so
+  // any range of members stays aligned.
   std::map<ggml_backend_buffer_type_t, ggml_context*> ctx_of;
   auto ctx_for = [&](ggml_backend_buffer_type_t buft) {
     auto it = ctx_of.find(buft);
@@ -105,30 +114,31 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     return ctx_of[buft] = c;
   };
   for (const auto& [name, ps] : parts) {
-    const ggml_tensor* a0 = ps[0].w->a;
-    const ggml_tensor* b0 = ps[0].w->b;
-    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(a0->buffer);
-    const int64_t pad = ggml_backend_buft_is_host(buft) ? 1 : 32;
+    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(ps[0].w->a->buffer);
+    const bool host = ggml_backend_buft_is_host(buft);
+    Adapted d;
+    d.gathered = layout_ == BankLayout::Gathered || (layout_ == BankLayout::Auto && host);
+    any_stacked_ = any_stacked_ || !d.gathered;
+    const int64_t pad = host || d.gathered ? 1 : 32;
     Layout layout;
     for (const auto& p : ps) {
       const int64_t rank = p.w->b->ne[0];
-      const float alpha = members[p.member]->handle->alpha;
       const int64_t stride = (rank + pad - 1) / pad * pad;
-      layout.segments.push_back(
-          {p.member, layout.rows, rank, stride, alpha != 0.0f ? alpha / static_cast<float>(rank) : 1.0f});
+      layout.segments.push_back({p.member, layout.rows, rank, stride, factor(p)});
       layout.rows += stride;
     }
     auto same = std::find_if(layouts_.begin(), layouts_.end(),
                              [&](const Layout& l) { return l.rows == layout.rows && l.segments == layout.segments; });
-    Stacked s;
-    s.layout = static_cast<int32_t>(same - layouts_.begin());
+    d.layout = static_cast<int32_t>(same - layouts_.begin());
     if (same == layouts_.end()) layouts_.push_back(layout);
     ggml_context* c = ctx_for(buft);
-    s.a = ggml_new_tensor_2d(c, GGML_TYPE_F32, a0->ne[0], layout.rows);
-    s.b = ggml_new_tensor_2d(c, GGML_TYPE_F32, layout.rows, b0->ne[1]);
-    ggml_format_name(s.a, "bank.%s.a", name.c_str());
-    ggml_format_name(s.b, "bank.%s.b", name.c_str());
-    weights_[name] = s;
+    const int64_t n_in = ps[0].w->a->ne[0], n_out = ps[0].w->b->ne[1];
+    d.a = ggml_new_tensor_2d(c, GGML_TYPE_F32, n_in, layout.rows);
+    d.b = d.gathered ? ggml_new_tensor_2d(c, GGML_TYPE_F32, n_out, layout.rows)
+                     : ggml_new_tensor_2d(c, GGML_TYPE_F32, layout.rows, n_out);
+    ggml_format_name(d.a, "bank.%s.a", name.c_str());
+    ggml_format_name(d.b, "bank.%s.b", name.c_str());
+    weights_[name] = d;
   }
   for (const auto& [buft, c] : ctx_of) {
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(c, buft);
@@ -140,22 +150,30 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     bufs_.push_back(buf);
     bytes_ += ggml_backend_buffer_get_size(buf);
   }
-  // Fill: A's rows one member after the other; each of B's rows the members' rows side by side.
+  // Fill: A's rows one member after the other; B's rows (stacked) or columns (gathered) likewise.
   for (const auto& [name, ps] : parts) {
-    const Stacked& s = weights_[name];
-    const Layout& layout = layouts_[s.layout];
-    const int64_t n_in = s.a->ne[0], n_out = s.b->ne[1], rows = layout.rows;
+    const Adapted& d = weights_[name];
+    const Layout& layout = layouts_[d.layout];
+    const int64_t n_in = d.a->ne[0], rows = layout.rows;
+    const int64_t n_out = d.gathered ? d.b->ne[0] : d.b->ne[1];
     std::vector<float> a(n_in * rows, 0.0f), b(rows * n_out, 0.0f);
     for (size_t i = 0; i < ps.size(); ++i) {
       const Segment& seg = layout.segments[i];
       const std::vector<float> pa = read_floats(ps[i].w->a), pb = read_floats(ps[i].w->b);
       std::copy(pa.begin(), pa.end(), a.begin() + seg.offset * n_in);
       for (int64_t j = 0; j < n_out; ++j) {
-        std::copy_n(pb.begin() + j * seg.rank, seg.rank, b.begin() + j * rows + seg.offset);
+        for (int64_t k = 0; k < seg.rank; ++k) {
+          const float v = pb[j * seg.rank + k];  // B[k, j]: ne0 is the rank
+          if (d.gathered) {
+            b[(seg.offset + k) * n_out + j] = v;
+          } else {
+            b[j * rows + seg.offset + k] = v;
+          }
+        }
       }
     }
-    ggml_backend_tensor_set(s.a, a.data(), 0, a.size() * sizeof(float));
-    ggml_backend_tensor_set(s.b, b.data(), 0, b.size() * sizeof(float));
+    ggml_backend_tensor_set(d.a, a.data(), 0, a.size() * sizeof(float));
+    ggml_backend_tensor_set(d.b, b.data(), 0, b.size() * sizeof(float));
   }
   members_ = std::move(members);
   return true;
@@ -181,11 +199,11 @@ int32_t AdapterBank::member_index(const LoadedAdapter* a) const {
 
 void AdapterBank::fill_masks(const MaskSet& set, const llama_ubatch& ub) const {
   std::vector<float> data;
-  // One column per token (or output row): each active member's rank block holds that token's
-  // scale for the member times the member's alpha / rank; padding and other members hold 0.
+  // One column per token (or output row): each active member's rank block holds that token's scale
+  // for the member times its alpha / rank, padding and the rest 0 (the gathered kernel reads a
+  // block's first value).
   for (const MaskSet::Mask& m : set.masks) {
     if (m.t == nullptr || m.t->buffer == nullptr) continue;  // not allocated: not used by this graph
-    const Layout& layout = layouts_[m.layout];
     const int64_t rows = m.t->ne[0];
     data.assign(ggml_nelements(m.t), 0.0f);
     int64_t col = 0;
@@ -194,8 +212,8 @@ void AdapterBank::fill_masks(const MaskSet& set, const llama_ubatch& ub) const {
       const llama_seq_id seq = ub.seq_id[i][0];
       if (seq >= 0 && seq < n_seq_) {
         float* c = data.data() + col * rows;
-        for (const Segment& s : layout.segments) {
-          if (s.member < set.lo || s.member > set.hi) continue;
+        for (const Segment& s : layouts_[m.layout].segments) {
+          if (!(set.active >> s.member & 1)) continue;
           std::fill_n(c + (s.offset - m.first), s.rank, seq_scales_[seq][s.member] * s.factor);
         }
       }

@@ -1,11 +1,18 @@
 // The adapter bank: requests with different LoRA adapters and scales in one decode.
 //
 // llama.cpp applies a context's adapters to every token of a batch, with each scale a constant of
-// the graph, and rebuilds its compute buffers whenever that set changes. The bank instead stacks
-// the A and B matrices of up to `capacity` adapters along the rank, per adapted weight, and adds
-// B_cat · (mask ⊙ (A_cat · x)), where the mask (a graph input, filled per batch) holds each token's
-// own scale for each member's rank block and 0 elsewhere. The graph stays the same while requests
-// of different members mix; it changes only when a member joins or leaves.
+// the graph, and rebuilds its compute buffers whenever that set changes. The bank's graph instead
+// gives every token its own scale for each member adapter, through a mask (a graph input filled
+// per batch), so requests of different members mix in one decode; the graph changes only when a
+// member joins or leaves, or (stacked) when a batch uses other members than the last. Per adapted
+// weight the members' A and B are copied, F32, stacked along the rank, laid out for one of:
+// - stacked (weights on a GPU): B_cat · (mask ⊙ (A_cat · x)) over the rows of the members the batch
+//   uses, each token's scale in its members' rank blocks: four kernels per weight however many
+//   adapters mix (a GPU's cost is its launches);
+// - gathered (weights in host memory): one node per weight, our own kernel (gathered_lora in
+//   lora_hook.cpp), that adds to each token's row only its own adapters' B_m (s_m · A_m x): the
+//   work follows each token's rank, not the bank's, and the node count stays that of one adapter
+//   (on the CPU every node costs a synchronisation of the threads, which dominates small ranks).
 //
 // It enters llama.cpp's graph through llm_graph_context::build_lora_mm, which our addon defines
 // over the prebuilt libllama's (lora_hook.cpp: the library calls it through its PLT, so the first
@@ -33,9 +40,11 @@ namespace cml {
 // through build_lora_mm, not token embeddings, mixture-of-experts weights or activated LoRA.
 std::string bank_refusal(const llama_adapter_lora* handle);
 
+enum class BankLayout { Auto, Stacked, Gathered };  // Auto: stacked on a GPU, gathered in host memory
+
 class AdapterBank {
  public:
-  AdapterBank(int32_t n_seq, int32_t capacity);
+  AdapterBank(int32_t n_seq, int32_t capacity, BankLayout layout = BankLayout::Auto);
   ~AdapterBank();
   AdapterBank(const AdapterBank&) = delete;
   AdapterBank& operator=(const AdapterBank&) = delete;
@@ -45,33 +54,34 @@ class AdapterBank {
   // Whether every adapter of the set is a member (an empty set always is).
   bool covers(const std::vector<AdapterUse>& uses) const;
 
-  // Makes `members` the bank (at most capacity, none refused by bank_refusal) and stacks their
-  // weights: copies every tensor of every member, so only on a change. False when the members
-  // are the same already. Throws std::runtime_error (a member's tensor cannot be read, no memory).
+  // Makes `members` the bank (at most capacity, none refused by bank_refusal), in serial order (so
+  // an adapter's deltas add in the same order whatever joins), and stacks the weights that go
+  // stacked: copies every tensor of every member, so only on a change. False when the members are
+  // the same already. Throws std::runtime_error (a member's tensor cannot be read, no memory).
   bool set_members(std::vector<std::shared_ptr<LoadedAdapter>> members);
 
   // The scales sequence `seq` runs with: `uses`' (all members) for their members, 0 for the rest.
   void set_sequence(int32_t seq, const std::vector<AdapterUse>& uses);
 
-  // The members the next batch uses: the range [lo, hi] of member indices that holds them all (lo >
-  // hi: none, as for base requests alone). Graphs compute only that range's rows of the stacks, so a
-  // step costs what its own adapters cost, not what the whole bank would.
-  void set_active(int32_t lo, int32_t hi) {
-    active_lo_ = lo;
-    active_hi_ = hi;
-  }
+  // The members the next batch uses, one bit per member index (0: none, as for base requests
+  // alone). Stacked graphs compute the rows of those alone (from the first to the last), gathered
+  // ones each token's own; none leaves the deltas out.
+  void set_active(uint64_t members) { active_ = members; }
+  // What a graph built now is built for: the active members, or for gathered weights alone only
+  // whether any is active (their graph serves any mix).
+  uint64_t graph_key() const { return any_stacked_ || active_ == 0 ? active_ : ~uint64_t{0}; }
   int32_t member_index(const LoadedAdapter* a) const;  // -1: not a member
 
   // Changes with every set_members that changed something: what a built graph was built for.
   uint64_t version() const { return version_; }
-  size_t bytes() const { return bytes_; }
+  size_t bytes() const { return bytes_; }  // of the copies
 
   // --- The graph side (lora_hook.cpp), on the thread that decodes ---
-  // `res` (w · cur) plus the members' deltas for `w`, for graph `g`.
+  // `res` (w · cur) plus the active members' deltas for `w`, for graph `g`.
   ggml_tensor* add_delta(const llm_graph_context& g, ggml_tensor* w, ggml_tensor* cur, ggml_tensor* res);
-  // Fills the masks of one graph for the batch `ub` (see BankMasks in lora_hook.cpp).
+  // The masks of one graph, and what it was built for.
   struct MaskSet {
-    int32_t lo = 0, hi = -1;  // the active range the graph was built for
+    uint64_t active = 0;  // graph_key() when built: the members whose rows the masks fill
     struct Mask {
       int32_t layout = 0;
       bool outputs = false;  // one column per output row (a last layer's), else per token
@@ -80,18 +90,13 @@ class AdapterBank {
     };
     std::vector<Mask> masks;
   };
+  // Fills one graph's masks for the batch `ub` (BankMasks::set_input in lora_hook.cpp).
   void fill_masks(const MaskSet& set, const llama_ubatch& ub) const;
-  MaskSet active_range() const {
-    MaskSet m;
-    m.lo = active_lo_;
-    m.hi = active_hi_;
-    return m;
-  }
   // Set when a graph asked for something the bank cannot build (it then added no delta): the
   // decode that built it must not be trusted. Read and cleared by the scheduler after each decode.
   bool take_fault() { return fault_.exchange(false); }
 
- private:
+  // A member's rows in a stack, and the stacks' row layouts (read by the gathered kernel too).
   struct Segment {
     int32_t member = 0;  // index into members_
     int64_t offset = 0, rank = 0;
@@ -105,24 +110,34 @@ class AdapterBank {
     std::vector<Segment> segments;
     int64_t rows = 0;  // the stacked rank
   };
-  struct Stacked {
+
+ private:
+  struct Adapted {
     ggml_tensor* a = nullptr;  // F32 [n_in, rows]: the members' A, one after the other
-    ggml_tensor* b = nullptr;  // F32 [rows, n_out]: each row the members' rows of B side by side
+    // Stacked: F32 [rows, n_out], each row the members' rows of B side by side. Gathered: B
+    // transposed, F32 [n_out, rows] (a row of B per stacked row: the kernel adds whole rows).
+    ggml_tensor* b = nullptr;
     int32_t layout = 0;
+    bool gathered = false;
   };
   MaskSet* masks_of(const llm_graph_context& g);
+  ggml_tensor* mask_for(const llm_graph_context& g, MaskSet& set, MaskSet::Mask key, int64_t rows, int64_t cols);
+  ggml_tensor* gathered_delta(const llm_graph_context& g, const Adapted& d, ggml_tensor* cur, ggml_tensor* res,
+                              ggml_tensor* mask);
   void release();
 
   int32_t n_seq_, capacity_;
+  BankLayout layout_;
   std::vector<std::shared_ptr<LoadedAdapter>> members_;
   std::vector<std::vector<float>> seq_scales_;  // [seq][member]
   std::vector<Layout> layouts_;
-  std::unordered_map<std::string, Stacked> weights_;  // by the base weight's name
+  std::unordered_map<std::string, Adapted> weights_;  // by the base weight's name
   std::vector<ggml_context*> ctxs_;
   std::vector<ggml_backend_buffer_t> bufs_;
   size_t bytes_ = 0;
   uint64_t version_ = 0;
-  int32_t active_lo_ = 0, active_hi_ = -1;
+  uint64_t active_ = 0;
+  bool any_stacked_ = false;
   std::atomic<bool> fault_{false};
 };
 

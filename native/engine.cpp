@@ -137,7 +137,7 @@ class LoadWorker : public Napi::AsyncWorker {
                           "llama.cpp could not create a context: " + (why.empty() ? "no reason given" : why)};
       }
       if (o.sched.bank_size > 0) {
-        bank_check_ = check_bank(model_, ctx_);
+        bank_check_ = check_bank(model_, ctx_, o.sched.bank_layout);
       } else {
         bank_check_.reason = "off (adapterBank: 0)";
       }
@@ -171,7 +171,7 @@ class LoadWorker : public Napi::AsyncWorker {
     }
     engine_->bank_check_ = bank_check_;
     std::unique_ptr<AdapterBank> bank;
-    if (bank_check_.ok) bank = std::make_unique<AdapterBank>(sc.n_slots, sc.bank_size);
+    if (bank_check_.ok) bank = std::make_unique<AdapterBank>(sc.n_slots, sc.bank_size, sc.bank_layout);
     engine_->scheduler_ = std::make_unique<Scheduler>(
         model_, ctx_, engine_->adapters_.get(), std::move(bank), engine_->opts_.sched,
         [engine = engine_](std::vector<Event>&& events) { engine->deliver(std::move(events)); });
@@ -324,6 +324,8 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   Napi::Object bank = Napi::Object::New(env);
   bank.Set("enabled", bank_check_.ok);
   bank.Set("size", bank_check_.ok ? opts_.sched.bank_size : 0);
+  const BankLayout l = opts_.sched.bank_layout;
+  bank.Set("layout", l == BankLayout::Stacked ? "stacked" : l == BankLayout::Gathered ? "gathered" : "auto");
   bank.Set("reason", bank_check_.ok ? env.Null() : Napi::Value(Napi::String::New(env, bank_check_.reason)));
   bank.Set("checkError", bank_check_.error);
   bank.Set("checkEffect", bank_check_.effect);

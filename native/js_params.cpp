@@ -117,6 +117,17 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   e.check_tensors = boolean(env, o, "checkTensors", true);
   // Adapters whose requests share a decode (adapter_bank.h); 0 takes turns by adapter set.
   e.sched.bank_size = integer(env, o, "adapterBank", 8, 0, 64);
+  if (has(o, "adapterBankLayout")) {
+    const std::string l = o.Get("adapterBankLayout").ToString().Utf8Value();
+    if (l == "auto")
+      e.sched.bank_layout = BankLayout::Auto;
+    else if (l == "stacked")
+      e.sched.bank_layout = BankLayout::Stacked;
+    else if (l == "gathered")
+      e.sched.bank_layout = BankLayout::Gathered;
+    else
+      bad(env, "adapterBankLayout must be 'auto', 'stacked' or 'gathered'");
+  }
   if (has(o, "kvCacheType")) {
     const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
     if (t == "f16")

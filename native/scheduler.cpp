@@ -328,15 +328,14 @@ void Scheduler::step(std::vector<Event>& out) {
   const int64_t t_decode = now_us();
   int32_t rc = 0;
   if (bank_on_) {  // the members this batch uses: the graph computes only theirs
-    int32_t lo = INT32_MAX, hi = -1;
+    uint64_t active = 0;
     for (const Slot* s : in_batch) {
       for (const auto& u : s->req->adapters) {
-        const int32_t k = bank_->member_index(u.adapter.get());
-        lo = std::min(lo, k);
-        hi = std::max(hi, k);
+        const int32_t k = bank_->member_index(u.adapter.get());  // a member: the batch holds covered sets only
+        if (k >= 0) active |= uint64_t{1} << k;
       }
     }
-    bank_->set_active(hi < 0 ? 0 : lo, hi);
+    bank_->set_active(active);
   }
   {
     BankScope scope(bank_on_ ? bank_.get() : nullptr);

@@ -32,6 +32,7 @@ struct SchedulerConfig {
   // gap costs another pass over the weights, a filler token only its own row.
   int32_t fill_gap = -1;  // -1: 32 on a GPU, 2 on the CPU (the engine decides at load)
   int32_t bank_size = 8;  // adapters in the bank (adapter_bank.h); 0: turns only
+  BankLayout bank_layout = BankLayout::Auto;
 };
 
 class Scheduler {

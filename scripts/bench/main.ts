@@ -1,6 +1,7 @@
 // npm run bench -- [--shape 1b|8b|60m] [--type f16|q8_0|q4_0] [--model f.gguf --adapter f.gguf]
 //   [--backend auto|cuda|cpu] [--streams 1,4,8,16,32,64] [--prompt-tokens 128] [--tokens 128]
-//   [--lora-rank 16] [--lora-targets attn_q,attn_v,...] [--mix-adapters 1,2,8] [--runs 3] [--bandwidth GB/s]
+//   [--lora-rank 16] [--lora-targets attn_q,attn_v,...] [--mix-adapters 1,2,8] [--bank-layout auto|stacked|gathered]
+//   [--runs 3] [--bandwidth GB/s]
 //   [--baselines nlc,llama-bench,batched-bench] [--no-http] [--no-merged] [--threads N] [--out dir] [--models-dir dir] [--quick]
 // One run, one machine: ours (engine and POST /predict) beside node-llama-cpp and llama.cpp's own
 // benchmarks on the same model; writes results.json, report.md and SVG charts; prints a table last.
@@ -34,6 +35,7 @@ const { values: a } = parseArgs({
     'lora-rank': { type: 'string', default: '16' },
     'mix-adapters': { type: 'string', default: '1,2,8' },
     'lora-targets': { type: 'string', default: PROJECTIONS.join(',') },
+    'bank-layout': { type: 'string', default: 'auto' },
     runs: { type: 'string', default: '3' },
     bandwidth: { type: 'string' },
     baselines: { type: 'string', default: 'nlc,llama-bench,batched-bench' },
@@ -81,6 +83,8 @@ if (!targets.every((t) => (PROJECTIONS as readonly string[]).includes(t)))
   fail(`--lora-targets take ${PROJECTIONS.join(',')}`);
 const streams = a.streams!.split(',').map((s) => int('streams', s));
 const mixAdapters = a['mix-adapters']!.split(',').map((s) => int('mix-adapters', s));
+const bankLayout = a['bank-layout'] as 'auto' | 'stacked' | 'gathered';
+if (!['auto', 'stacked', 'gathered'].includes(bankLayout)) fail('--bank-layout must be auto, stacked or gathered');
 const promptTokens = int('prompt-tokens', a['prompt-tokens']!);
 const genTokens = int('tokens', a.tokens!);
 const runs = int('runs', a.runs!);
@@ -124,6 +128,7 @@ const { value: ours, peakRssMb } = await withPeakRss(() =>
     http: !a['no-http'],
     merged: !a['no-merged'],
     mixAdapters,
+    bankLayout,
     progress,
     note,
   }),

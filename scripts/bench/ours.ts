@@ -38,6 +38,8 @@ export interface OursOptions {
    * streams (those within the sweep; else its largest), against base at the same streams.
    */
   mixAdapters: number[];
+  /** The adapter bank's layout (EngineOptions.adapterBankLayout). */
+  bankLayout?: 'auto' | 'stacked' | 'gathered';
   progress: (what: string) => void;
   /** Each figure as soon as it is measured: a run cut short by a time limit still leaves them in its log. */
   note?: (figure: string) => void;
@@ -134,6 +136,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       contextSize: o.promptTokens + o.genTokens + 16,
       flashAttention: 'auto',
       promptCache: false, // every run prefills its whole prompt, as llama-bench's pp does
+      ...(o.bankLayout ? { adapterBankLayout: o.bankLayout } : {}),
       ...(o.threads ? { threads: o.threads } : {}),
       ...extra,
     });

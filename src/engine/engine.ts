@@ -84,6 +84,7 @@ export class Engine implements EngineClient {
           kvCacheType: opts.kvCacheType ?? D.kvCacheType,
           ...(opts.checkTensors !== undefined ? { checkTensors: opts.checkTensors } : {}),
           ...(opts.adapterBank !== undefined ? { adapterBank: opts.adapterBank } : {}),
+          ...(opts.adapterBankLayout !== undefined ? { adapterBankLayout: opts.adapterBankLayout } : {}),
         },
         (events) => self?.dispatch(events),
       );

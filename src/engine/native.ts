@@ -46,6 +46,13 @@ export interface NativeEngineOptions {
    * take turns, as llama.cpp alone does. A check at load decides whether it works here (info().adapterBank).
    */
   adapterBank?: number;
+  /**
+   * How the bank computes: 'stacked' (the adapters' A and B stacked along the rank: four kernels per
+   * weight however many mix, for a GPU), 'gathered' (each adapter the batch uses on its own
+   * tensors: a token's rows the same whichever others share its batch, as the CPU promises), or
+   * 'auto' (the default: stacked for weights on a GPU, per adapter in host memory).
+   */
+  adapterBankLayout?: 'auto' | 'stacked' | 'gathered';
 }
 
 /** One row of the native bounds table (native/params.cpp): what every layer checks a value against. */
@@ -161,7 +168,14 @@ export interface NativeModelInfo {
    * the reason, and adapter sets take turns. checkError/checkEffect: that check's largest logit
    * difference, and the smallest largest change either adapter made.
    */
-  adapterBank: { enabled: boolean; size: number; reason: string | null; checkError: number; checkEffect: number };
+  adapterBank: {
+    enabled: boolean;
+    size: number;
+    layout: 'auto' | 'stacked' | 'gathered';
+    reason: string | null;
+    checkError: number;
+    checkEffect: number;
+  };
 }
 
 export interface NativeAdapterInfo {

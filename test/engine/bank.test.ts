@@ -47,13 +47,15 @@ async function aloneThroughTurns(turns: Engine, sets: Sets, maxTokens?: number):
   return out;
 }
 
-describe('the adapter bank', () => {
+// Both layouts on the CPU: gathered is its default there, stacked a GPU's (each must give every
+// stream what it gives alone).
+describe.each(['gathered', 'stacked'] as const)('the adapter bank, %s', (adapterBankLayout) => {
   let bank: Engine, turns: Engine;
   let alone: number[][];
 
   beforeAll(async () => {
     const b = await writeVariant('b.gguf', 2);
-    bank = await loadEngine('tiny-qa', { slots: 6 });
+    bank = await loadEngine('tiny-qa', { slots: 6, adapterBankLayout });
     turns = await loadEngine('tiny-qa', { slots: 6, adapterBank: 0 });
     for (const e of [bank, turns]) {
       await e.loadAdapter('a', adapterA);
@@ -64,13 +66,12 @@ describe('the adapter bank', () => {
   afterAll(async () => {
     await bank?.close();
     await turns?.close();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('passes its check at load: two made-up adapters mixed in one batch give their rows alone', () => {
     // CI runs this on the prebuilt CPU llama.cpp: a llama.cpp update that stops calling our
     // build_lora_mm, or changes the internals it reads, fails here, not in production.
-    expect(bank.model.adapterBank).toMatchObject({ enabled: true, size: 8, reason: null });
+    expect(bank.model.adapterBank).toMatchObject({ enabled: true, size: 8, layout: adapterBankLayout, reason: null });
     const { checkError, checkEffect } = bank.model.adapterBank;
     expect(checkEffect).toBeGreaterThan(0.1);
     expect(checkError).toBeLessThanOrEqual(0.02 * checkEffect);
@@ -91,7 +92,7 @@ describe('the adapter bank', () => {
     expect(after.adapterSwitches - before.adapterSwitches).toBeLessThanOrEqual(1);
     expect(after.steps - before.steps).toBeLessThan(32 + 8);
     expect(after.bankMembers).toBe(2);
-    expect(after.bankBytes).toBeGreaterThan(0);
+    expect(after.bankBytes).toBeGreaterThan(0); // the members' copies
   });
 
   it('base and adapter requests one after another: an idle graph (base alone) never serves an adapter', async () => {
@@ -107,7 +108,7 @@ describe('the adapter bank', () => {
     // Two base streams decode (an idle step: 2 tokens, sequences 0 and 1); the short one ends and a
     // queued one-token adapter prompt takes its slot: 2 tokens again, the same sequences, which
     // llama.cpp would reuse the idle graph for unless the bank's input refuses.
-    const two = await loadEngine('tiny-qa', { slots: 2, promptCache: false });
+    const two = await loadEngine('tiny-qa', { slots: 2, promptCache: false, adapterBankLayout });
     try {
       await two.loadAdapter('a', adapterA);
       const bos = [two.model.bos];
@@ -152,7 +153,7 @@ describe('the adapter bank', () => {
   });
 
   it('a bank too small for every set waiting fills by turns, each stream still as alone', async () => {
-    const small = await loadEngine('tiny-qa', { slots: 6, adapterBank: 1 });
+    const small = await loadEngine('tiny-qa', { slots: 6, adapterBank: 1, adapterBankLayout });
     try {
       await small.loadAdapter('a', adapterA);
       await small.loadAdapter('b', path.join(dir, 'b.gguf'));
@@ -168,3 +169,5 @@ describe('the adapter bank', () => {
     }
   });
 });
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
