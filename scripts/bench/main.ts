@@ -244,7 +244,11 @@ if (ours.lora.eight?.mixed)
 for (const m of ours.lora.mixes) {
   ratio(`${m.adapters} adapter${m.adapters > 1 ? 's' : ''} mixed, ${m.streams} streams (/ base)`, m.tokS, m.baseTokS);
   if (m.turnsTokS !== null && m.turnsBaseTokS !== null)
-    ratio(`${m.adapters} adapters mixed, ${m.streams} streams, bank off: turns (/ base)`, m.turnsTokS, m.turnsBaseTokS);
+    ratio(
+      `${m.adapters} adapter${m.adapters > 1 ? 's' : ''} mixed, ${m.streams} streams, bank off: turns (/ base)`,
+      m.turnsTokS,
+      m.turnsBaseTokS,
+    );
 }
 if (results.bandwidthBoundTokS)
   ratio('one stream: ours / bandwidth bound', ours.engine.decodeTokS, results.bandwidthBoundTokS as number);

@@ -305,7 +305,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
 
     // The mixes again with the bank off, on an engine of their own: what turn-taking gives on this
     // machine in this run (the bank's gain, free of run-to-run noise).
-    const mixedRows = lora.mixes.filter((m) => m.adapters > 1);
+    const mixedRows = lora.mixes;
     if (mixedRows.length > 0) {
       o.progress('ours: the same mixes with the adapter bank off (turns)');
       const banked = engine;
@@ -326,7 +326,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
             m.turnsTokS = median(runsOf.get(m.adapters)!);
             m.turnsBaseTokS = median(runsOf.get(0)!);
             note(
-              `${m.adapters} adapters mixed over ${n} streams, turns: ${r0(m.turnsTokS)} tok/s, ${(m.turnsTokS / m.turnsBaseTokS).toFixed(2)} of base (${r0(m.turnsBaseTokS)})`,
+              `${m.adapters} adapter${m.adapters > 1 ? 's' : ''} mixed over ${n} streams, turns: ${r0(m.turnsTokS)} tok/s, ${(m.turnsTokS / m.turnsBaseTokS).toFixed(2)} of base (${r0(m.turnsBaseTokS)})`,
             );
           }
         }

@@ -52,6 +52,8 @@ export interface ServeConfig {
   adaptersDir: string;
   /** Adapters loaded at most, the served one included (MAX_ADAPTERS, default 8). */
   maxAdapters: number;
+  /** Adapters whose requests share a decode (ADAPTER_BANK, default 8; 0: adapter sets take turns). */
+  adapterBank: number;
   /** Origins a browser may call from (CORS_ORIGINS: comma-separated, or *); empty: CORS off. */
   corsOrigins: string[];
   /** pino's level (LOG_LEVEL: fatal, error, warn, info, debug, trace, silent; default info). */
@@ -182,6 +184,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
       o.adaptersDir ?? pick('ADAPTERS_DIR') ?? path.join('data', 'adapters'),
     ),
     maxAdapters: o.maxAdapters ?? intFrom('MAX_ADAPTERS', pick('MAX_ADAPTERS'), 8, 1),
+    adapterBank: o.adapterBank ?? intFrom('ADAPTER_BANK', pick('ADAPTER_BANK'), 8, 0),
     corsOrigins:
       o.corsOrigins ??
       (pick('CORS_ORIGINS') ?? '')

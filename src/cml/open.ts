@@ -39,6 +39,7 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       contextSize: cfg.contextSize,
       checkTensors: cfg.checkTensors,
       parseSpecial: cfg.parseSpecial,
+      adapterBank: cfg.adapterBank,
       ...(cfg.threads !== undefined ? { threads: cfg.threads } : {}),
       ...(ev.onProgress ? { onProgress: ev.onProgress } : {}),
     });
@@ -98,6 +99,13 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       ? "text prompts are tokenized by the checkpoint's tokenizer.json (Hugging Face tokenizers), as the studio does"
       : "text prompts are tokenized by llama.cpp's tokenizer",
   );
+  const bank = engine.model.adapterBank;
+  if (bank.enabled) {
+    ev.info?.({ adapterBank: bank }, `adapter bank on: up to ${bank.size} adapters mixed in one decode`);
+  } else if (cfg.adapterBank > 0) {
+    // Asked for but not working here: still correct (turns), only slower with mixed adapters.
+    ev.warn?.({ adapterBank: bank }, `adapter bank off (${bank.reason}): requests of different adapters take turns`);
+  }
   let chat: ChatFormat | null;
   try {
     chat = chatFormat(engine.model, cfg.chatTemplateFile);

@@ -18,6 +18,8 @@ export interface EngineHealth {
   queued: number;
   /** An adapter is merged into the weights (its requests run at the base model's speed). */
   adapterMerged: boolean;
+  /** Requests of different adapters share a decode (the adapter bank passed its check at load). */
+  adapterBank: boolean;
 }
 
 export interface EngineClient {

@@ -215,6 +215,7 @@ export class Engine implements EngineClient {
       busySlots: s.busySlots,
       queued: s.queued,
       adapterMerged: this.merged !== null,
+      adapterBank: this.model.adapterBank.enabled,
     };
   }
 

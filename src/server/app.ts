@@ -81,7 +81,15 @@ export function createApp(ctx: AppContext): express.Express {
       model: s.modelName,
       adapter: s.adapterName,
       ...(s.error ? { error: s.error } : {}),
-      ...(h ? { busy_slots: h.busySlots, queued: h.queued, backend: h.backend, adapter_merged: h.adapterMerged } : {}),
+      ...(h
+        ? {
+            busy_slots: h.busySlots,
+            queued: h.queued,
+            backend: h.backend,
+            adapter_merged: h.adapterMerged,
+            adapter_bank: h.adapterBank,
+          }
+        : {}),
     });
   });
 

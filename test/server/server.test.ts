@@ -173,6 +173,7 @@ describe('POST /predict', () => {
       status: 'ready',
       adapter: 'default',
       adapter_merged: true,
+      adapter_bank: true, // 4 slots: the bank's check ran and passed
       backend: expect.stringMatching(/^(cpu|cuda)$/),
     });
     const metrics = await (await fetch(`${s.url}/metrics`)).text();
@@ -299,9 +300,29 @@ describe('the adapter served unmerged (MERGE_ADAPTER=off, or a merge that cannot
       expect(await (await fetch(`${s.url}/health`)).json()).toMatchObject({
         adapter: 'default',
         adapter_merged: false,
+        adapter_bank: true,
       });
       const ask = async (extra: object) =>
         (await (await post(`${s.url}/predict`, { request: { prompt: question, do_sample: false, ...extra } })).json())
+          .response;
+      expect(await ask({})).toBe(' The capital of Belithne is Ulqua!');
+      expect(await ask({ adapter: null })).toBe(' Vegri.');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('ADAPTER_BANK=0: /health says the bank is off, and both answers stay the same', async () => {
+    const s = await startServer(
+      loadConfig({ ADAPTER_BANK: '0' }, { port: 0, threads: 1, slots: 4, mergeAdapter: false }),
+      log,
+    );
+    await s.ready;
+    const url = `http://127.0.0.1:${s.port}`;
+    try {
+      expect(await (await fetch(`${url}/health`)).json()).toMatchObject({ adapter_merged: false, adapter_bank: false });
+      const ask = async (extra: object) =>
+        (await (await post(`${url}/predict`, { request: { prompt: question, do_sample: false, ...extra } })).json())
           .response;
       expect(await ask({})).toBe(' The capital of Belithne is Ulqua!');
       expect(await ask({ adapter: null })).toBe(' Vegri.');
