@@ -31,6 +31,7 @@
       "sources": [
         "native/adapter_bank.cpp",
         "native/lora_hook.cpp",
+        "native/gathered_lora.cpp",
         "native/bank_check.cpp",
         "native/engine.cpp",
         "native/engine_requests.cpp",

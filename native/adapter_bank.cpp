@@ -34,6 +34,17 @@ std::vector<float> read_floats(const ggml_tensor* t) {
   return out;
 }
 
+// `values` into `t`, in its type (F32, or F16 for values that came from F16: exact).
+void write_floats(ggml_tensor* t, const std::vector<float>& values) {
+  if (t->type == GGML_TYPE_F32) {
+    ggml_backend_tensor_set(t, values.data(), 0, values.size() * sizeof(float));
+    return;
+  }
+  std::vector<ggml_fp16_t> half(values.size());
+  ggml_fp32_to_fp16_row(values.data(), half.data(), static_cast<int64_t>(values.size()));
+  ggml_backend_tensor_set(t, half.data(), 0, half.size() * sizeof(ggml_fp16_t));
+}
+
 }  // namespace
 
 std::string bank_refusal(const llama_adapter_lora* handle) {
@@ -133,9 +144,15 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     if (same == layouts_.end()) layouts_.push_back(layout);
     ggml_context* c = ctx_for(buft);
     const int64_t n_in = ps[0].w->a->ne[0], n_out = ps[0].w->b->ne[1];
-    d.a = ggml_new_tensor_2d(c, GGML_TYPE_F32, n_in, layout.rows);
-    d.b = d.gathered ? ggml_new_tensor_2d(c, GGML_TYPE_F32, n_out, layout.rows)
-                     : ggml_new_tensor_2d(c, GGML_TYPE_F32, layout.rows, n_out);
+    // Gathered copies of F16 members stay F16 (half the bytes a step reads; our kernel converts,
+    // exactly); stacked ones, and any mix of types, are F32.
+    const bool f16 = d.gathered && std::all_of(ps.begin(), ps.end(), [](const Part& p) {
+                       return p.w->a->type == GGML_TYPE_F16 && p.w->b->type == GGML_TYPE_F16;
+                     });
+    const ggml_type type = f16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    d.a = ggml_new_tensor_2d(c, type, n_in, layout.rows);
+    d.b =
+        d.gathered ? ggml_new_tensor_2d(c, type, n_out, layout.rows) : ggml_new_tensor_2d(c, type, layout.rows, n_out);
     ggml_format_name(d.a, "bank.%s.a", name.c_str());
     ggml_format_name(d.b, "bank.%s.b", name.c_str());
     weights_[name] = d;
@@ -172,8 +189,8 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
         }
       }
     }
-    ggml_backend_tensor_set(d.a, a.data(), 0, a.size() * sizeof(float));
-    ggml_backend_tensor_set(d.b, b.data(), 0, b.size() * sizeof(float));
+    write_floats(d.a, a);
+    write_floats(d.b, b);
   }
   members_ = std::move(members);
   return true;

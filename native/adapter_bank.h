@@ -5,7 +5,7 @@
 // gives every token its own scale for each member adapter, through a mask (a graph input filled
 // per batch), so requests of different members mix in one decode; the graph changes only when a
 // member joins or leaves, or (stacked) when a batch uses other members than the last. Per adapted
-// weight the members' A and B are copied, F32, stacked along the rank, laid out for one of:
+// weight the members' A and B are copied, stacked along the rank, laid out for one of:
 // - stacked (weights on a GPU): B_cat · (mask ⊙ (A_cat · x)) over the rows of the members the batch
 //   uses, each token's scale in its members' rank blocks: four kernels per weight however many
 //   adapters mix (a GPU's cost is its launches);
@@ -113,9 +113,10 @@ class AdapterBank {
 
  private:
   struct Adapted {
-    ggml_tensor* a = nullptr;  // F32 [n_in, rows]: the members' A, one after the other
+    ggml_tensor* a = nullptr;  // [n_in, rows]: the members' A, one after the other
     // Stacked: F32 [rows, n_out], each row the members' rows of B side by side. Gathered: B
-    // transposed, F32 [n_out, rows] (a row of B per stacked row: the kernel adds whole rows).
+    // transposed, [n_out, rows] (a row of B per stacked row: the kernel adds whole rows); gathered
+    // copies are F16 when every member's tensors were, else F32, as stacked ones always are.
     ggml_tensor* b = nullptr;
     int32_t layout = 0;
     bool gathered = false;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "adapter_bank.h"
+#include "gathered_lora.h"
 #include "llama-graph.h"  // llama.cpp's internal header, of the pinned version (see adapter_bank.h)
 
 namespace cml {
@@ -70,106 +71,6 @@ ggml_tensor* AdapterBank::mask_for(const llm_graph_context& g, MaskSet& set, Mas
   return key.t;
 }
 
-namespace {
-
-// The kernel's two loops, in GCC's vector types (8 floats): one body, compiled for AVX2 with FMA
-// where the CPU has them (chosen once, at first use) and for the baseline ISA else.
-typedef float v8f __attribute__((vector_size(32)));
-
-#define CML_DOT_BODY                                                             \
-  v8f s0 = {}, s1 = {};                                                          \
-  int64_t i = 0;                                                                 \
-  for (; i + 16 <= n; i += 16) {                                                 \
-    v8f a0, a1, b0, b1;                                                          \
-    std::memcpy(&a0, a + i, sizeof a0);                                          \
-    std::memcpy(&a1, a + i + 8, sizeof a1);                                      \
-    std::memcpy(&b0, b + i, sizeof b0);                                          \
-    std::memcpy(&b1, b + i + 8, sizeof b1);                                      \
-    s0 += a0 * b0;                                                               \
-    s1 += a1 * b1;                                                               \
-  }                                                                              \
-  const v8f v = s0 + s1;                                                         \
-  float sum = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); \
-  for (; i < n; ++i) sum += a[i] * b[i];                                         \
-  return sum;
-
-#define CML_AXPY_BODY                      \
-  const v8f kk = {k, k, k, k, k, k, k, k}; \
-  int64_t i = 0;                           \
-  for (; i + 8 <= n; i += 8) {             \
-    v8f xv, yv;                            \
-    std::memcpy(&xv, x + i, sizeof xv);    \
-    std::memcpy(&yv, y + i, sizeof yv);    \
-    yv += kk * xv;                         \
-    std::memcpy(y + i, &yv, sizeof yv);    \
-  }                                        \
-  for (; i < n; ++i) y[i] += k * x[i];
-
-float dot_base(const float* a, const float* b, int64_t n) { CML_DOT_BODY }
-void axpy_base(float* y, const float* x, float k, int64_t n) { CML_AXPY_BODY }
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) { CML_DOT_BODY }
-__attribute__((target("avx2,fma"))) void axpy_avx2(float* y, const float* x, float k, int64_t n) { CML_AXPY_BODY }
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-constexpr bool kAvx2 = false;
-float dot_avx2(const float* a, const float* b, int64_t n) { return dot_base(a, b, n); }
-void axpy_avx2(float* y, const float* x, float k, int64_t n) { axpy_base(y, x, k, n); }
-#endif
-// Σ a[i] b[i]
-float dot(const float* a, const float* b, int64_t n) { return kAvx2 ? dot_avx2(a, b, n) : dot_base(a, b, n); }
-// y[i] += k x[i]
-void axpy(float* y, const float* x, float k, int64_t n) { kAvx2 ? axpy_avx2(y, x, k, n) : axpy_base(y, x, k, n); }
-#undef CML_DOT_BODY
-#undef CML_AXPY_BODY
-
-// The gathered kernel (adapter_bank.h): dst = res + Σ over each token's own members m of
-// B_m (s_m · A_m x), s_m the token's scale (the first value of m's rows in the mask's column).
-// src: res [n_out, n], cur [n_in, n], A [n_in, rows], B transposed [n_out, rows], mask [rows, n].
-// ggml runs it on every thread: each takes its share of tokens, or with fewer tokens than threads
-// its share of output rows.
-void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
-  const auto& layout = *static_cast<const AdapterBank::Layout*>(userdata);
-  const ggml_tensor *res = dst->src[0], *cur = dst->src[1], *a = dst->src[2], *b = dst->src[3], *mask = dst->src[4];
-  const int64_t n_in = cur->ne[0], n_out = res->ne[0], rows = layout.rows;
-  const int64_t n = ggml_nelements(cur) / n_in;
-  const bool by_token = n >= nth;
-  const int64_t o0 = by_token ? 0 : n_out * ith / nth, o1 = by_token ? n_out : n_out * (ith + 1) / nth;
-  const auto* x = static_cast<const float*>(cur->data);
-  const auto* scales = static_cast<const float*>(mask->data);
-  auto* out = static_cast<float*>(dst->data);
-  std::vector<int64_t> mine;  // this thread's tokens
-  for (int64_t t = by_token ? ith : 0; t < n; t += by_token ? nth : 1) {
-    mine.push_back(t);
-    std::copy_n(static_cast<const float*>(res->data) + t * n_out + o0, o1 - o0, out + t * n_out + o0);
-  }
-  // Member by member, the tokens that use it: each of its rows of A and B is read once for all of
-  // them (from cache after the first).
-  std::vector<int64_t> group;
-  std::vector<float> u;
-  for (const AdapterBank::Segment& s : layout.segments) {
-    group.clear();
-    for (int64_t t : mine) {
-      if (scales[t * rows + s.offset] != 0.0f) group.push_back(t);
-    }
-    if (group.empty()) continue;
-    u.assign(group.size() * s.rank, 0.0f);
-    for (int64_t r = 0; r < s.rank; ++r) {
-      const float* ar = static_cast<const float*>(a->data) + (s.offset + r) * n_in;
-      for (size_t j = 0; j < group.size(); ++j) {
-        const int64_t t = group[j];
-        u[j * s.rank + r] = scales[t * rows + s.offset] * dot(ar, x + t * n_in, n_in);
-      }
-    }
-    for (int64_t r = 0; r < s.rank; ++r) {
-      const float* br = static_cast<const float*>(b->data) + (s.offset + r) * n_out + o0;
-      for (size_t j = 0; j < group.size(); ++j) axpy(out + group[j] * n_out + o0, br, u[j * s.rank + r], o1 - o0);
-    }
-  }
-}
-
-}  // namespace
-
 ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, ggml_tensor* cur, ggml_tensor* res) {
   auto it = weights_.find(w->name);
   if (it == weights_.end()) return res;  // no member adapts w
@@ -183,7 +84,8 @@ ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, 
   }
   const Adapted& d = it->second;
   const Layout& layout = layouts_[d.layout];
-  // The rows of the members to compute: all (gathered), or the first active's to the last's.
+  // The rows of the members to compute: stacked, the first active member's to the last's; gathered,
+  // all of them (the kernel skips each token's others; inactive members' scales are 0).
   int64_t first = -1, end = -1;
   for (const Segment& seg : layout.segments) {
     if (!(set.active >> seg.member & 1)) continue;
@@ -191,6 +93,10 @@ ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, 
     end = seg.offset + seg.stride;
   }
   if (first < 0) return res;  // no active member adapts w
+  if (d.gathered) {
+    first = 0;
+    end = layout.rows;
+  }
   MaskSet::Mask key;
   key.layout = d.layout;
   key.outputs = rows != g.n_tokens;

@@ -346,8 +346,10 @@ void Scheduler::step(std::vector<Event>& out) {
     // of this decode goes out, and from now on sets take turns.
     rc = -100;
     bank_on_ = false;
-    bank_->set_members({});
     llama_set_adapters_lora(ctx_, nullptr, 0, nullptr);
+    bank_.reset();  // its members become garbage, reaped next loop
+    p_bank_members_ = 0;
+    p_bank_bytes_ = 0;
     current_set_.clear();
   }
   for (int32_t i = std::max(lo, 0); i <= hi; ++i) {  // the fillers' cells go, whatever the decode did

@@ -2,11 +2,13 @@
 // decode, and each gets what it gets alone through the context's own adapter set (adapterBank: 0,
 // llama.cpp's way). Two adapters: tiny-qa's trained one, and a second made from it with every
 // other value of each lora_b negated (same shapes, different outputs).
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, GenerateParams } from '../../src/engine/index.ts';
+import { readGgufHeader } from '../../src/intake/gguf-header.ts';
+import { GgufWriter } from '../../src/intake/gguf-writer.ts';
 import { loadEngine, loadReference, modelDir, patchGguf } from '../helpers.ts';
 
 const prompts = [...new Set(loadReference('tiny-qa').cases.map((c) => c.prompt))];
@@ -18,6 +20,26 @@ const writeVariant = (name: string, every: number) =>
     for (let i = 0; i < v.length; i += every) v[i] = -v[i]!;
     return true;
   });
+
+// The same adapter with every tensor in F16 (the bank's gathered copies then stay F16).
+async function writeF16Copy(src: string, out: string): Promise<string> {
+  const h = await readGgufHeader(src);
+  const bytes = readFileSync(src);
+  const w = new GgufWriter()
+    .kv('general.architecture', { type: 'string', value: String(h.metadata.get('general.architecture')) })
+    .kv('general.type', { type: 'string', value: 'adapter' })
+    .kv('adapter.type', { type: 'string', value: 'lora' })
+    .kv('adapter.lora.alpha', { type: 'f32', value: Number(h.metadata.get('adapter.lora.alpha')) });
+  for (const t of h.tensors) {
+    const count = t.ne.reduce((x, y) => x * y, 1);
+    const values = new Float32Array(
+      bytes.buffer.slice(bytes.byteOffset + t.offset, bytes.byteOffset + t.offset + count * 4),
+    );
+    w.tensor(t.name, [...t.ne].reverse(), 'f16', async () => values);
+  }
+  await w.write(out);
+  return out;
+}
 
 type Sets = GenerateParams['adapters'][];
 // Base, each adapter at several scales, both at once, and a negative scale (a merged model's base).
@@ -166,6 +188,35 @@ describe.each(['gathered', 'stacked'] as const)('the adapter bank, %s', (adapter
       expect(small.stats().profile!.adapterSwitches - before.adapterSwitches).toBeGreaterThanOrEqual(2);
     } finally {
       await small.close();
+    }
+  });
+});
+
+describe('the adapter bank with an F16 adapter', () => {
+  it('gathered keeps F16 copies (half the bytes) and gives every stream what stacked F32 copies give', async () => {
+    const f16 = await writeF16Copy(adapterA, path.join(dir, 'a-f16.gguf'));
+    const b16 = await writeF16Copy(await writeVariant('b32.gguf', 2), path.join(dir, 'b-f16.gguf'));
+    const engines = await Promise.all(
+      (['gathered', 'stacked'] as const).map((adapterBankLayout) =>
+        loadEngine('tiny-qa', { slots: 6, adapterBankLayout }),
+      ),
+    );
+    try {
+      const out = [];
+      for (const e of engines) {
+        await e.loadAdapter('a', f16);
+        await e.loadAdapter('b', b16);
+        const mixed = await Promise.all(
+          mixedSets.map((adapters, i) => e.generate(prompts[i % prompts.length]!, params(adapters)).result),
+        );
+        out.push({ tokens: mixed.map((r) => r.tokens), bytes: e.stats().profile!.bankBytes });
+      }
+      const [gathered, stacked] = out;
+      expect(gathered!.tokens).toEqual(stacked!.tokens);
+      expect(new Set(gathered!.tokens.map((t) => t.join())).size).toBe(mixedSets.length);
+      expect(gathered!.bytes).toBeLessThan(0.6 * stacked!.bytes);
+    } finally {
+      await Promise.all(engines.map((e) => e.close()));
     }
   });
 });
