@@ -1,75 +1,132 @@
-// The gathered kernel (gathered_lora.h): its loops in GCC's vector types, AVX2 with FMA where the
-// CPU has them, chosen once.
+// The gathered kernel (gathered_lora.h).
 #include "gathered_lora.h"
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace cml {
 
 namespace {
 
-// The kernel's two loops, in GCC's vector types (8 floats): one body, compiled for AVX2 with FMA
-// where the CPU has them (chosen once, at first use) and for the baseline ISA else.
+// The kernel's two loops: Σ a[i] x[i] over a row of A, and y += k · a row of B. With AVX2, FMA and
+// F16C (chosen once, at load) in intrinsics, reading F16 rows as they are; else in GCC's vector
+// types for the baseline ISA, F16 rows converted first.
 typedef float v8f __attribute__((vector_size(32)));
 
-#define CML_DOT_BODY                                                             \
-  v8f s0 = {}, s1 = {};                                                          \
-  int64_t i = 0;                                                                 \
-  for (; i + 16 <= n; i += 16) {                                                 \
-    v8f a0, a1, b0, b1;                                                          \
-    std::memcpy(&a0, a + i, sizeof a0);                                          \
-    std::memcpy(&a1, a + i + 8, sizeof a1);                                      \
-    std::memcpy(&b0, b + i, sizeof b0);                                          \
-    std::memcpy(&b1, b + i + 8, sizeof b1);                                      \
-    s0 += a0 * b0;                                                               \
-    s1 += a1 * b1;                                                               \
-  }                                                                              \
-  const v8f v = s0 + s1;                                                         \
-  float sum = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); \
-  for (; i < n; ++i) sum += a[i] * b[i];                                         \
+float dot_base(const float* a, const float* b, int64_t n) {
+  v8f s0 = {}, s1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    v8f a0, a1, b0, b1;
+    std::memcpy(&a0, a + i, sizeof a0);
+    std::memcpy(&a1, a + i + 8, sizeof a1);
+    std::memcpy(&b0, b + i, sizeof b0);
+    std::memcpy(&b1, b + i + 8, sizeof b1);
+    s0 += a0 * b0;
+    s1 += a1 * b1;
+  }
+  const v8f v = s0 + s1;
+  float sum = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+  for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
 
-#define CML_AXPY_BODY                      \
-  const v8f kk = {k, k, k, k, k, k, k, k}; \
-  int64_t i = 0;                           \
-  for (; i + 8 <= n; i += 8) {             \
-    v8f xv, yv;                            \
-    std::memcpy(&xv, x + i, sizeof xv);    \
-    std::memcpy(&yv, y + i, sizeof yv);    \
-    yv += kk * xv;                         \
-    std::memcpy(y + i, &yv, sizeof yv);    \
-  }                                        \
+void axpy_base(float* y, const float* x, float k, int64_t n) {
+  const v8f kk = {k, k, k, k, k, k, k, k};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f xv, yv;
+    std::memcpy(&xv, x + i, sizeof xv);
+    std::memcpy(&yv, y + i, sizeof yv);
+    yv += kk * xv;
+    std::memcpy(y + i, &yv, sizeof yv);
+  }
   for (; i < n; ++i) y[i] += k * x[i];
+}
 
-float dot_base(const float* a, const float* b, int64_t n) { CML_DOT_BODY }
-void axpy_base(float* y, const float* x, float k, int64_t n) { CML_AXPY_BODY }
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) { CML_DOT_BODY }
-__attribute__((target("avx2,fma"))) void axpy_avx2(float* y, const float* x, float k, int64_t n) { CML_AXPY_BODY }
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#define CML_AVX2 __attribute__((target("avx2,fma,f16c")))
+CML_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+CML_AVX2 inline __m256 load8(const ggml_fp16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+CML_AVX2 inline float load1(const float* p) { return *p; }
+CML_AVX2 inline float load1(const ggml_fp16_t* p) { return _cvtsh_ss(*p); }
+
+template <typename T>
+CML_AVX2 float dot_avx2(const T* a, const float* x, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(x + i), s0);
+    s1 = _mm256_fmadd_ps(load8(a + i + 8), _mm256_loadu_ps(x + i + 8), s1);
+  }
+  const __m256 v = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float sum = _mm_cvtss_f32(h);
+  for (; i < n; ++i) sum += load1(a + i) * x[i];
+  return sum;
+}
+
+template <typename T>
+CML_AVX2 void axpy_avx2(float* y, const T* b, float k, int64_t n) {
+  const __m256 kk = _mm256_set1_ps(k);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(kk, load8(b + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += k * load1(b + i);
+}
+#undef CML_AVX2
+const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
 constexpr bool kAvx2 = false;
-float dot_avx2(const float* a, const float* b, int64_t n) { return dot_base(a, b, n); }
-void axpy_avx2(float* y, const float* x, float k, int64_t n) { axpy_base(y, x, k, n); }
-#endif
-// Σ a[i] b[i]
-float dot(const float* a, const float* b, int64_t n) { return kAvx2 ? dot_avx2(a, b, n) : dot_base(a, b, n); }
-// y[i] += k x[i]
-void axpy(float* y, const float* x, float k, int64_t n) { kAvx2 ? axpy_avx2(y, x, k, n) : axpy_base(y, x, k, n); }
-#undef CML_DOT_BODY
-#undef CML_AXPY_BODY
-
-// Row `row` of a gathered copy (F32 or F16), `len` values from `from`, as floats: F16 rows are
-// converted into `scratch` (exactly: every F16 value is an F32 one).
-const float* row_of(const ggml_tensor* t, int64_t row, int64_t from, int64_t len, std::vector<float>& scratch) {
-  const int64_t at = row * t->ne[0] + from;
-  if (t->type == GGML_TYPE_F32) return static_cast<const float*>(t->data) + at;
-  scratch.resize(len);
-  ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(t->data) + at, scratch.data(), len);
-  return scratch.data();
+template <typename T>
+float dot_avx2(const T*, const float*, int64_t) {
+  return 0.0f;  // never called: kAvx2 is false
 }
+template <typename T>
+void axpy_avx2(float*, const T*, float, int64_t) {}
+#endif
+
+// A row of a gathered copy (F32 or F16) in the loops above: `len` values of row `row` from `from`.
+// Without AVX2 an F16 row is converted into `scratch` first (exactly: every F16 value is an F32 one).
+struct Rows {
+  const ggml_tensor* t;
+  std::vector<float> scratch;
+  const float* f32(int64_t row, int64_t from, int64_t len) {
+    const int64_t at = row * t->ne[0] + from;
+    if (t->type == GGML_TYPE_F32) return static_cast<const float*>(t->data) + at;
+    scratch.resize(len);
+    ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(t->data) + at, scratch.data(), len);
+    return scratch.data();
+  }
+  float dot(int64_t row, const float* x, int64_t len) {
+    const int64_t at = row * t->ne[0];
+    if (kAvx2) {
+      return t->type == GGML_TYPE_F32 ? dot_avx2(static_cast<const float*>(t->data) + at, x, len)
+                                      : dot_avx2(static_cast<const ggml_fp16_t*>(t->data) + at, x, len);
+    }
+    return dot_base(f32(row, 0, len), x, len);
+  }
+  void axpy(float* y, int64_t row, int64_t from, float k, int64_t len) {
+    const int64_t at = row * t->ne[0] + from;
+    if (kAvx2) {
+      if (t->type == GGML_TYPE_F32) {
+        axpy_avx2(y, static_cast<const float*>(t->data) + at, k, len);
+      } else {
+        axpy_avx2(y, static_cast<const ggml_fp16_t*>(t->data) + at, k, len);
+      }
+      return;
+    }
+    axpy_base(y, f32(row, from, len), k, len);
+  }
+};
 
 }  // namespace
 
@@ -91,7 +148,8 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
   // Member by member, the tokens that use it: each of its rows of A and B is read once for all of
   // them (and converted once, when F16).
   std::vector<int64_t> group;
-  std::vector<float> u, scratch;
+  std::vector<float> u;
+  Rows arows{a, {}}, brows{b, {}};
   for (const AdapterBank::Segment& s : layout.segments) {
     group.clear();
     for (int64_t t : mine) {
@@ -100,15 +158,15 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
     if (group.empty()) continue;
     u.assign(group.size() * s.rank, 0.0f);
     for (int64_t r = 0; r < s.rank; ++r) {
-      const float* ar = row_of(a, s.offset + r, 0, n_in, scratch);
       for (size_t j = 0; j < group.size(); ++j) {
         const int64_t t = group[j];
-        u[j * s.rank + r] = scales[t * rows + s.offset] * dot(ar, x + t * n_in, n_in);
+        u[j * s.rank + r] = scales[t * rows + s.offset] * arows.dot(s.offset + r, x + t * n_in, n_in);
       }
     }
     for (int64_t r = 0; r < s.rank; ++r) {
-      const float* br = row_of(b, s.offset + r, o0, o1 - o0, scratch);
-      for (size_t j = 0; j < group.size(); ++j) axpy(out + group[j] * n_out + o0, br, u[j * s.rank + r], o1 - o0);
+      for (size_t j = 0; j < group.size(); ++j) {
+        brows.axpy(out + group[j] * n_out + o0, s.offset + r, o0, u[j * s.rank + r], o1 - o0);
+      }
     }
   }
 }
