@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -82,8 +83,10 @@ llama_adapter_lora* made_up_adapter(llama_model* model, const std::vector<const 
     gguf_add_tensor(g, b);
   }
   const char* tmp = std::getenv("TMPDIR");
+  // A name of its own: engines of one process may load, and check, at the same time.
+  static std::atomic<uint64_t> made{0};
   const std::string path = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/cml-bank-check-" +
-                           std::to_string(getpid()) + "-" + std::to_string(seed) + ".gguf";
+                           std::to_string(getpid()) + "-" + std::to_string(++made) + ".gguf";
   const bool written = gguf_write_to_file(g, path.c_str(), false);
   gguf_free(g);
   ggml_free(c);

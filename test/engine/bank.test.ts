@@ -192,6 +192,26 @@ describe.each(['gathered', 'stacked'] as const)('the adapter bank, %s', (adapter
   });
 });
 
+describe('the adapter bank at load', () => {
+  it('engines loading at once each pass their own check (each makes up its own adapter files)', async () => {
+    const engines = await Promise.all(Array.from({ length: 4 }, () => loadEngine('tiny-qa', { slots: 2 })));
+    try {
+      expect(engines.map((e) => e.model.adapterBank.reason)).toEqual([null, null, null, null]);
+    } finally {
+      await Promise.all(engines.map((e) => e.close()));
+    }
+  });
+
+  it('one slot has nothing to mix: no bank, and the reason says so', async () => {
+    const one = await loadEngine('tiny-qa', { slots: 1 });
+    try {
+      expect(one.model.adapterBank).toMatchObject({ enabled: false, reason: 'one slot: nothing to mix' });
+    } finally {
+      await one.close();
+    }
+  });
+});
+
 describe('the adapter bank with an F16 adapter', () => {
   it('gathered keeps F16 copies (half the bytes) and gives every stream what stacked F32 copies give', async () => {
     const f16 = await writeF16Copy(adapterA, path.join(dir, 'a-f16.gguf'));
@@ -212,6 +232,8 @@ describe('the adapter bank with an F16 adapter', () => {
         out.push({ tokens: mixed.map((r) => r.tokens), bytes: e.stats().profile!.bankBytes });
       }
       const [gathered, stacked] = out;
+      // Both loaded, and checked, at once: each check's made-up adapters are files of their own.
+      expect(engines.map((e) => e.model.adapterBank.enabled)).toEqual([true, true]);
       expect(gathered!.tokens).toEqual(stacked!.tokens);
       expect(new Set(gathered!.tokens.map((t) => t.join())).size).toBe(mixedSets.length);
       expect(gathered!.bytes).toBeLessThan(0.6 * stacked!.bytes);
