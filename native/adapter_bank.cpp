@@ -73,6 +73,7 @@ void AdapterBank::release() {
   ctxs_.clear();
   weights_.clear();
   layouts_.clear();
+  fused_a_.clear();
   bytes_ = 0;
   any_stacked_ = false;
 }
@@ -118,7 +119,8 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
   auto ctx_for = [&](ggml_backend_buffer_type_t buft) {
     auto it = ctx_of.find(buft);
     if (it != ctx_of.end()) return it->second;
-    ggml_init_params p{ggml_tensor_overhead() * 2 * (parts.size() + 1), nullptr, /*no_alloc=*/true};
+    // Per weight an A (or its view and a share of a group's), a B: 4 leaves room.
+    ggml_init_params p{ggml_tensor_overhead() * 4 * (parts.size() + 1), nullptr, /*no_alloc=*/true};
     ggml_context* c = ggml_init(p);
     if (c == nullptr) throw std::runtime_error("cannot allocate the bank's tensor metadata");
     ctxs_.push_back(c);
@@ -150,12 +152,62 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
                        return p.w->a->type == GGML_TYPE_F16 && p.w->b->type == GGML_TYPE_F16;
                      });
     const ggml_type type = f16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
-    d.a = ggml_new_tensor_2d(c, type, n_in, layout.rows);
+    if (d.gathered) d.a = ggml_new_tensor_2d(c, type, n_in, layout.rows);  // stacked: below, maybe in a group
     d.b =
         d.gathered ? ggml_new_tensor_2d(c, type, n_out, layout.rows) : ggml_new_tensor_2d(c, type, layout.rows, n_out);
-    ggml_format_name(d.a, "bank.%s.a", name.c_str());
+    if (d.a != nullptr) ggml_format_name(d.a, "bank.%s.a", name.c_str());
     ggml_format_name(d.b, "bank.%s.b", name.c_str());
     weights_[name] = d;
+  }
+  // Stacked A: a layer's q, k and v (and gate and up) in one tensor when they share an input, so
+  // that one product serves them all; alone otherwise.
+  std::map<std::string, std::vector<std::string>> groups;
+  for (const auto& [name, ps] : parts) {
+    Adapted& d = weights_[name];
+    if (d.gathered) continue;
+    const size_t dot = name.find('.', name.find('.') + 1);  // "blk.N." ends there
+    const std::string kind = dot == std::string::npos ? "" : name.substr(dot + 1);
+    const char* family = kind == "attn_q.weight" || kind == "attn_k.weight" || kind == "attn_v.weight" ? "qkv"
+                         : kind == "ffn_gate.weight" || kind == "ffn_up.weight"                        ? "gate_up"
+                                                                                                       : nullptr;
+    if (name.rfind("blk.", 0) == 0 && family != nullptr) {
+      groups[name.substr(0, dot + 1) + family].push_back(name);
+    } else {
+      groups["alone:" + name].push_back(name);
+    }
+  }
+  for (const auto& [key, names] : groups) {
+    const ggml_tensor* first_a = parts[names[0]][0].w->a;
+    ggml_context* c = ctx_for(ggml_backend_buffer_get_type(first_a->buffer));
+    const int64_t n_in = first_a->ne[0];
+    bool fusable = names.size() > 1;
+    for (const auto& n : names) {
+      const ggml_tensor* a = parts[n][0].w->a;
+      fusable = fusable && a->ne[0] == n_in && a->buffer != nullptr &&
+                ggml_backend_buffer_get_type(a->buffer) == ggml_backend_buffer_get_type(first_a->buffer);
+    }
+    if (!fusable) {
+      for (const auto& n : names) {
+        Adapted& d = weights_[n];
+        d.a = ggml_new_tensor_2d(c, GGML_TYPE_F32, n_in, layouts_[d.layout].rows);
+        ggml_format_name(d.a, "bank.%s.a", n.c_str());
+      }
+      continue;
+    }
+    int64_t rows = 0;
+    for (const auto& n : names) rows += layouts_[weights_[n].layout].rows;
+    ggml_tensor* fused = ggml_new_tensor_2d(c, GGML_TYPE_F32, n_in, rows);
+    ggml_format_name(fused, "bank.%s.a", key.c_str());
+    int64_t offset = 0;
+    for (const auto& n : names) {
+      Adapted& d = weights_[n];
+      const int64_t r = layouts_[d.layout].rows;
+      d.a = ggml_view_2d(c, fused, n_in, r, fused->nb[1], offset * fused->nb[1]);
+      d.group = static_cast<int32_t>(fused_a_.size());
+      d.group_offset = offset;
+      offset += r;
+    }
+    fused_a_.push_back(fused);
   }
   for (const auto& [buft, c] : ctx_of) {
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(c, buft);

@@ -89,6 +89,12 @@ class AdapterBank {
       ggml_tensor* t = nullptr;
     };
     std::vector<Mask> masks;
+    struct Fused {  // stacked: a group's A · x, computed by its first weight, viewed by the others
+      int32_t group = -1;
+      const ggml_tensor* cur = nullptr;
+      ggml_tensor* product = nullptr;
+    };
+    std::vector<Fused> fused;
   };
   // Fills one graph's masks for the batch `ub` (BankMasks::set_input in lora_hook.cpp).
   void fill_masks(const MaskSet& set, const llama_ubatch& ub) const;
@@ -120,6 +126,10 @@ class AdapterBank {
     ggml_tensor* b = nullptr;
     int32_t layout = 0;
     bool gathered = false;
+    // Stacked q, k and v of a layer (and gate and up) share one A (vLLM's packed modules): `a` is
+    // then a view of fused_a_[group] from row group_offset, and one product serves all of them.
+    int32_t group = -1;
+    int64_t group_offset = 0;
   };
   MaskSet* masks_of(const llm_graph_context& g);
   ggml_tensor* mask_for(const llm_graph_context& g, MaskSet& set, MaskSet::Mask key, int64_t rows, int64_t cols);
@@ -133,6 +143,7 @@ class AdapterBank {
   std::vector<std::vector<float>> seq_scales_;  // [seq][member]
   std::vector<Layout> layouts_;
   std::unordered_map<std::string, Adapted> weights_;  // by the base weight's name
+  std::vector<ggml_tensor*> fused_a_;                 // per group: F32 [n_in, the group's rows]
   std::vector<ggml_context*> ctxs_;
   std::vector<ggml_backend_buffer_t> bufs_;
   size_t bytes_ = 0;

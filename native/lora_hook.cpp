@@ -113,13 +113,29 @@ ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, 
   auto shaped = [&](ggml_tensor* m, ggml_tensor* like) {  // a 3-D `cur` gives 3-D products
     return ggml_n_dims(like) > 2 ? ggml_reshape_3d(g.ctx0, m, m->ne[0], like->ne[1], like->ne[2]) : m;
   };
-  ggml_tensor* a = d.a;
   ggml_tensor* b = d.b;
   if (first > 0 || end < layout.rows) {
-    a = ggml_view_2d(g.ctx0, d.a, d.a->ne[0], end - first, d.a->nb[1], first * d.a->nb[1]);
     b = ggml_view_2d(g.ctx0, d.b, end - first, d.b->ne[1], d.b->nb[1], first * ggml_element_size(d.b));
   }
-  ggml_tensor* t = ggml_mul_mat(g.ctx0, a, cur);  // [active stacked rows, tokens…]
+  ggml_tensor* t = nullptr;  // [active stacked rows, tokens…]
+  if (d.group >= 0 && ggml_n_dims(cur) == 2) {
+    // One product for the group (all its rows, every member: a GPU pays per kernel, not per row),
+    // made by the first of its weights to come with this input; each takes its own rows.
+    auto f = std::find_if(set.fused.begin(), set.fused.end(),
+                          [&](const MaskSet::Fused& x) { return x.group == d.group && x.cur == cur; });
+    if (f == set.fused.end()) {
+      set.fused.push_back({d.group, cur, ggml_mul_mat(g.ctx0, fused_a_[d.group], cur)});
+      f = set.fused.end() - 1;
+    }
+    t = ggml_view_2d(g.ctx0, f->product, end - first, f->product->ne[1], f->product->nb[1],
+                     (d.group_offset + first) * ggml_element_size(f->product));
+  } else {
+    ggml_tensor* a = d.a;
+    if (first > 0 || end < layout.rows) {
+      a = ggml_view_2d(g.ctx0, d.a, d.a->ne[0], end - first, d.a->nb[1], first * d.a->nb[1]);
+    }
+    t = ggml_mul_mat(g.ctx0, a, cur);
+  }
   t = ggml_mul(g.ctx0, t, shaped(mask, t));
   return ggml_add(g.ctx0, res, ggml_mul_mat(g.ctx0, b, t));
 }
