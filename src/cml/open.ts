@@ -102,7 +102,7 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
   const bank = engine.model.adapterBank;
   if (bank.enabled) {
     ev.info?.({ adapterBank: bank }, `adapter bank on: up to ${bank.size} adapters mixed in one decode`);
-  } else if (cfg.adapterBank > 0) {
+  } else if (cfg.adapterBank > 0 && engine.model.slots > 1) {
     // Asked for but not working here: still correct (turns), only slower with mixed adapters.
     ev.warn?.({ adapterBank: bank }, `adapter bank off (${bank.reason}): requests of different adapters take turns`);
   }
