@@ -42,6 +42,15 @@ class BankMasks : public llm_graph_input_i {
   AdapterBank::MaskSet masks;
 };
 
+// Marks a graph built without a bank: never reused for a step with one. (llama.cpp keeps its
+// adapter map when a set is applied again, so a graph of a turn with {x at 1} would otherwise
+// pass for one of a bank of {x}, and apply x to every token.)
+class NoBank : public llm_graph_input_i {
+ public:
+  void set_input(const llama_ubatch*) override {}
+  bool can_reuse(const llm_graph_params&) override { return t_bank == nullptr; }
+};
+
 }  // namespace
 
 BankScope::BankScope(AdapterBank* bank) : prev_(t_bank) { t_bank = bank; }
@@ -147,6 +156,12 @@ ggml_tensor* llm_graph_context::build_lora_mm(ggml_tensor* w, ggml_tensor* cur, 
   ggml_tensor* res = ggml_mul_mat(ctx0, w, cur);
   if (w_s != nullptr) res = ggml_mul(ctx0, res, w_s);
   if (cml::t_bank != nullptr) return cml::t_bank->add_delta(*this, w, cur, res);
+  if (loras->empty()) return res;
+  auto& inputs = this->res->inputs;  // the graph's (`res` here is the product)
+  if (std::none_of(inputs.begin(), inputs.end(),
+                   [](const auto& in) { return dynamic_cast<const cml::NoBank*>(in.get()) != nullptr; })) {
+    this->res->add_input(std::make_unique<cml::NoBank>());
+  }
   for (const auto& [adapter, adapter_scale] : *loras) {
     const llama_adapter_lora_weight* lw = adapter->get_weight(w);
     if (lw == nullptr) continue;
