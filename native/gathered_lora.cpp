@@ -82,6 +82,30 @@ CML_AVX2 void axpy_avx2(float* y, const T* b, float k, int64_t n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(kk, load8(b + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += k * load1(b + i);
 }
+// out_j[o0..o1) += Σ_r u_j[r] · b[row0 + r][o0..o1) for each token j of a group: output columns
+// in registers across the member's rows (each out read and written once, not once a row), and
+// each 8-column block of the rows read from cache for every token. The sums run over r in order,
+// as the axpy loop's do: the same results.
+template <typename T>
+CML_AVX2 void add_rows_avx2(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1,
+                            const float* u, float* const* outs, size_t n) {
+  int64_t o = o0;
+  for (; o + 8 <= o1; o += 8) {
+    for (size_t j = 0; j < n; ++j) {
+      __m256 acc = _mm256_loadu_ps(outs[j] + o);
+      const float* uj = u + j * rank;
+      for (int64_t r = 0; r < rank; ++r) {
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(uj[r]), load8(b + (row0 + r) * stride + o), acc);
+      }
+      _mm256_storeu_ps(outs[j] + o, acc);
+    }
+  }
+  for (; o < o1; ++o) {
+    for (size_t j = 0; j < n; ++j) {
+      for (int64_t r = 0; r < rank; ++r) outs[j][o] += u[j * rank + r] * load1(b + (row0 + r) * stride + o);
+    }
+  }
+}
 #undef CML_AVX2
 const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
@@ -92,6 +116,8 @@ float dot_avx2(const T*, const float*, int64_t) {
 }
 template <typename T>
 void axpy_avx2(float*, const T*, float, int64_t) {}
+template <typename T>
+void add_rows_avx2(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, float* const*, size_t) {}
 #endif
 
 // A row of a gathered copy (F32 or F16) in the loops above: `len` values of row `row` from `from`.
@@ -149,6 +175,7 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
   // them (and converted once, when F16).
   std::vector<int64_t> group;
   std::vector<float> u;
+  std::vector<float*> outs;
   Rows arows{a, {}}, brows{b, {}};
   for (const AdapterBank::Segment& s : layout.segments) {
     group.clear();
@@ -162,6 +189,18 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
         const int64_t t = group[j];
         u[j * s.rank + r] = scales[t * rows + s.offset] * arows.dot(s.offset + r, x + t * n_in, n_in);
       }
+    }
+    if (kAvx2) {
+      outs.clear();
+      for (int64_t t : group) outs.push_back(out + t * n_out);
+      if (b->type == GGML_TYPE_F32) {
+        add_rows_avx2(static_cast<const float*>(b->data), n_out, s.offset, s.rank, o0, o1, u.data(), outs.data(),
+                      outs.size());
+      } else {
+        add_rows_avx2(static_cast<const ggml_fp16_t*>(b->data), n_out, s.offset, s.rank, o0, o1, u.data(), outs.data(),
+                      outs.size());
+      }
+      continue;
     }
     for (int64_t r = 0; r < s.rank; ++r) {
       for (size_t j = 0; j < group.size(); ++j) {
