@@ -77,6 +77,16 @@ float meta_float(const llama_model* model, const std::string& key, float fallbac
   return end != buf && std::isfinite(v) ? v : fallback;
 }
 
+// The split a model was loaded with, as handed to llama.cpp in its llama_model_params (info()
+// reports that, not the options meant for it).
+LoadedSplit split_of(const llama_model_params& p) {
+  LoadedSplit out;
+  out.mode = p.split_mode == LLAMA_SPLIT_MODE_NONE ? "none" : p.split_mode == LLAMA_SPLIT_MODE_ROW ? "row" : "layer";
+  out.main_gpu = p.main_gpu;
+  if (p.tensor_split != nullptr) out.tensor_split.assign(p.tensor_split, p.tensor_split + llama_max_devices());
+  return out;
+}
+
 std::string meta_string(const llama_model* model, const char* key) {
   char buf[128];
   return llama_model_meta_val_str(model, key, buf, sizeof buf) < 0 ? std::string() : std::string(buf);
@@ -97,6 +107,12 @@ class LoadWorker : public Napi::AsyncWorker {
       auto mp = llama_model_default_params();
       mp.n_gpu_layers = engine_->opts_.gpu_layers;
       mp.check_tensors = engine_->opts_.check_tensors;
+      mp.split_mode = engine_->opts_.split_mode;
+      mp.main_gpu = engine_->opts_.main_gpu;
+      // llama.cpp reads llama_max_devices() values: the ones given, zeros after them.
+      std::vector<float> split(llama_max_devices(), 0.0f);
+      std::copy(engine_->opts_.tensor_split.begin(), engine_->opts_.tensor_split.end(), split.begin());
+      if (!engine_->opts_.tensor_split.empty()) mp.tensor_split = split.data();
       mp.progress_callback = &LoadWorker::on_progress;
       mp.progress_callback_user_data = this;
       model_ = llama_model_load_from_file(engine_->opts_.model_path.c_str(), mp);
@@ -105,6 +121,7 @@ class LoadWorker : public Napi::AsyncWorker {
         throw LoadFailure{code::MODEL_LOAD_FAILED, "llama.cpp could not load " + engine_->opts_.model_path + ": " +
                                                        (why.empty() ? "no reason given" : why)};
       }
+      split_ = split_of(mp);  // now: `split` above dies with this scope
       const auto& o = engine_->opts_;
       // Past its trained context a model's positions are ones it never saw: its output is garbage,
       // so the context per slot stops there (info() reports both numbers).
@@ -170,6 +187,7 @@ class LoadWorker : public Napi::AsyncWorker {
       sc.fill_gap = offloaded(engine_->opts_.gpu_layers) ? 32 : 2;
     }
     engine_->bank_check_ = bank_check_;
+    engine_->split_ = split_;
     std::unique_ptr<AdapterBank> bank;
     if (bank_check_.ok) bank = std::make_unique<AdapterBank>(sc.n_slots, sc.bank_size, sc.bank_layout);
     engine_->scheduler_ = std::make_unique<Scheduler>(
@@ -197,6 +215,7 @@ class LoadWorker : public Napi::AsyncWorker {
   llama_context* ctx_ = nullptr;
   LoadFailure failure_;
   BankCheck bank_check_;
+  LoadedSplit split_;
   float last_progress_ = -1.0f;
   int32_t context_size_ = 0;
   int32_t max_piece_bytes_ = 0;
@@ -320,6 +339,12 @@ Napi::Value Engine::Info(const Napi::CallbackInfo& info) {
   o.Set("samplingThreads", opts_.sched.n_threads);
   o.Set("fillGap", opts_.sched.fill_gap);
   o.Set("gpuLayers", opts_.gpu_layers);
+  // Over several GPUs: what the load handed llama.cpp in llama_model_params.
+  o.Set("splitMode", split_.mode);
+  o.Set("mainGpu", split_.main_gpu);
+  Napi::Array ts = Napi::Array::New(env, split_.tensor_split.size());
+  for (size_t i = 0; i < split_.tensor_split.size(); ++i) ts.Set(static_cast<uint32_t>(i), split_.tensor_split[i]);
+  o.Set("tensorSplit", ts);
   // Whether mixed adapter sets share a decode (adapter_bank.h), and the load-time check's numbers.
   Napi::Object bank = Napi::Object::New(env);
   bank.Set("enabled", bank_check_.ok);

@@ -8,12 +8,20 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "adapters.h"
 #include "bank_check.h"
 #include "scheduler.h"
 
 namespace cml {
+
+// How a model was split over GPUs, as its load handed llama.cpp (llama_model_params).
+struct LoadedSplit {
+  std::string mode;  // none | layer | row
+  int32_t main_gpu = 0;
+  std::vector<float> tensor_split;  // llama_max_devices() values; empty when none were given
+};
 
 struct EngineOptions {
   std::string model_path;
@@ -24,6 +32,11 @@ struct EngineOptions {
   int32_t flash_attention = -1;  // llama_flash_attn_type: -1 auto, 0 off, 1 on
   ggml_type kv_type = GGML_TYPE_F16;
   bool check_tensors = true;  // llama.cpp validates every weight at load: NaN/inf weights fail the load
+  // A model over several GPUs (llama.cpp's): none (all on main_gpu), layer (layers and KV split), row
+  // (each matrix split, tensor parallel where the backend can); tensor_split: each GPU's share.
+  llama_split_mode split_mode = LLAMA_SPLIT_MODE_LAYER;
+  int32_t main_gpu = 0;
+  std::vector<float> tensor_split;  // empty: llama.cpp's default (by free memory)
   SchedulerConfig sched;
 };
 
@@ -73,6 +86,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   bool closed_ = false;
   uint64_t next_id_ = 1;
   BankCheck bank_check_;
+  LoadedSplit split_;
   int32_t context_requested_ = 0;  // contextSize as asked, before the cap at the trained context
   // The most bytes one token's text covers, for SPM and BPE vocabularies (0: unknown): a prompt
   // longer than that times what fits is refused without tokenizing it on the JS thread.

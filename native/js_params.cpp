@@ -115,6 +115,37 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
       bad(env, "flashAttention must be 'auto', 'on' or 'off'");
   }
   e.check_tensors = boolean(env, o, "checkTensors", true);
+  if (has(o, "splitMode")) {
+    const std::string m = o.Get("splitMode").ToString().Utf8Value();
+    if (m == "none")
+      e.split_mode = LLAMA_SPLIT_MODE_NONE;
+    else if (m == "layer")
+      e.split_mode = LLAMA_SPLIT_MODE_LAYER;
+    else if (m == "row")
+      e.split_mode = LLAMA_SPLIT_MODE_ROW;
+    else
+      bad(env, "splitMode must be 'none', 'layer' or 'row'");
+  }
+  e.main_gpu = integer(env, o, "mainGpu", 0, 0, static_cast<int64_t>(llama_max_devices()) - 1);
+  if (has(o, "tensorSplit")) {
+    const Napi::Value v = o.Get("tensorSplit");
+    const size_t most = llama_max_devices();
+    if (!v.IsArray()) bad(env, "tensorSplit must be an array of non-negative numbers, one per GPU");
+    const Napi::Array a = v.As<Napi::Array>();
+    if (a.Length() == 0 || a.Length() > most) {
+      bad(env, "tensorSplit must have 1 to " + std::to_string(most) + " entries (one per GPU), got " +
+                   std::to_string(a.Length()));
+    }
+    double sum = 0;
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      const Napi::Value x = a.Get(i);
+      const double d = x.IsNumber() ? x.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0) || !std::isfinite(d)) bad(env, "tensorSplit[" + std::to_string(i) + "] must be a number >= 0");
+      e.tensor_split.push_back(static_cast<float>(d));
+      sum += d;
+    }
+    if (!(sum > 0)) bad(env, "tensorSplit must give some GPU a share above 0");
+  }
   // Adapters whose requests share a decode (adapter_bank.h); 0 takes turns by adapter set.
   e.sched.bank_size = integer(env, o, "adapterBank", 8, 0, 64);
   if (has(o, "adapterBankLayout")) {

@@ -70,7 +70,17 @@ const serveOptions = (cmd: Command) =>
     .option(
       '--tokenizer <t>',
       "auto: the checkpoint's tokenizer.json when the base is a Hugging Face checkpoint, else llama.cpp's | llama (env TOKENIZER)",
-    );
+    )
+    .option(
+      '--split-mode <m>',
+      'one model over several GPUs: layer (default) | row (tensor parallel) | none (env SPLIT_MODE)',
+    )
+    .option(
+      '--main-gpu <n>',
+      'the GPU for split-mode none, and for small tensors (env MAIN_GPU)',
+      intArg('--main-gpu', 0),
+    )
+    .option('--tensor-split <shares>', "each GPU's share, e.g. 3,1 (env TENSOR_SPLIT; default: by free memory)");
 
 serveOptions(
   program.command('serve').description('serve POST /predict, /v1/completions, /health, /metrics (= npm start)'),

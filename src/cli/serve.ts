@@ -1,7 +1,7 @@
 // `serve` (= npm start) and `predict`: configuration from Fine Tuning Studio's env, flags win.
 import cliProgress from 'cli-progress';
 import { pino } from 'pino';
-import { loadConfig, type Overrides } from '../cml/config.ts';
+import { loadConfig, type Overrides, tensorSplitFrom } from '../cml/config.ts';
 import { openPredictor } from '../cml/open.ts';
 import { startServer } from '../server/server.ts';
 
@@ -32,6 +32,9 @@ export interface ServeFlags {
   keepAliveTimeout?: number;
   maxConnections?: number;
   drainTimeout?: number;
+  splitMode?: string;
+  mainGpu?: number;
+  tensorSplit?: string;
 }
 
 function overrides(f: ServeFlags): Overrides {
@@ -55,6 +58,10 @@ function overrides(f: ServeFlags): Overrides {
   if (f.tokenizer !== undefined) o.tokenizer = f.tokenizer as Overrides['tokenizer'];
   if (f.chatTemplate !== undefined) o.chatTemplateFile = f.chatTemplate;
   if (f.drainTimeout !== undefined) o.drainTimeoutS = f.drainTimeout;
+  if (f.splitMode !== undefined) o.splitMode = f.splitMode as Overrides['splitMode'];
+  if (f.mainGpu !== undefined) o.mainGpu = f.mainGpu;
+  const split = tensorSplitFrom(f.tensorSplit);
+  if (split !== undefined) o.tensorSplit = split;
   const http: NonNullable<Overrides['http']> = {};
   if (f.headersTimeout !== undefined) http.headersTimeoutS = f.headersTimeout;
   if (f.bodyTimeout !== undefined) http.bodyTimeoutS = f.bodyTimeout;

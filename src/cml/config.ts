@@ -54,6 +54,14 @@ export interface ServeConfig {
   maxAdapters: number;
   /** Adapters whose requests share a decode (ADAPTER_BANK, default 8; 0: adapter sets take turns). */
   adapterBank: number;
+  /**
+   * One model over several GPUs (SPLIT_MODE none|layer|row, MAIN_GPU, TENSOR_SPLIT "3,1"): unset,
+   * llama.cpp's defaults (layer, GPU 0, by free memory). A model that fits one GPU is faster as one
+   * process per GPU (CUDA_VISIBLE_DEVICES), each a replica.
+   */
+  splitMode?: 'none' | 'layer' | 'row';
+  mainGpu?: number;
+  tensorSplit?: number[];
   /** Origins a browser may call from (CORS_ORIGINS: comma-separated, or *); empty: CORS off. */
   corsOrigins: string[];
   /** pino's level (LOG_LEVEL: fatal, error, warn, info, debug, trace, silent; default info). */
@@ -101,6 +109,17 @@ function envGenConfig(config: Record<string, unknown>): Record<string, unknown> 
   }
   if (bad.length > 0) throw new ConfigError(`generation config (${GEN_CONFIG_VAR}): ${bad.join('; ')}`);
   return values;
+}
+
+/** TENSOR_SPLIT: each GPU's share, comma-separated ("3,1"), as llama.cpp's --tensor-split takes it. */
+export function tensorSplitFrom(raw: string | undefined): number[] | undefined {
+  if (raw === undefined) return undefined;
+  const parts = raw.split(',').map((x) => Number(x.trim()));
+  if (parts.some((x) => !Number.isFinite(x) || x < 0) || !parts.some((x) => x > 0))
+    throw new ConfigError(
+      `TENSOR_SPLIT (--tensor-split) must be shares >= 0, one per GPU, comma-separated (e.g. 3,1), got '${raw}'`,
+    );
+  return parts;
 }
 
 function intFrom(name: string, raw: string | undefined, fallback: number, min: number): number {
@@ -153,6 +172,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
   const backend = (o.backend ?? pick('BACKEND') ?? D.backend) as BackendChoice;
   if (!['cpu', 'cuda', 'auto'].includes(backend))
     throw new ConfigError(`BACKEND must be cpu, cuda or auto, got '${backend}'`);
+  const splitMode = o.splitMode ?? (pick('SPLIT_MODE') as ServeConfig['splitMode']);
+  if (splitMode !== undefined && !['none', 'layer', 'row'].includes(splitMode))
+    throw new ConfigError(`SPLIT_MODE (--split-mode) must be none, layer or row, got '${splitMode}'`);
+  const mainGpu = o.mainGpu ?? (pick('MAIN_GPU') ? intFrom('MAIN_GPU', pick('MAIN_GPU'), 0, 0) : undefined);
+  const tensorSplit = o.tensorSplit ?? tensorSplitFrom(pick('TENSOR_SPLIT'));
   const tokenizer = (o.tokenizer ?? pick('TOKENIZER') ?? 'auto') as ServeConfig['tokenizer'];
   if (!['auto', 'llama'].includes(tokenizer))
     throw new ConfigError(`TOKENIZER must be auto or llama, got '${tokenizer}'`);
@@ -185,6 +209,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, o: Overrides = {}): ServeConf
     ),
     maxAdapters: o.maxAdapters ?? intFrom('MAX_ADAPTERS', pick('MAX_ADAPTERS'), 8, 1),
     adapterBank: o.adapterBank ?? intFrom('ADAPTER_BANK', pick('ADAPTER_BANK'), 8, 0),
+    ...(splitMode !== undefined ? { splitMode } : {}),
+    ...(mainGpu !== undefined ? { mainGpu } : {}),
+    ...(tensorSplit !== undefined ? { tensorSplit } : {}),
     corsOrigins:
       o.corsOrigins ??
       (pick('CORS_ORIGINS') ?? '')

@@ -40,6 +40,9 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       checkTensors: cfg.checkTensors,
       parseSpecial: cfg.parseSpecial,
       adapterBank: cfg.adapterBank,
+      ...(cfg.splitMode !== undefined ? { splitMode: cfg.splitMode } : {}),
+      ...(cfg.mainGpu !== undefined ? { mainGpu: cfg.mainGpu } : {}),
+      ...(cfg.tensorSplit !== undefined ? { tensorSplit: cfg.tensorSplit } : {}),
       ...(cfg.threads !== undefined ? { threads: cfg.threads } : {}),
       ...(ev.onProgress ? { onProgress: ev.onProgress } : {}),
     });

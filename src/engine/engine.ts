@@ -85,6 +85,9 @@ export class Engine implements EngineClient {
           ...(opts.checkTensors !== undefined ? { checkTensors: opts.checkTensors } : {}),
           ...(opts.adapterBank !== undefined ? { adapterBank: opts.adapterBank } : {}),
           ...(opts.adapterBankLayout !== undefined ? { adapterBankLayout: opts.adapterBankLayout } : {}),
+          ...(opts.splitMode !== undefined ? { splitMode: opts.splitMode } : {}),
+          ...(opts.mainGpu !== undefined ? { mainGpu: opts.mainGpu } : {}),
+          ...(opts.tensorSplit !== undefined ? { tensorSplit: opts.tensorSplit } : {}),
         },
         (events) => self?.dispatch(events),
       );

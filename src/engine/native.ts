@@ -53,6 +53,14 @@ export interface NativeEngineOptions {
    * 'auto' (the default: stacked for weights on a GPU, per adapter in host memory).
    */
   adapterBankLayout?: 'auto' | 'stacked' | 'gathered';
+  /**
+   * One model over several GPUs of one machine (llama.cpp's split): 'layer' (the default: layers
+   * and their KV cache spread over the GPUs), 'row' (each matrix split, tensor parallel where the
+   * backend can), 'none' (all on mainGpu). tensorSplit: each GPU's share (default: by free memory).
+   */
+  splitMode?: 'none' | 'layer' | 'row';
+  mainGpu?: number;
+  tensorSplit?: number[];
 }
 
 /** One row of the native bounds table (native/params.cpp): what every layer checks a value against. */
@@ -162,6 +170,10 @@ export interface NativeModelInfo {
   samplingThreads: number;
   fillGap: number;
   gpuLayers: number;
+  /** The split as the load handed it to llama.cpp (tensorSplit: llama_max_devices() values, or empty). */
+  splitMode: 'none' | 'layer' | 'row';
+  mainGpu: number;
+  tensorSplit: number[];
   /**
    * The adapter bank: enabled when the check at load passed (two made-up adapters decoded mixed
    * in one batch gave each one's logits alone, within 2% of their effect), with its size; else

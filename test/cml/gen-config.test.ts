@@ -138,6 +138,26 @@ describe('loadConfig: where it listens, and its limits', () => {
     expect(loadConfig({}).chatTemplateFile).toBeUndefined();
   });
 
+  it('ADAPTER_BANK, and the split over several GPUs: SPLIT_MODE, MAIN_GPU, TENSOR_SPLIT', () => {
+    expect(loadConfig({}).adapterBank).toBe(8);
+    expect(loadConfig({ ADAPTER_BANK: '0' }).adapterBank).toBe(0);
+    expect(() => loadConfig({ ADAPTER_BANK: '-1' })).toThrow("ADAPTER_BANK must be an integer >= 0, got '-1'");
+    // Unset: llama.cpp's own defaults (nothing passed).
+    const none = loadConfig({});
+    expect([none.splitMode, none.mainGpu, none.tensorSplit]).toEqual([undefined, undefined, undefined]);
+    expect(loadConfig({ SPLIT_MODE: 'row', MAIN_GPU: '1', TENSOR_SPLIT: '3, 1' })).toMatchObject({
+      splitMode: 'row',
+      mainGpu: 1,
+      tensorSplit: [3, 1],
+    });
+    expect(() => loadConfig({ SPLIT_MODE: 'tensor' })).toThrow(
+      "SPLIT_MODE (--split-mode) must be none, layer or row, got 'tensor'",
+    );
+    expect(() => loadConfig({ MAIN_GPU: '-1' })).toThrow("MAIN_GPU must be an integer >= 0, got '-1'");
+    for (const bad of ['3,x', '-1,2', '0,0'])
+      expect(() => loadConfig({ TENSOR_SPLIT: bad })).toThrow('TENSOR_SPLIT (--tensor-split) must be shares >= 0');
+  });
+
   it('a CML Application listens on 127.0.0.1:$CDSW_APP_PORT, over PORT; a flag wins over both', () => {
     expect(loadConfig({ CDSW_APP_PORT: '8123', PORT: '9000' })).toMatchObject({ port: 8123, host: '127.0.0.1' });
     expect(loadConfig({ PORT: '9000' }).port).toBe(9000);
