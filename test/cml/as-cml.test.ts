@@ -4,11 +4,11 @@
 // may run it (no __file__), with the studio's three variables: a Hub id found in the HF cache, and
 // the adapter as a path relative to the project root.
 import { execFile, execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { modelDir, root } from '../helpers.ts';
 import { startFakeHub } from './fake-hub.ts';
 
@@ -44,6 +44,10 @@ function studioEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 describe('as CML deploys it', () => {
+  // The copied project holds its own npm install (about 1.1 GB): left behind, every run filled the
+  // disk a little more (58 of them had taken 64 GB of this VM's /tmp).
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
   beforeAll(async () => {
     // The project's files as CML snapshots them: tracked and untracked files git does not ignore.
     const files = execFileSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], {
