@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <limits>
+#include <utility>
 
 #include "params.h"
 
@@ -48,6 +50,22 @@ bool boolean(Napi::Env env, const Napi::Object& o, const char* key, bool fallbac
 }
 
 }  // namespace
+
+// One of a string option's values (`o[key]` absent: `fallback`); another is refused with the list.
+template <typename T>
+T choice(Napi::Env env, const Napi::Object& o, const char* key, std::initializer_list<std::pair<const char*, T>> values,
+         T fallback) {
+  if (!has(o, key)) return fallback;
+  const std::string v = o.Get(key).ToString().Utf8Value();
+  std::string names;
+  size_t i = 0;
+  for (const auto& [name, value] : values) {
+    if (v == name) return value;
+    names += (i == 0 ? "'" : i + 1 == values.size() ? " or '" : ", '") + std::string(name) + "'";
+    ++i;
+  }
+  bad(env, std::string(key) + " must be " + names);
+}
 
 int32_t read_integer(Napi::Env env, const Napi::Value& v, const std::string& what, int32_t fallback, int64_t lo,
                      int64_t hi) {
@@ -103,29 +121,12 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   e.sched.n_batch = integer(env, o, "batchSize", 512, 1, 1 << 16);
   e.sched.max_queue = integer(env, o, "maxQueue", 64, 0, 1 << 20);
   e.sched.fill_gap = integer(env, o, "fillGap", -1, -1, 256);  // -1: decided at load
-  if (has(o, "flashAttention")) {
-    const std::string fa = o.Get("flashAttention").ToString().Utf8Value();
-    if (fa == "auto")
-      e.flash_attention = -1;
-    else if (fa == "on")
-      e.flash_attention = 1;
-    else if (fa == "off")
-      e.flash_attention = 0;
-    else
-      bad(env, "flashAttention must be 'auto', 'on' or 'off'");
-  }
+  e.flash_attention = choice(env, o, "flashAttention", {{"auto", -1}, {"on", 1}, {"off", 0}}, e.flash_attention);
   e.check_tensors = boolean(env, o, "checkTensors", true);
-  if (has(o, "splitMode")) {
-    const std::string m = o.Get("splitMode").ToString().Utf8Value();
-    if (m == "none")
-      e.split_mode = LLAMA_SPLIT_MODE_NONE;
-    else if (m == "layer")
-      e.split_mode = LLAMA_SPLIT_MODE_LAYER;
-    else if (m == "row")
-      e.split_mode = LLAMA_SPLIT_MODE_ROW;
-    else
-      bad(env, "splitMode must be 'none', 'layer' or 'row'");
-  }
+  e.split_mode =
+      choice(env, o, "splitMode",
+             {{"none", LLAMA_SPLIT_MODE_NONE}, {"layer", LLAMA_SPLIT_MODE_LAYER}, {"row", LLAMA_SPLIT_MODE_ROW}},
+             e.split_mode);
   e.main_gpu = integer(env, o, "mainGpu", 0, 0, static_cast<int64_t>(llama_max_devices()) - 1);
   if (has(o, "tensorSplit")) {
     const Napi::Value v = o.Get("tensorSplit");
@@ -148,28 +149,12 @@ EngineOptions read_engine_options(Napi::Env env, const Napi::Object& o) {
   }
   // Adapters whose requests share a decode (adapter_bank.h); 0 takes turns by adapter set.
   e.sched.bank_size = integer(env, o, "adapterBank", 8, 0, 64);
-  if (has(o, "adapterBankLayout")) {
-    const std::string l = o.Get("adapterBankLayout").ToString().Utf8Value();
-    if (l == "auto")
-      e.sched.bank_layout = BankLayout::Auto;
-    else if (l == "stacked")
-      e.sched.bank_layout = BankLayout::Stacked;
-    else if (l == "gathered")
-      e.sched.bank_layout = BankLayout::Gathered;
-    else
-      bad(env, "adapterBankLayout must be 'auto', 'stacked' or 'gathered'");
-  }
-  if (has(o, "kvCacheType")) {
-    const std::string t = o.Get("kvCacheType").ToString().Utf8Value();
-    if (t == "f16")
-      e.kv_type = GGML_TYPE_F16;
-    else if (t == "f32")
-      e.kv_type = GGML_TYPE_F32;
-    else if (t == "q8_0")
-      e.kv_type = GGML_TYPE_Q8_0;
-    else
-      bad(env, "kvCacheType must be 'f16', 'f32' or 'q8_0'");
-  }
+  e.sched.bank_layout =
+      choice(env, o, "adapterBankLayout",
+             {{"auto", BankLayout::Auto}, {"stacked", BankLayout::Stacked}, {"gathered", BankLayout::Gathered}},
+             e.sched.bank_layout);
+  e.kv_type = choice(env, o, "kvCacheType", {{"f16", GGML_TYPE_F16}, {"f32", GGML_TYPE_F32}, {"q8_0", GGML_TYPE_Q8_0}},
+                     e.kv_type);
   return e;
 }
 

@@ -72,6 +72,11 @@ describe('model files', () => {
       [{ fillGap: 999 }, /fillGap must be an integer in \[-1, 256\]/],
       [{ batchSize: 'big' as never }, /batchSize must be an integer in \[1, 65536\]/],
       [{ threads: 1.5 }, /threads must be an integer/],
+      // A string option names its choices.
+      [{ flashAttention: 'maybe' as never }, /^flashAttention must be 'auto', 'on' or 'off'$/],
+      [{ kvCacheType: 'q4_0' as never }, /^kvCacheType must be 'f16', 'f32' or 'q8_0'$/],
+      [{ adapterBankLayout: 'flat' as never }, /^adapterBankLayout must be 'auto', 'stacked' or 'gathered'$/],
+      [{ adapterBank: 65 }, /adapterBank must be an integer in \[0, 64\]/],
     ] as const) {
       const err = await loadEngine('tiny-qa', opts).catch((e) => e);
       expect(err).toBeInstanceOf(InvalidParamsError);
