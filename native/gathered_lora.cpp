@@ -107,7 +107,11 @@ CML_AVX2 void add_rows_avx2(const T* b, int64_t stride, int64_t row0, int64_t ra
   }
 }
 #undef CML_AVX2
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+// A static initializer may run before libgcc's own: __builtin_cpu_init first, as GCC asks.
+const bool kAvx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}();
 #else
 constexpr bool kAvx2 = false;
 template <typename T>
