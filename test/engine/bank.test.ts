@@ -212,6 +212,52 @@ describe('the adapter bank at load', () => {
   });
 });
 
+describe('an adapter the bank cannot hold', () => {
+  it('a token-embedding LoRA takes turns, and gives what llama.cpp gives it', async () => {
+    // llama.cpp applies an embedding LoRA outside build_lora_mm, to every token of the batch: in
+    // the bank it would reach every stream. So it must stay out, and take turns.
+    const h = await readGgufHeader(path.join(modelDir('tiny-qa'), 'base-f32.gguf'));
+    const [nEmbd, nVocab] = h.tensors.find((t) => t.name === 'token_embd.weight')!.ne;
+    const rank = 4;
+    let seed = 7;
+    const random = (n: number) =>
+      Float32Array.from({ length: n }, () => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return (seed / 2 ** 31 - 0.5) * 0.5;
+      });
+    const embd = path.join(dir, 'embd.gguf');
+    await new GgufWriter()
+      .kv('general.architecture', { type: 'string', value: 'llama' })
+      .kv('general.type', { type: 'string', value: 'adapter' })
+      .kv('adapter.type', { type: 'string', value: 'lora' })
+      .kv('adapter.lora.alpha', { type: 'f32', value: rank })
+      // llama.cpp's layout for embeddings: A [rank, vocab] and B [rank, embd] (ggml order).
+      .tensor('token_embd.weight.lora_a', [nVocab!, rank], 'f32', async () => random(nVocab! * rank))
+      .tensor('token_embd.weight.lora_b', [nEmbd!, rank], 'f32', async () => random(nEmbd! * rank))
+      .write(embd);
+    const bank = await loadEngine('tiny-qa', { slots: 4 });
+    const turns = await loadEngine('tiny-qa', { slots: 4, adapterBank: 0 });
+    try {
+      const sets: Sets = [[], [{ name: 'e', scale: 1 }], [{ name: 'a', scale: 1 }]];
+      for (const e of [bank, turns]) {
+        await e.loadAdapter('e', embd);
+        await e.loadAdapter('a', adapterA);
+      }
+      const want = await aloneThroughTurns(turns, sets);
+      expect(want[1]).not.toEqual(want[0]); // the embedding LoRA changes the output
+      const before = bank.stats().profile!;
+      const got = await Promise.all(sets.map((a, i) => bank.generate(prompts[i]!, params(a)).result));
+      expect(got.map((r) => r.tokens)).toEqual(want);
+      const after = bank.stats().profile!;
+      expect(after.adapterSwitches - before.adapterSwitches).toBeGreaterThanOrEqual(2); // in and out of its turn
+      expect(after.bankMembers).toBe(1); // 'a' only
+    } finally {
+      await bank.close();
+      await turns.close();
+    }
+  });
+});
+
 describe('the adapter bank with an F16 adapter', () => {
   it('gathered keeps F16 copies (half the bytes) and gives every stream what stacked F32 copies give', async () => {
     const f16 = await writeF16Copy(adapterA, path.join(dir, 'a-f16.gguf'));
