@@ -110,9 +110,10 @@ describe.each(['gathered', 'stacked'] as const)('the adapter bank, %s', (adapter
     expect(mixed.map((r) => r.tokens)).toEqual(alone);
     const after = bank.stats().profile!;
     // All six sets in each step: one bank change at most (its first members), and about one step
-    // per token, where taking turns costs one step per token per set.
+    // per token (32, plus the steps before the last request joins: up to 40 seen under CI's load),
+    // where taking turns costs one step per token per set (6 x 32).
     expect(after.adapterSwitches - before.adapterSwitches).toBeLessThanOrEqual(1);
-    expect(after.steps - before.steps).toBeLessThan(32 + 8);
+    expect(after.steps - before.steps).toBeLessThan(2 * 32);
     expect(after.bankMembers).toBe(2);
     expect(after.bankBytes).toBeGreaterThan(0); // the members' copies
   });
