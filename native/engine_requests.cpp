@@ -263,6 +263,7 @@ Napi::Value Engine::Stats(const Napi::CallbackInfo& info) {
     prof.Set("kvScrubs", Napi::Number::New(env, static_cast<double>(p.kv_scrubs)));
     prof.Set("bankMembers", Napi::Number::New(env, static_cast<double>(p.bank_members)));
     prof.Set("bankBytes", Napi::Number::New(env, static_cast<double>(p.bank_bytes)));
+    prof.Set("graphsReused", Napi::Number::New(env, static_cast<double>(p.graphs_reused)));
     o.Set("profile", prof);
   }
   return o;

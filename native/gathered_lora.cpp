@@ -58,51 +58,109 @@ CML_AVX2 inline __m256 load8(const ggml_fp16_t* p) {
 CML_AVX2 inline float load1(const float* p) { return *p; }
 CML_AVX2 inline float load1(const ggml_fp16_t* p) { return _cvtsh_ss(*p); }
 
-template <typename T>
-CML_AVX2 float dot_avx2(const T* a, const float* x, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+// The tokens of a group are taken up to kJ at a time, each with accumulators of its own: the rows
+// of A and B are read (and converted from F16) once for all of them, and the FMAs of the tokens
+// are independent, where one token's alone wait on each other (an FMA's latency is 4 cycles).
+// M, the tokens of a block, is a template argument so that the accumulators stay in registers.
+constexpr size_t kJ = 4;
+
+// u_j = Σ_i a[i] x_j[i] for M tokens: per token Q sums over interleaved 8-blocks (4 for a lone
+// token, so that it too has independent chains), added pairwise, then the 8 lanes pairwise and
+// the tail in order.
+template <size_t M, typename T>
+CML_AVX2 void dots_block(const T* a, int64_t n, const float* const* xs, float* u) {
+  constexpr size_t Q = M == 1 ? 4 : 2;
+  constexpr int64_t W = 8 * Q;
+  __m256 acc[M][Q];
+  for (size_t j = 0; j < M; ++j)
+    for (size_t q = 0; q < Q; ++q) acc[j][q] = _mm256_setzero_ps();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(x + i), s0);
-    s1 = _mm256_fmadd_ps(load8(a + i + 8), _mm256_loadu_ps(x + i + 8), s1);
+  for (; i + W <= n; i += W) {
+    for (size_t q = 0; q < Q; ++q) {
+      const __m256 av = load8(a + i + 8 * q);
+      for (size_t j = 0; j < M; ++j) acc[j][q] = _mm256_fmadd_ps(av, _mm256_loadu_ps(xs[j] + i + 8 * q), acc[j][q]);
+    }
   }
-  const __m256 v = _mm256_add_ps(s0, s1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  float sum = _mm_cvtss_f32(h);
-  for (; i < n; ++i) sum += load1(a + i) * x[i];
-  return sum;
+  for (size_t j = 0; j < M; ++j) {
+    __m256 v = Q == 4 ? _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2 % Q], acc[j][3 % Q]))
+                      : _mm256_add_ps(acc[j][0], acc[j][1 % Q]);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float sum = _mm_cvtss_f32(h);
+    for (int64_t k = i; k < n; ++k) sum += load1(a + k) * xs[j][k];
+    u[j] = sum;
+  }
 }
 
-template <typename T>
-CML_AVX2 void axpy_avx2(float* y, const T* b, float k, int64_t n) {
-  const __m256 kk = _mm256_set1_ps(k);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(kk, load8(b + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += k * load1(b + i);
+// out_j[o0..o1) += Σ_r u_j[r] · b[row0 + r][o0..o1) for M tokens: output columns in registers
+// across the member's rows (each out read and written once, not once a row), each 8-column block
+// of a row read once for the M tokens, and P blocks at a time so that a lone token too has P
+// chains of FMAs. The sums run over r in order, as the axpy loop's do.
+template <size_t M, typename T>
+CML_AVX2 void rows_block(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1, const float* u,
+                         float* const* outs) {
+  constexpr size_t P = M >= 4 ? 1 : 4 / M;
+  int64_t o = o0;
+  for (; o + 8 * static_cast<int64_t>(P) <= o1; o += 8 * P) {
+    __m256 acc[M][P];
+    for (size_t j = 0; j < M; ++j)
+      for (size_t p = 0; p < P; ++p) acc[j][p] = _mm256_loadu_ps(outs[j] + o + 8 * p);
+    for (int64_t r = 0; r < rank; ++r) {
+      const T* row = b + (row0 + r) * stride + o;
+      for (size_t p = 0; p < P; ++p) {
+        const __m256 v = load8(row + 8 * p);
+        for (size_t j = 0; j < M; ++j) acc[j][p] = _mm256_fmadd_ps(_mm256_set1_ps(u[j * rank + r]), v, acc[j][p]);
+      }
+    }
+    for (size_t j = 0; j < M; ++j)
+      for (size_t p = 0; p < P; ++p) _mm256_storeu_ps(outs[j] + o + 8 * p, acc[j][p]);
+  }
+  for (; o < o1; ++o) {
+    for (size_t j = 0; j < M; ++j) {
+      for (int64_t r = 0; r < rank; ++r) outs[j][o] += u[j * rank + r] * load1(b + (row0 + r) * stride + o);
+    }
+  }
 }
-// out_j[o0..o1) += Σ_r u_j[r] · b[row0 + r][o0..o1) for each token j of a group: output columns
-// in registers across the member's rows (each out read and written once, not once a row), and
-// each 8-column block of the rows read from cache for every token. The sums run over r in order,
-// as the axpy loop's do: the same results.
+
+// The n tokens of a group, kJ at a time: the dots of row `a` into u[0..n), and B's rows into outs.
+template <typename T>
+CML_AVX2 void dots_avx2(const T* a, int64_t n_in, const float* const* xs, size_t n, float* u) {
+  for (size_t j = 0; j < n; j += kJ) {
+    switch (std::min(kJ, n - j)) {
+      case 1:
+        dots_block<1>(a, n_in, xs + j, u + j);
+        break;
+      case 2:
+        dots_block<2>(a, n_in, xs + j, u + j);
+        break;
+      case 3:
+        dots_block<3>(a, n_in, xs + j, u + j);
+        break;
+      default:
+        dots_block<4>(a, n_in, xs + j, u + j);
+        break;
+    }
+  }
+}
 template <typename T>
 CML_AVX2 void add_rows_avx2(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1,
                             const float* u, float* const* outs, size_t n) {
-  int64_t o = o0;
-  for (; o + 8 <= o1; o += 8) {
-    for (size_t j = 0; j < n; ++j) {
-      __m256 acc = _mm256_loadu_ps(outs[j] + o);
-      const float* uj = u + j * rank;
-      for (int64_t r = 0; r < rank; ++r) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(uj[r]), load8(b + (row0 + r) * stride + o), acc);
-      }
-      _mm256_storeu_ps(outs[j] + o, acc);
-    }
-  }
-  for (; o < o1; ++o) {
-    for (size_t j = 0; j < n; ++j) {
-      for (int64_t r = 0; r < rank; ++r) outs[j][o] += u[j * rank + r] * load1(b + (row0 + r) * stride + o);
+  for (size_t j = 0; j < n; j += kJ) {
+    const float* uj = u + j * rank;
+    switch (std::min(kJ, n - j)) {
+      case 1:
+        rows_block<1>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        break;
+      case 2:
+        rows_block<2>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        break;
+      case 3:
+        rows_block<3>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        break;
+      default:
+        rows_block<4>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        break;
     }
   }
 }
@@ -115,11 +173,7 @@ const bool kAvx2 = [] {
 #else
 constexpr bool kAvx2 = false;
 template <typename T>
-float dot_avx2(const T*, const float*, int64_t) {
-  return 0.0f;  // never called: kAvx2 is false
-}
-template <typename T>
-void axpy_avx2(float*, const T*, float, int64_t) {}
+void dots_avx2(const T*, int64_t, const float* const*, size_t, float*) {}
 template <typename T>
 void add_rows_avx2(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, float* const*, size_t) {}
 #endif
@@ -136,26 +190,8 @@ struct Rows {
     ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(t->data) + at, scratch.data(), len);
     return scratch.data();
   }
-  float dot(int64_t row, const float* x, int64_t len) {
-    const int64_t at = row * t->ne[0];
-    if (kAvx2) {
-      return t->type == GGML_TYPE_F32 ? dot_avx2(static_cast<const float*>(t->data) + at, x, len)
-                                      : dot_avx2(static_cast<const ggml_fp16_t*>(t->data) + at, x, len);
-    }
-    return dot_base(f32(row, 0, len), x, len);
-  }
-  void axpy(float* y, int64_t row, int64_t from, float k, int64_t len) {
-    const int64_t at = row * t->ne[0] + from;
-    if (kAvx2) {
-      if (t->type == GGML_TYPE_F32) {
-        axpy_avx2(y, static_cast<const float*>(t->data) + at, k, len);
-      } else {
-        axpy_avx2(y, static_cast<const ggml_fp16_t*>(t->data) + at, k, len);
-      }
-      return;
-    }
-    axpy_base(y, f32(row, from, len), k, len);
-  }
+  float dot(int64_t row, const float* x, int64_t len) { return dot_base(f32(row, 0, len), x, len); }
+  void axpy(float* y, int64_t row, int64_t from, float k, int64_t len) { axpy_base(y, f32(row, from, len), k, len); }
 };
 
 }  // namespace
@@ -180,6 +216,8 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
   std::vector<int64_t> group;
   std::vector<float> u;
   std::vector<float*> outs;
+  std::vector<const float*> xs;
+  std::vector<float> d;
   Rows arows{a, {}}, brows{b, {}};
   for (const AdapterBank::Segment& s : layout.segments) {
     group.clear();
@@ -188,15 +226,23 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
     }
     if (group.empty()) continue;
     u.assign(group.size() * s.rank, 0.0f);
-    for (int64_t r = 0; r < s.rank; ++r) {
-      for (size_t j = 0; j < group.size(); ++j) {
-        const int64_t t = group[j];
-        u[j * s.rank + r] = scales[t * rows + s.offset] * arows.dot(s.offset + r, x + t * n_in, n_in);
-      }
-    }
     if (kAvx2) {
+      xs.clear();
       outs.clear();
-      for (int64_t t : group) outs.push_back(out + t * n_out);
+      for (int64_t t : group) {
+        xs.push_back(x + t * n_in);
+        outs.push_back(out + t * n_out);
+      }
+      d.resize(group.size());
+      for (int64_t r = 0; r < s.rank; ++r) {
+        const int64_t at = (s.offset + r) * n_in;
+        if (a->type == GGML_TYPE_F32) {
+          dots_avx2(static_cast<const float*>(a->data) + at, n_in, xs.data(), xs.size(), d.data());
+        } else {
+          dots_avx2(static_cast<const ggml_fp16_t*>(a->data) + at, n_in, xs.data(), xs.size(), d.data());
+        }
+        for (size_t j = 0; j < group.size(); ++j) u[j * s.rank + r] = scales[group[j] * rows + s.offset] * d[j];
+      }
       if (b->type == GGML_TYPE_F32) {
         add_rows_avx2(static_cast<const float*>(b->data), n_out, s.offset, s.rank, o0, o1, u.data(), outs.data(),
                       outs.size());
@@ -205,6 +251,12 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
                       outs.size());
       }
       continue;
+    }
+    for (int64_t r = 0; r < s.rank; ++r) {
+      for (size_t j = 0; j < group.size(); ++j) {
+        const int64_t t = group[j];
+        u[j * s.rank + r] = scales[t * rows + s.offset] * arows.dot(s.offset + r, x + t * n_in, n_in);
+      }
     }
     for (int64_t r = 0; r < s.rank; ++r) {
       for (size_t j = 0; j < group.size(); ++j) {

@@ -341,6 +341,7 @@ void Scheduler::step(std::vector<Event>& out) {
     BankScope scope(bank_on_ ? bank_.get() : nullptr);
     rc = llama_decode(ctx_, batch_);
   }
+  p_reused_ = llama_perf_context(ctx_).n_reused;
   if (bank_on_ && bank_->take_fault()) {
     // A graph the bank could not build: its rows are not what the requests asked for. Nothing
     // of this decode goes out, and from now on sets take turns.

@@ -62,15 +62,17 @@ class Scheduler {
   // Also counted: throwaway tokens that joined runs of sequences, and changes of adapter set, with
   // the last change's measured cost (what sets the length of a turn).
   // Also counted: requests failed for non-finite logits, and scrubs of the KV cells they left.
-  // And the bank now: its members and the bytes their stacked weights take.
+  // And the bank now: its members and the bytes their stacked weights take. And how many decodes
+  // reused the previous one's graph (llama.cpp's count): the rest built theirs, which costs a step.
   struct Profile {
     int64_t steps, decode_us, sample_us, emit_us, loop_us, filler_tokens, adapter_switches, switch_cost_us, non_finite,
-        kv_scrubs, bank_members, bank_bytes;
+        kv_scrubs, bank_members, bank_bytes, graphs_reused;
   };
   Profile profile() const {
     return {p_steps_.load(),      p_decode_us_.load(), p_sample_us_.load(),    p_emit_us_.load(),
             p_loop_us_.load(),    p_fillers_.load(),   p_switches_.load(),     p_switch_cost_.load(),
-            p_non_finite_.load(), p_scrubs_.load(),    p_bank_members_.load(), p_bank_bytes_.load()};
+            p_non_finite_.load(), p_scrubs_.load(),    p_bank_members_.load(), p_bank_bytes_.load(),
+            p_reused_.load()};
   }
 
  private:
@@ -161,7 +163,8 @@ class Scheduler {
   std::atomic<int32_t> busy_{0};
   std::atomic<int32_t> quarantined_{0};
   std::atomic<int64_t> p_steps_{0}, p_decode_us_{0}, p_sample_us_{0}, p_emit_us_{0}, p_loop_us_{0}, p_fillers_{0},
-      p_switches_{0}, p_switch_cost_{0}, p_non_finite_{0}, p_scrubs_{0}, p_bank_members_{0}, p_bank_bytes_{0};
+      p_switches_{0}, p_switch_cost_{0}, p_non_finite_{0}, p_scrubs_{0}, p_bank_members_{0}, p_bank_bytes_{0},
+      p_reused_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -278,7 +278,9 @@ export interface NativeStats {
    * measured cost (its turn's first decodes over the usual), which sets how long turns last; and
    * nonFinite, requests failed because their logits became NaN or infinite, and kvScrubs, clears of
    * the KV cells such requests may have left behind; and bankMembers and bankBytes, the adapter
-   * bank's members now and the memory their stacked weights take. Absent once closed.
+   * bank's members now and the memory their stacked weights take; and graphsReused, decodes that
+   * reused the previous decode's graph (llama.cpp's count; each other one built its graph). Absent
+   * once closed.
    */
   profile?: {
     steps: number;
@@ -293,5 +295,6 @@ export interface NativeStats {
     kvScrubs: number;
     bankMembers: number;
     bankBytes: number;
+    graphsReused: number;
   };
 }

@@ -114,6 +114,10 @@ describe.each(['gathered', 'stacked'] as const)('the adapter bank, %s', (adapter
     // where taking turns costs one step per token per set (6 x 32).
     expect(after.adapterSwitches - before.adapterSwitches).toBeLessThanOrEqual(1);
     expect(after.steps - before.steps).toBeLessThan(2 * 32);
+    // ...and the graph is reused while the members mix: builds only where the batch's shape
+    // changes (4 of 33 steps here), where a mask input that refused reuse would rebuild every step.
+    const built = after.steps - before.steps - (after.graphsReused - before.graphsReused);
+    expect(built).toBeLessThan(16);
     expect(after.bankMembers).toBe(2);
     expect(after.bankBytes).toBeGreaterThan(0); // the members' copies
   });
