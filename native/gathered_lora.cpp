@@ -93,29 +93,40 @@ CML_AVX2 void dots_block(const T* a, int64_t n, const float* const* xs, float* u
   }
 }
 
-// out_j[o0..o1) += Σ_r u_j[r] · b[row0 + r][o0..o1) for M tokens: output columns in registers
-// across the member's rows (each out read and written once, not once a row), each 8-column block
-// of a row read once for the M tokens, and P blocks at a time so that a lone token too has P
-// chains of FMAs. The sums run over r in order, as the axpy loop's do.
-template <size_t M, typename T>
-CML_AVX2 void rows_block(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1, const float* u,
-                         float* const* outs) {
-  constexpr size_t P = M >= 4 ? 1 : 4 / M;
-  int64_t o = o0;
+// out_j[o0..o1) += Σ_r u_j[r] · b[row0 + r][o0..o1) for M tokens, P 8-column blocks at a time:
+// output columns in registers across the member's rows (each out read and written once, not once a
+// row), each block of a row read once for the M tokens, and M x P chains of FMAs. The sums run
+// over r in order, as the axpy loop's do.
+template <size_t M, size_t P, typename T>
+CML_AVX2 int64_t rows_blocks(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o, int64_t o1,
+                             const float* u, float* const* outs) {
   for (; o + 8 * static_cast<int64_t>(P) <= o1; o += 8 * P) {
     __m256 acc[M][P];
     for (size_t j = 0; j < M; ++j)
       for (size_t p = 0; p < P; ++p) acc[j][p] = _mm256_loadu_ps(outs[j] + o + 8 * p);
     for (int64_t r = 0; r < rank; ++r) {
       const T* row = b + (row0 + r) * stride + o;
-      for (size_t p = 0; p < P; ++p) {
-        const __m256 v = load8(row + 8 * p);
-        for (size_t j = 0; j < M; ++j) acc[j][p] = _mm256_fmadd_ps(_mm256_set1_ps(u[j * rank + r]), v, acc[j][p]);
+      __m256 v[P];
+      for (size_t p = 0; p < P; ++p) v[p] = load8(row + 8 * p);
+      for (size_t j = 0; j < M; ++j) {
+        const __m256 k = _mm256_set1_ps(u[j * rank + r]);
+        for (size_t p = 0; p < P; ++p) acc[j][p] = _mm256_fmadd_ps(k, v[p], acc[j][p]);
       }
     }
     for (size_t j = 0; j < M; ++j)
       for (size_t p = 0; p < P; ++p) _mm256_storeu_ps(outs[j] + o + 8 * p, acc[j][p]);
   }
+  return o;
+}
+
+// Eight chains in all (the FMA units' latency times their throughput), then single blocks, then
+// the last columns one by one.
+template <size_t M, typename T>
+CML_AVX2 void rows_block(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1, const float* u,
+                         float* const* outs) {
+  constexpr size_t P = M >= 4 ? 2 : 8 / M;
+  int64_t o = rows_blocks<M, P>(b, stride, row0, rank, o0, o1, u, outs);
+  if constexpr (P > 1) o = rows_blocks<M, 1>(b, stride, row0, rank, o, o1, u, outs);
   for (; o < o1; ++o) {
     for (size_t j = 0; j < M; ++j) {
       for (int64_t r = 0; r < rank; ++r) outs[j][o] += u[j * rank + r] * load1(b + (row0 + r) * stride + o);
@@ -209,7 +220,8 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
   std::vector<int64_t> mine;  // this thread's tokens
   for (int64_t t = by_token ? ith : 0; t < n; t += by_token ? nth : 1) {
     mine.push_back(t);
-    std::copy_n(static_cast<const float*>(res->data) + t * n_out + o0, o1 - o0, out + t * n_out + o0);
+    if (out != res->data)
+      std::copy_n(static_cast<const float*>(res->data) + t * n_out + o0, o1 - o0, out + t * n_out + o0);
   }
   // Member by member, the tokens that use it: each of its rows of A and B is read once for all of
   // them (and converted once, when F16).

@@ -2,7 +2,8 @@
 // for each token, Σ over its own members m of B_m (s_m · A_m x), s_m its scale for m (the first
 // value of m's rows in the token's column of the mask). Sources, in order: res [n_out, n], cur
 // [n_in, n], A [n_in, rows], B transposed [n_out, rows] (A and B F32, or F16 when every member's
-// were), mask [rows, n]; userdata: the weight's AdapterBank::Layout. ggml runs it on every thread:
+// were), mask [rows, n]; userdata: the weight's AdapterBank::Layout. dst may be res itself (the
+// graph adds in place: ggml_custom_inplace), else res is copied into it. ggml runs it on every thread:
 // each takes its share of tokens, or, with fewer tokens than threads, its share of output rows.
 #pragma once
 #include "adapter_bank.h"

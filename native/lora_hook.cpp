@@ -112,12 +112,12 @@ ggml_tensor* AdapterBank::add_delta(const llm_graph_context& g, ggml_tensor* w, 
   key.first = first;
   ggml_tensor* mask = mask_for(g, set, key, end - first, rows);
   if (d.gathered) {
-    // One node: our kernel on the CPU (its srcs must be plain F32 arrays).
+    // One node: our kernel on the CPU (its srcs must be plain F32 arrays), adding in place to the
+    // product, which nothing else reads (a copy of it into a new tensor cost a sixth of the kernel).
     if (!ggml_is_contiguous(cur)) cur = ggml_cont(g.ctx0, cur);
     if (!ggml_is_contiguous(res)) res = ggml_cont(g.ctx0, res);
-    ggml_tensor* args[] = {res, cur, d.a, d.b, mask};
-    return ggml_custom_4d(g.ctx0, GGML_TYPE_F32, res->ne[0], res->ne[1], res->ne[2], res->ne[3], args, 5, gathered_lora,
-                          GGML_N_TASKS_MAX, const_cast<Layout*>(&layout));
+    ggml_tensor* args[] = {cur, d.a, d.b, mask};
+    return ggml_custom_inplace(g.ctx0, res, args, 4, gathered_lora, GGML_N_TASKS_MAX, const_cast<Layout*>(&layout));
   }
   auto shaped = [&](ggml_tensor* m, ggml_tensor* like) {  // a 3-D `cur` gives 3-D products
     return ggml_n_dims(like) > 2 ? ggml_reshape_3d(g.ctx0, m, m->ne[0], like->ne[1], like->ne[2]) : m;
