@@ -9,5 +9,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     include: ['test/**/*.test.ts'],
+    // One temp folder per run, removed at its end (test/global-tmp.ts).
+    globalSetup: ['test/global-tmp.ts'],
   },
 });
