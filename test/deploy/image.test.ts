@@ -213,12 +213,20 @@ describe('the CPU image, assembled from its own COPY lines and started as it sta
   };
 
   beforeAll(async () => {
-    // The build stage: this checkout after `npm install` stands for /app after its `npm ci`
-    // (devDependencies too); then the stage's remaining RUN steps, as written.
+    // The build stage: this checkout after `npm install` stands for /app after its `npm ci
+    // --omit=dev`, with only the packages npm counts as production ones (so a runtime import of a
+    // devDependency fails here); then the stage's remaining RUN steps, as written.
     const build = stage('cpu-build');
     const runs = keywordOf(build, 'RUN').map(argsOf);
-    expect(runs[0]).toMatch(/^npm ci /);
-    for (const d of ['node_modules', 'build', 'scripts']) link(path.join(root, d), path.join(buildApp, d));
+    expect(runs[0]).toMatch(/^npm ci --omit=dev /);
+    const prod = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: root, encoding: 'utf8' })
+      .split('\n')
+      .map((p) => path.relative(root, p))
+      .filter((p) => /^node_modules\/(@[^/]+\/)?[^/]+$/.test(p)); // nested ones come with their parent
+    expect(prod).toContain('node_modules/express');
+    expect(prod).not.toContain('node_modules/vitest');
+    for (const p of prod) link(path.join(root, p), path.join(buildApp, p));
+    for (const d of ['build', 'scripts']) link(path.join(root, d), path.join(buildApp, d));
     for (const run of runs.slice(1)) execFileSync('sh', ['-c', run], { cwd: buildApp, stdio: 'pipe' });
     // The runtime stage's COPY lines, each into the path it names.
     const s = stage('cpu');
