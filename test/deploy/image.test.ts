@@ -202,7 +202,7 @@ describe('the CPU image, assembled from its own COPY lines and started as it sta
     rmSync(tmp, { recursive: true, force: true });
   });
 
-  // Hard links: the 1.4 GB of node_modules in a second, and the prune's deletions stay in the copy.
+  // Hard links: node_modules (a gigabyte) in a second, and the prune's deletions stay in the copy.
   const link = (from: string, to: string) => {
     mkdirSync(path.dirname(to), { recursive: true });
     try {
