@@ -82,8 +82,8 @@ CML_AVX2 void dots_block(const T* a, int64_t n, const float* const* xs, float* u
     }
   }
   for (size_t j = 0; j < M; ++j) {
-    __m256 v = Q == 4 ? _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2 % Q], acc[j][3 % Q]))
-                      : _mm256_add_ps(acc[j][0], acc[j][1 % Q]);
+    __m256 v = _mm256_add_ps(acc[j][0], acc[j][1]);
+    if constexpr (Q == 4) v = _mm256_add_ps(v, _mm256_add_ps(acc[j][2], acc[j][3]));
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
