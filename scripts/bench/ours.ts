@@ -7,6 +7,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { Predictor } from '../../src/cml/predict.ts';
 import {
+  cpuBudget,
   Engine,
   mergeAdapter,
   schedulerPhases,
@@ -368,7 +369,7 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
         adapterPath: o.adapters[0]!,
         out,
         backend: o.backend,
-        threads: os.availableParallelism(),
+        threads: cpuBudget().cpus,
       });
       const mergeMs = performance.now() - m0;
       await engine.close();

@@ -1,9 +1,8 @@
 // `convert-lora`, `convert-model` and `merge-lora`: files in, files out, in-process.
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
-import { mergeAdapter, QUANT_TYPES, type QuantType, quantizeModel } from '../engine/index.ts';
+import { cpuBudget, mergeAdapter, QUANT_TYPES, type QuantType, quantizeModel } from '../engine/index.ts';
 import { convertHfModel } from '../intake/hf-model.ts';
 import { convertPeftAdapter } from '../intake/peft.ts';
 import type { OutType } from '../intake/gguf-writer.ts';
@@ -97,7 +96,7 @@ export async function runConvertModel(
     const quantizing = bar(`quantizing to ${quant} [{bar}] {percentage}%`);
     quantizing?.start(100, 0);
     const t1 = performance.now();
-    const threads = o.threads ?? os.availableParallelism();
+    const threads = o.threads ?? cpuBudget().cpus;
     const q = await quantizeModel({
       input: out,
       output: o.out,
@@ -137,7 +136,7 @@ export async function runMergeLora(o: {
     adapterPath: o.adapter,
     out: o.out,
     scale: o.scale,
-    threads: o.threads ?? os.availableParallelism(),
+    threads: o.threads ?? cpuBudget().cpus,
     backend: o.backend as 'auto',
     onProgress: (f) => bar?.update(Math.round(f * 100)),
   });

@@ -1,9 +1,8 @@
 // From configuration to a ready Predictor: locate the files, load the model and the adapter.
 // Shared by `serve` and the one-shot `predict` command.
 import { rmSync, statfsSync, statSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { Engine, ModelLoadError, mergeAdapter } from '../engine/index.ts';
+import { cpuBudget, Engine, ModelLoadError, mergeAdapter } from '../engine/index.ts';
 import { cacheDir, cached, inputKey } from '../intake/cache.ts';
 import { ConfigError, GEN_CONFIG_VAR, type ServeConfig } from './config.ts';
 import { locateAdapter, locateBaseModel } from './locate.ts';
@@ -69,14 +68,24 @@ export async function openPredictor(cfg: ServeConfig, ev: OpenEvents = {}): Prom
       engine = await load(base.path, false);
     }
   }
+  const cpus = cpuBudget();
   ev.info?.(
     {
       backend: engine.backend.name,
       reason: engine.backend.reason,
       devices: engine.backend.devices.map((d) => d.description),
+      cpus: cpus.cpus,
+      cores: cpus.cores,
+      cpuQuota: cpus.quota,
     },
     'backend',
   );
+  if (engine.model.threads > cpus.cpus) {
+    ev.warn?.(
+      { threads: engine.model.threads, cpus: cpus.cpus, quotaFile: cpus.quotaFile },
+      `${engine.model.threads} threads on ${cpus.cpus} CPU${cpus.cpus > 1 ? 's' : ''}: llama.cpp's threads spin at every step, and more of them than CPUs stall each other (a cgroup quota throttles them all)`,
+    );
+  }
   const { chatTemplate, ...shown } = engine.model;
   ev.info?.(
     { ...shown, chatTemplate: chatTemplate === null ? null : `${chatTemplate.length} characters` },
@@ -165,7 +174,7 @@ async function mergedModel(
         out,
         scale: 1,
         backend: cfg.backend,
-        threads: cfg.threads ?? os.availableParallelism(),
+        threads: cfg.threads ?? cpuBudget().cpus,
       });
       ev.info?.({ ...info, ms: Math.round(performance.now() - t0) }, 'adapter merged');
     });

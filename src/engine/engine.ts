@@ -1,5 +1,5 @@
 // The typed facade over the native engine: load a model, register adapters, generate.
-import os from 'node:os';
+import { cpuBudget } from './cpus.ts';
 import { resolveBackend, type BackendChoice, type ResolvedBackend } from './backend.ts';
 import type { EngineClient, EngineHealth, ServedAdapter } from './client.ts';
 import { AbortedError, AdapterError, EngineClosedError, InvalidParamsError, fromNative } from './errors.ts';
@@ -41,7 +41,7 @@ export interface LoadedEngine {
 }
 
 function defaultThreads(): number {
-  return Math.max(1, Math.min(os.availableParallelism(), D.maxDefaultThreads));
+  return Math.min(cpuBudget().cpus, D.maxDefaultThreads);
 }
 
 export class Engine implements EngineClient {

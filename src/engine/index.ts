@@ -13,4 +13,5 @@ export type {
 } from './native.ts';
 export { boundMessage, withinBound, type ParamBound, type ParamBounds, type ParamKey } from './params.ts';
 export { ENGINE_DEFAULTS, SERVE_DEFAULTS } from './defaults.ts';
+export { cpuBudget, type CpuBudget } from './cpus.ts';
 export { schedulerPhases, type SchedulerPhases, type SchedulerProfile } from './phases.ts';

@@ -6,7 +6,7 @@ export interface NativeEngineOptions {
   modelPath: string;
   /** Layers on the GPU: all (-1) by default when a GPU backend is in use, else 0. */
   gpuLayers?: number;
-  /** CPU threads; defaults to the cores available, at most 8. */
+  /** CPU threads; defaults to the CPUs this process may use (cores, and a cgroup CPU quota: cpus.ts), at most 8. */
   threads?: number;
   /**
    * Threads that sample concurrent streams side by side after each decode. Default: `threads` on a
