@@ -207,7 +207,14 @@ struct Rows {
 
 }  // namespace
 
+GatheredIsa gathered_isa() { return kAvx2 ? GatheredIsa::Avx2 : GatheredIsa::Portable; }
+
 void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
+  gathered_lora_as(gathered_isa(), dst, ith, nth, userdata);
+}
+
+void gathered_lora_as(GatheredIsa isa, ggml_tensor* dst, int ith, int nth, void* userdata) {
+  const bool avx2 = isa == GatheredIsa::Avx2 && kAvx2;
   const auto& layout = *static_cast<const AdapterBank::Layout*>(userdata);
   const ggml_tensor *res = dst->src[0], *cur = dst->src[1], *a = dst->src[2], *b = dst->src[3], *mask = dst->src[4];
   const int64_t n_in = cur->ne[0], n_out = res->ne[0], rows = mask->ne[0];  // = layout.rows (all members)
@@ -238,7 +245,7 @@ void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata) {
     }
     if (group.empty()) continue;
     u.assign(group.size() * s.rank, 0.0f);
-    if (kAvx2) {
+    if (avx2) {
       xs.clear();
       outs.clear();
       for (int64_t t : group) {

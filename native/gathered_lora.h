@@ -13,4 +13,11 @@ namespace cml {
 
 void gathered_lora(ggml_tensor* dst, int ith, int nth, void* userdata);
 
+// The kernel's loops: AVX2 with FMA and F16C, or portable C++ (GCC's vector types). gathered_lora
+// runs the first where the CPU has them (gathered_isa() says which); gathered_lora_as runs the one
+// asked for (portable where the CPU lacks AVX2), so that a test can hold each to a reference.
+enum class GatheredIsa { Portable, Avx2 };
+GatheredIsa gathered_isa();
+void gathered_lora_as(GatheredIsa isa, ggml_tensor* dst, int ith, int nth, void* userdata);
+
 }  // namespace cml

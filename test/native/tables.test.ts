@@ -1,6 +1,7 @@
 // Builds and runs the C++ tables (doctest, from Debian's doctest-dev): the sampling rules against
 // native/sampling.cpp and the CPU llama.cpp libraries (as scripts/bench-sampling does), the
-// scheduler's policies against native/scheduling_policy.cpp alone. CI installs doctest (.ci/run)
+// scheduler's policies against native/scheduling_policy.cpp alone, the adapter bank's gathered
+// kernel (each of its instruction sets) against a double-precision reference. CI installs doctest (.ci/run)
 // and requires these; elsewhere they are skipped when it is missing.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -68,6 +69,12 @@ describe.skipIf(!existsSync(doctest) && !required)('C++ tables (doctest)', () =>
     const s = summary(runTable('sampling_table', ['native/sampling.cpp'], llamaFlags));
     expect(s.failures).toEqual([]);
     expect(s).toMatchObject({ cases: 3, failedCases: 0, failedChecks: 0 });
+  }, 60_000);
+
+  it('gathered kernel: AVX2 and portable loops against a double-precision reference', () => {
+    const s = summary(runTable('gathered_table', ['native/gathered_lora.cpp'], llamaFlags));
+    expect(s.failures).toEqual([]);
+    expect(s).toMatchObject({ cases: 2, failedCases: 0, failedChecks: 0 });
   }, 60_000);
 
   it('scheduling: admission, slot choice, turns and step plans as tabled', () => {
