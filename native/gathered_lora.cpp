@@ -205,6 +205,54 @@ struct Rows {
   void axpy(float* y, int64_t row, int64_t from, float k, int64_t len) { axpy_base(y, f32(row, from, len), k, len); }
 };
 
+// A thread's share of a call: its tokens, and the output columns [o0, o1) it writes for them.
+struct Share {
+  std::vector<int64_t> tokens;
+  int64_t o0 = 0, o1 = 0;
+};
+
+// The batch's tokens in order of their first member (those of none last), cut into nth runs of
+// about equal work (a member's rows for a token; a copy, when dst is not res, a sixteenth of
+// that), so that each thread reads the rows of as few members as it can: dealt round-robin,
+// tokens of two adapters in slots a, a, b, b would have both threads read both. A token's members
+// all go to one thread (two adding to one row would race). With fewer tokens of any member than
+// threads, every thread takes every token and its share of the columns.
+Share share_of(const AdapterBank::Layout& layout, const float* scales, int64_t rows, int64_t n, int64_t n_out, int ith,
+               int nth, bool copy) {
+  const size_t k = layout.segments.size();
+  std::vector<size_t> first(n, k);
+  std::vector<int64_t> weight(n, copy ? 1 : 0);
+  int64_t adapted = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    for (size_t m = 0; m < k; ++m) {
+      if (scales[t * rows + layout.segments[m].offset] == 0.0f) continue;
+      first[t] = std::min(first[t], m);
+      weight[t] += 16;
+    }
+    adapted += first[t] < k;
+  }
+  Share s;
+  if (adapted < nth) {
+    s.tokens.resize(n);
+    for (int64_t t = 0; t < n; ++t) s.tokens[t] = t;
+    s.o0 = n_out * ith / nth;
+    s.o1 = n_out * (ith + 1) / nth;
+    return s;
+  }
+  s.o1 = n_out;
+  int64_t total = 0;
+  for (int64_t w : weight) total += w;
+  int64_t before = 0;  // the work of the tokens ahead in the order
+  for (size_t key = 0; key <= k; ++key) {
+    for (int64_t t = 0; t < n; ++t) {
+      if (first[t] != key) continue;
+      if (std::min<int64_t>(nth - 1, before * nth / total) == ith) s.tokens.push_back(t);
+      before += weight[t];
+    }
+  }
+  return s;
+}
+
 }  // namespace
 
 GatheredIsa gathered_isa() { return kAvx2 ? GatheredIsa::Avx2 : GatheredIsa::Portable; }
@@ -219,15 +267,14 @@ void gathered_lora_as(GatheredIsa isa, ggml_tensor* dst, int ith, int nth, void*
   const ggml_tensor *res = dst->src[0], *cur = dst->src[1], *a = dst->src[2], *b = dst->src[3], *mask = dst->src[4];
   const int64_t n_in = cur->ne[0], n_out = res->ne[0], rows = mask->ne[0];  // = layout.rows (all members)
   const int64_t n = ggml_nelements(cur) / n_in;
-  const bool by_token = n >= nth;
-  const int64_t o0 = by_token ? 0 : n_out * ith / nth, o1 = by_token ? n_out : n_out * (ith + 1) / nth;
   const auto* x = static_cast<const float*>(cur->data);
   const auto* scales = static_cast<const float*>(mask->data);
   auto* out = static_cast<float*>(dst->data);
-  std::vector<int64_t> mine;  // this thread's tokens
-  for (int64_t t = by_token ? ith : 0; t < n; t += by_token ? nth : 1) {
-    mine.push_back(t);
-    if (out != res->data)
+  const Share share = share_of(layout, scales, rows, n, n_out, ith, nth, out != res->data);
+  const std::vector<int64_t>& mine = share.tokens;
+  const int64_t o0 = share.o0, o1 = share.o1;
+  if (out != res->data) {
+    for (int64_t t : mine)
       std::copy_n(static_cast<const float*>(res->data) + t * n_out + o0, o1 - o0, out + t * n_out + o0);
   }
   // Member by member, the tokens that use it: each of its rows of A and B is read once for all of

@@ -4,7 +4,8 @@
 // [n_in, n], A [n_in, rows], B transposed [n_out, rows] (A and B F32, or F16 when every member's
 // were), mask [rows, n]; userdata: the weight's AdapterBank::Layout. dst may be res itself (the
 // graph adds in place: ggml_custom_inplace), else res is copied into it. ggml runs it on every thread:
-// each takes its share of tokens, or, with fewer tokens than threads, its share of output rows.
+// each takes a run of the tokens ordered by member, or, with fewer adapted tokens than threads,
+// its share of the output columns.
 #pragma once
 #include "adapter_bank.h"
 #include "ggml.h"

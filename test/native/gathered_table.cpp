@@ -12,6 +12,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gathered_lora.h"
@@ -115,75 +116,52 @@ double run(const Case& c, GatheredIsa isa) {
   return worst;
 }
 
+Case row(std::string name, int64_t n_in, int64_t n_out, int64_t n, std::vector<int64_t> ranks,
+         std::vector<std::vector<float>> scales, bool f16 = true, int nth = 1, bool inplace = true) {
+  return Case{std::move(name), n_in, n_out, n, std::move(ranks), std::move(scales), f16, nth, inplace};
+}
+
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = [] {
     std::vector<Case> v;
-    v.push_back({"60m attention shape: 8 tokens of two members, 2 threads by token",
-                 512,
-                 512,
-                 8,
-                 {16, 16},
-                 one_each(8, 2),
-                 true,
-                 2});
-    v.push_back({"ffn_down shape (1536 in), F32 copies", 1536, 512, 4, {16}, one_each(4, 1), false, 2});
-    v.push_back({"n_in and n_out past every vector width (37 in, 29 out), ranks 3 and 5",
-                 37,
-                 29,
-                 5,
-                 {3, 5},
-                 one_each(5, 2),
-                 false,
-                 1});
-    v.push_back({"n_out tails of each block loop: 91 = 64 + 3 x 8 + 3 for a lone token, F16",
-                 70,
-                 91,
-                 1,
-                 {4},
-                 one_each(1, 1),
-                 true,
-                 1});
+    v.push_back(row("60m attention shape: 8 tokens of two members, 2 threads by token", 512, 512, 8, {16, 16},
+                    one_each(8, 2), true, 2));
+    v.push_back(row("ffn_down shape (1536 in), F32 copies", 1536, 512, 4, {16}, one_each(4, 1), false, 2));
+    v.push_back(row("n_in and n_out past every vector width (37 in, 29 out), ranks 3 and 5", 37, 29, 5, {3, 5},
+                    one_each(5, 2), false));
+    v.push_back(row("n_out tails of each block loop: 91 = 64 + 3 x 8 + 3 for a lone token, F16", 70, 91, 1, {4},
+                    one_each(1, 1)));
     for (int64_t n = 1; n <= 9; ++n) {
-      v.push_back({"one member, " + std::to_string(n) + " tokens (blocks of 4, then the rest)",
-                   48,
-                   40,
-                   n,
-                   {8},
-                   one_each(n, 1),
-                   true,
-                   1});
+      v.push_back(row("one member, " + std::to_string(n) + " tokens (blocks of 4, then the rest)", 48, 40, n, {8},
+                      one_each(n, 1)));
     }
-    v.push_back({"fewer tokens than threads: output columns split 3 ways (100 = 33/33/34)",
-                 64,
-                 100,
-                 2,
-                 {8},
-                 one_each(2, 1),
-                 true,
-                 3});
-    v.push_back({"a lone token on 4 threads, 13 columns each or so", 32, 53, 1, {2}, one_each(1, 1), true, 4});
-    v.push_back({"rank 1", 40, 24, 3, {1}, one_each(3, 1), true, 1});
+    v.push_back(row("fewer tokens than threads: output columns split 3 ways (100 = 33/33/34)", 64, 100, 2, {8},
+                    one_each(2, 1), true, 3));
+    v.push_back(row("a lone token on 4 threads, 13 columns each or so", 32, 53, 1, {2}, one_each(1, 1), true, 4));
+    v.push_back(row("rank 1", 40, 24, 3, {1}, one_each(3, 1)));
+    // Token 0: both members (a set of two adapters); 1: none (the base model); 2: the second at -1.5.
+    v.push_back(row("a token of two members, one of none, a negative scale; dst apart from res (copied)", 33, 17, 3,
+                    {4, 6}, {{0.5f, 0.25f}, {0.0f, 0.0f}, {0.0f, -1.5f}}, true, 2, false));
+    v.push_back(row("three members over 7 tokens on 2 threads (each thread's groups interleaved)", 64, 48, 7, {4, 8, 2},
+                    one_each(7, 3), true, 2));
     {
-      // Token 0: both members (a set of two adapters); 1: none (the base model); 2: the second at -1.5.
-      Case c{"a token of two members, one of none, a negative scale; dst apart from res (copied)",
-             33,
-             17,
-             3,
-             {4, 6},
-             {{0.5f, 0.25f}, {0.0f, 0.0f}, {0.0f, -1.5f}},
-             true,
-             2,
-             false};
-      v.push_back(c);
+      // Slots a a a b b c c c, a base token, b b: threads take runs of a member's tokens, and every
+      // token (the base one too, copied) exactly once.
+      std::vector<std::vector<float>> s(11, std::vector<float>(3, 0.0f));
+      const int member[] = {0, 0, 0, 1, 1, 2, 2, 2, -1, 1, 1};
+      for (int t = 0; t < 11; ++t) {
+        if (member[t] >= 0) s[t][member[t]] = 0.75f;
+      }
+      v.push_back(row("members in runs of slots and a base token, 3 threads, copied", 40, 56, 11, {4, 4, 4}, s, true, 3,
+                      false));
     }
-    v.push_back({"three members over 7 tokens on 2 threads (each thread's groups interleaved)",
-                 64,
-                 48,
-                 7,
-                 {4, 8, 2},
-                 one_each(7, 3),
-                 true,
-                 2});
+    {
+      // One adapted token among base ones: fewer adapted tokens than threads, so columns are split.
+      std::vector<std::vector<float>> s(6, std::vector<float>(1, 0.0f));
+      s[4][0] = 1.0f;
+      v.push_back(
+          row("one adapted token among five base ones on 2 threads, copied", 32, 45, 6, {8}, s, true, 2, false));
+    }
     return v;
   }();
   return all;
