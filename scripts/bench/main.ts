@@ -8,6 +8,7 @@
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { cpuBudget, ENGINE_DEFAULTS } from '../../src/engine/index.ts';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import {
   bandwidthBound,
@@ -135,9 +136,12 @@ const { value: ours, peakRssMb } = await withPeakRss(() =>
 );
 const gpu = ours.backend === 'cuda';
 
+const cpus = cpuBudget();
 const results: Record<string, unknown> = {
   date: new Date().toISOString(),
   machine: ours.devices,
+  // The CPUs the run could use: a cgroup quota below the cores slows every CPU figure.
+  cpus,
   model: { file: model, bytes: statSync(model).size, shape: a.model ? null : a.shape, type: a.model ? null : a.type },
   adapters,
   settings: { promptTokens, genTokens, streams, runs, threads: threads ?? null, flashAttention: 'auto' },
@@ -310,7 +314,7 @@ const single: [string, SingleStream][] = [
 const md = [
   `# Benchmark, ${results.date}`,
   '',
-  `Machine: ${ours.devices.join('; ')} (backend ${ours.backend}: ${ours.reason}). Model: ${path.basename(model)} (${(statSync(model).size / 2 ** 30).toFixed(2)} GiB). Load ${Math.round(ours.loadMs)} ms; peak RSS ${Math.round(peakRssMb)} MiB${ours.gpuMemoryMb !== null ? `; peak GPU memory in use ${Math.round(ours.gpuMemoryMb)} MiB` : ''}. Prompt ${promptTokens} tokens, ${genTokens} generated, medians of ${runs} runs.`,
+  `Machine: ${ours.devices.join('; ')} (backend ${ours.backend}: ${ours.reason}); ${cpus.cores} cores${cpus.quota !== null ? `, a CPU quota of ${cpus.quota}` : ''}, threads ${threads ?? `default (${Math.min(cpus.cpus, ENGINE_DEFAULTS.maxDefaultThreads)})`}. Model: ${path.basename(model)} (${(statSync(model).size / 2 ** 30).toFixed(2)} GiB). Load ${Math.round(ours.loadMs)} ms; peak RSS ${Math.round(peakRssMb)} MiB${ours.gpuMemoryMb !== null ? `; peak GPU memory in use ${Math.round(ours.gpuMemoryMb)} MiB` : ''}. Prompt ${promptTokens} tokens, ${genTokens} generated, medians of ${runs} runs.`,
   '',
   '## One stream',
   table(

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { cpuBudget } from '../../src/engine/cpus.ts';
 import { steadyRate } from '../../scripts/bench/stats.ts';
 import { root } from '../helpers.ts';
 
@@ -41,7 +42,12 @@ describe('benchmark --quick', () => {
     expect(r.nodeLlamaCpp.oneStreamTokS ?? r.nodeLlamaCpp.skipped).toBeTruthy();
     for (const f of ['report.md', 'throughput.svg', 'ttft.svg', 'lora.svg'])
       expect(existsSync(path.join(out, f)), f).toBe(true);
-    expect(readFileSync(path.join(out, 'report.md'), 'utf8')).toMatch(/## Concurrent streams/);
+    const report = readFileSync(path.join(out, 'report.md'), 'utf8');
+    expect(report).toMatch(/## Concurrent streams/);
+    // The CPUs the run had, beside the machine (--quick runs 1 thread).
+    expect(r.cpus).toEqual(cpuBudget());
+    expect(report).toContain(`; ${r.cpus.cores} cores`);
+    expect(report).toMatch(/, threads 1\./);
   });
 });
 
