@@ -215,8 +215,8 @@ struct Share {
 // about equal work (a member's rows for a token; a copy, when dst is not res, a sixteenth of
 // that), so that each thread reads the rows of as few members as it can: dealt round-robin,
 // tokens of two adapters in slots a, a, b, b would have both threads read both. A token's members
-// all go to one thread (two adding to one row would race). With fewer tokens of any member than
-// threads, every thread takes every token and its share of the columns.
+// all go to one thread (two adding to one row would race). With fewer adapted tokens than threads,
+// every thread takes every token and its share of the columns instead.
 Share share_of(const AdapterBank::Layout& layout, const float* scales, int64_t rows, int64_t n, int64_t n_out, int ith,
                int nth, bool copy) {
   const size_t k = layout.segments.size();
