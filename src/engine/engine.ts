@@ -64,6 +64,7 @@ export class Engine implements EngineClient {
   /** Loads the model; rejects with ModelLoadError (or BackendError) carrying llama.cpp's reason. */
   static async load(opts: EngineOptions): Promise<Engine> {
     const backend = resolveBackend(opts.backend ?? D.backend);
+    const threads = opts.threads ?? defaultThreads(); // the cgroup files read once
     let self: Engine | undefined;
     let native: NativeEngine;
     try {
@@ -72,8 +73,8 @@ export class Engine implements EngineClient {
         {
           modelPath: opts.modelPath,
           gpuLayers: opts.gpuLayers ?? (backend.hasGpu ? -1 : 0),
-          threads: opts.threads ?? defaultThreads(),
-          samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? (opts.threads ?? defaultThreads()) : 1),
+          threads,
+          samplingThreads: opts.samplingThreads ?? (backend.hasGpu ? threads : 1),
           contextSize: opts.contextSize ?? D.contextSize,
           ...(opts.promptCache !== undefined ? { promptCache: opts.promptCache } : {}),
           slots: opts.slots ?? D.slots,

@@ -71,6 +71,14 @@ describe('cgroupCpuQuota: the kernel files as containers see them', () => {
     });
     // 1.5 CPUs: one thread, not two spinning for 1.5.
     expect(cpuBudget(r, 16)).toMatchObject({ cpus: 1, quota: 1.5 });
+    // A cgroup outside what is mounted (moved since): the mount's own root is the nearest it has.
+    const moved = tree({
+      'proc/self/mountinfo':
+        '1263 1262 0:31 /docker/abc /sys/fs/cgroup/cpu,cpuacct ro,nosuid,nodev,noexec,relatime master:11 - cgroup cgroup rw,cpu,cpuacct',
+      'proc/self/cgroup': '4:cpu,cpuacct:/system.slice/other\n',
+      ...v1('sys/fs/cgroup/cpu,cpuacct', 300000),
+    });
+    expect(cgroupCpuQuota(moved)).toEqual({ cpus: 3, file: '/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us' });
   });
 
   it("v2 without a namespace: the pod's quota binds its container's, and the tightest one wins", () => {
