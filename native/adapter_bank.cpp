@@ -129,6 +129,12 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
   for (const auto& [name, ps] : parts) {
     ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(ps[0].w->a->buffer);
     const bool host = ggml_backend_buft_is_host(buft);
+    // Our kernel runs on the CPU and reads its tensors' memory: a weight on a GPU would have it
+    // dereference device pointers (or ggml hand a GPU backend an op it lacks). Refused by name.
+    if (layout_ == BankLayout::Gathered && !host) {
+      throw std::runtime_error("adapterBankLayout 'gathered' needs its weights in host memory, and " + name +
+                               " is in " + ggml_backend_buft_name(buft) + " memory: use 'auto' or 'stacked' there");
+    }
     Adapted d;
     d.gathered = layout_ == BankLayout::Gathered || (layout_ == BankLayout::Auto && host);
     any_stacked_ = any_stacked_ || !d.gathered;

@@ -49,8 +49,9 @@ export interface NativeEngineOptions {
   /**
    * How the bank computes: 'stacked' (the adapters' A and B stacked along the rank: four kernels per
    * weight however many mix, for a GPU), 'gathered' (each adapter the batch uses on its own
-   * tensors: a token's rows the same whichever others share its batch, as the CPU promises), or
-   * 'auto' (the default: stacked for weights on a GPU, per adapter in host memory).
+   * tensors: a token's rows the same whichever others share its batch, as the CPU promises; our
+   * CPU kernel, so weights on a GPU refuse it and the bank is off, info().adapterBank.reason says
+   * why), or 'auto' (the default: stacked for weights on a GPU, per adapter in host memory).
    */
   adapterBankLayout?: 'auto' | 'stacked' | 'gathered';
   /**

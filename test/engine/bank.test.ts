@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, GenerateParams } from '../../src/engine/index.ts';
 import { readGgufHeader } from '../../src/intake/gguf-header.ts';
 import { GgufWriter } from '../../src/intake/gguf-writer.ts';
-import { loadEngine, loadReference, modelDir, patchGguf } from '../helpers.ts';
+import { loadEngine, loadReference, modelDir, patchGguf, rowsAsAlone, testBackend } from '../helpers.ts';
 
 const prompts = [...new Set(loadReference('tiny-qa').cases.map((c) => c.prompt))];
 const adapterA = path.join(modelDir('tiny-qa'), 'adapter-f32.gguf');
@@ -70,8 +70,9 @@ async function aloneThroughTurns(turns: Engine, sets: Sets, maxTokens?: number):
 }
 
 // Both layouts on the CPU: gathered is its default there, stacked a GPU's (each must give every
-// stream what it gives alone).
-describe.each(['gathered', 'stacked'] as const)('the adapter bank, %s', (adapterBankLayout) => {
+// stream what it gives alone). On a GPU, stacked alone: gathered is refused there (below).
+const layouts = testBackend === 'cpu' ? (['gathered', 'stacked'] as const) : (['stacked'] as const);
+describe.each(layouts)('the adapter bank, %s', (adapterBankLayout) => {
   let bank: Engine, turns: Engine;
   let alone: number[][];
 
@@ -263,7 +264,8 @@ describe('an adapter the bank cannot hold', () => {
   });
 });
 
-describe('the adapter bank with an F16 adapter', () => {
+// Gathered beside stacked: the CPU's (a GPU refuses gathered).
+describe.runIf(testBackend === 'cpu')('the adapter bank with an F16 adapter', () => {
   it('gathered keeps F16 copies (half the bytes) and gives every stream what stacked F32 copies give', async () => {
     const f16 = await writeF16Copy(adapterA, path.join(dir, 'a-f16.gguf'));
     const b16 = await writeF16Copy(await writeVariant('b32.gguf', 2), path.join(dir, 'b-f16.gguf'));
@@ -290,6 +292,27 @@ describe('the adapter bank with an F16 adapter', () => {
       expect(gathered!.bytes).toBeLessThan(0.6 * stacked!.bytes);
     } finally {
       await Promise.all(engines.map((e) => e.close()));
+    }
+  });
+});
+
+// Run by the GPU check (npm run test:gpu); CI has no GPU.
+describe.runIf(testBackend !== 'cpu')('the gathered layout on a GPU', () => {
+  it('is refused by name at load (its kernel reads host memory): the bank is off, requests take turns', async () => {
+    const e = await loadEngine('tiny-qa', { ...rowsAsAlone, adapterBankLayout: 'gathered' });
+    const turns = await loadEngine('tiny-qa', { ...rowsAsAlone, adapterBank: 0 });
+    try {
+      expect(e.model.adapterBank).toMatchObject({ enabled: false, layout: 'gathered' });
+      expect(e.model.adapterBank.reason).toMatch(/'gathered' needs its weights in host memory, and \S+ is in CUDA/);
+      const sets: Sets = [[], [{ name: 'a', scale: 1 }], [{ name: 'a', scale: 0.5 }]];
+      for (const x of [e, turns]) await x.loadAdapter('a', adapterA);
+      const served = await Promise.all(
+        sets.map((adapters, i) => e.generate(prompts[i % prompts.length]!, params(adapters)).result),
+      );
+      expect(served.map((r) => r.tokens)).toEqual(await aloneThroughTurns(turns, sets));
+    } finally {
+      await e.close();
+      await turns.close();
     }
   });
 });
