@@ -198,6 +198,30 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const runs = await Promise.all(Array.from({ length: n }, (_, i) => timed(adapterOf(i))));
       return { rate: steadyRate(runs.map((x) => x.times)), ttft: runs.map((x) => x.r.timings.ttftMs) };
     };
+    type Workload = (i: number) => GenerateParams['adapters'];
+    // Workloads over n streams in rounds (one run of each in turn, after a warm-up each, where the
+    // bank takes its members), so that this noisy machine's drift falls on all of them alike: per
+    // workload the median of its rounds, and the adapter-set switches and steps its runs took.
+    const inRounds = async (n: number, workloads: Workload[]) => {
+      for (const f of workloads) await concurrent(n, f);
+      const rates = workloads.map(() => [] as number[]);
+      const counts = workloads.map(() => ({ switches: 0, steps: 0 }));
+      for (let round = 0; round < Math.max(2, o.runs); round++) {
+        for (const [k, f] of workloads.entries()) {
+          const p0 = engine.stats().profile!;
+          rates[k]!.push((await concurrent(n, f)).rate);
+          const p1 = engine.stats().profile!;
+          counts[k]!.switches += p1.adapterSwitches - p0.adapterSwitches;
+          counts[k]!.steps += p1.steps - p0.steps;
+        }
+      }
+      return workloads.map((_, k) => ({ tokS: median(rates[k]!), ...counts[k]! }));
+    };
+    // Stream i runs adapter i mod k (none for k = 0).
+    const mixOf =
+      (k: number): Workload =>
+      (i) =>
+        k === 0 ? [] : [{ name: names[i % k]!, scale: 1 }];
 
     const note = o.note ?? (() => {});
     const r0 = (x: number) => Math.round(x);
@@ -235,35 +259,17 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       o.progress('ours: LoRA on one stream and on eight');
       const loraOne = await single([{ name: 'a', scale: 1 }]);
       note(`LoRA, one stream: ${one(loraOne)}`);
-      // Base, one adapter and two mixed over 8 streams in alternating rounds, as the mixes below:
-      // measured one after another, this machine's drift once put the mix at 1.26 of base.
-      const kinds: ((i: number) => GenerateParams['adapters'])[] = [
-        () => [],
-        () => [{ name: 'a', scale: 1 }],
-        ...(names.length > 1 ? [(i: number) => [{ name: i % 2 ? 'b' : 'a', scale: 1 }]] : []),
-      ];
-      for (const f of kinds) await concurrent(8, f); // warm-up
-      const rates: number[][] = kinds.map(() => []);
-      const mix = { switches: 0, steps: 0 }; // over the mixed rounds alone
-      for (let round = 0; round < Math.max(2, o.runs); round++) {
-        for (const [k, f] of kinds.entries()) {
-          const p0 = engine.stats().profile!;
-          rates[k]!.push((await concurrent(8, f)).rate);
-          const p1 = engine.stats().profile!;
-          if (k === 2) {
-            mix.switches += p1.adapterSwitches - p0.adapterSwitches;
-            mix.steps += p1.steps - p0.steps;
-          }
-        }
-      }
-      const [base8, lora8, mixed8 = null] = rates.map(median) as [number, number, number?];
+      // Base, one adapter and two mixed over 8 streams in rounds, as the mixes below: measured one
+      // after another, this machine's drift once put the mix at 1.26 of base.
+      const [base, one8, two8] = await inRounds(8, [mixOf(0), mixOf(1), ...(names.length > 1 ? [mixOf(2)] : [])]);
+      const [base8, lora8, mixed8] = [base!.tokS, one8!.tokS, two8?.tokS ?? null];
       lora = { oneStream: loraOne, eight: { base: base8, lora: lora8, mixed: mixed8 }, merged: null, mixes: [] };
       note(
         `8 streams: base ${r0(base8)}, LoRA ${r0(lora8)}, two adapters mixed ${mixed8 === null ? '-' : r0(mixed8)} tok/s`,
       );
       if (mixed8 !== null) {
         note(
-          `two adapters mixed: ${mix.switches} switches in ${mix.steps} steps, the last one's cost ${r0(engine.stats().profile!.switchCostUs)} µs`,
+          `two adapters mixed: ${two8!.switches} switches in ${two8!.steps} steps, the last one's cost ${r0(engine.stats().profile!.switchCostUs)} µs`,
         );
       }
     }
@@ -276,35 +282,17 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       const ks = o.mixAdapters.filter((k) => k <= names.length);
       if (ks.length === 0) continue;
       o.progress(`ours: ${ks.join(', ')} adapters mixed over ${n} streams`);
-      // Rounds of base, then each mix, so that this noisy machine's drift falls on all of them
-      // alike; each figure is the median of its rounds.
-      const mixOf = (k: number) => (i: number) => (k === 0 ? [] : [{ name: names[i % k]!, scale: 1 }]);
-      const runsOf = new Map<number, number[]>([0, ...ks].map((k) => [k, []]));
-      const counts = new Map<number, { switches: number; steps: number }>(
-        ks.map((k) => [k, { switches: 0, steps: 0 }]),
-      );
-      for (const k of [0, ...ks]) await concurrent(n, mixOf(k)); // warm-up: the bank takes its members here
-      for (let round = 0; round < Math.max(2, o.runs); round++) {
-        for (const k of [0, ...ks]) {
-          const p0 = engine.stats().profile!;
-          runsOf.get(k)!.push((await concurrent(n, mixOf(k))).rate);
-          const p1 = engine.stats().profile!;
-          const c = counts.get(k);
-          if (c) {
-            c.switches += p1.adapterSwitches - p0.adapterSwitches;
-            c.steps += p1.steps - p0.steps;
-          }
-        }
-      }
-      const baseTokS = median(runsOf.get(0)!);
-      for (const k of ks) {
-        const tokS = median(runsOf.get(k)!);
+      const [base, ...mixed] = await inRounds(n, [0, ...ks].map(mixOf));
+      const baseTokS = base!.tokS;
+      for (const [j, k] of ks.entries()) {
+        const { tokS, switches, steps } = mixed[j]!;
         const row = {
           streams: n,
           adapters: k,
           tokS,
           baseTokS,
-          ...counts.get(k)!,
+          switches,
+          steps,
           turnsTokS: null as number | null,
           turnsBaseTokS: null as number | null,
         };
@@ -324,19 +312,14 @@ export async function measureOurs(o: OursOptions): Promise<OursResult> {
       engine = await load({ adapterBank: 0 });
       try {
         for (const [i, p] of o.adapters.entries()) await engine.loadAdapter(names[i]!, p);
-        // Interleaved with base on this engine, as above.
+        // In rounds with base on this engine, as above.
         const streamCounts = [...new Set(mixedRows.map((m) => m.streams))];
         for (const n of streamCounts) {
           const rows = mixedRows.filter((m) => m.streams === n);
-          const mixOf = (k: number) => (i: number) => (k === 0 ? [] : [{ name: names[i % k]!, scale: 1 }]);
-          const runsOf = new Map<number, number[]>([0, ...rows.map((m) => m.adapters)].map((k) => [k, []]));
-          for (const k of runsOf.keys()) await concurrent(n, mixOf(k));
-          for (let round = 0; round < Math.max(2, o.runs); round++) {
-            for (const [k, rates] of runsOf) rates.push((await concurrent(n, mixOf(k))).rate);
-          }
-          for (const m of rows) {
-            m.turnsTokS = median(runsOf.get(m.adapters)!);
-            m.turnsBaseTokS = median(runsOf.get(0)!);
+          const [base, ...turns] = await inRounds(n, [0, ...rows.map((m) => m.adapters)].map(mixOf));
+          for (const [j, m] of rows.entries()) {
+            m.turnsTokS = turns[j]!.tokS;
+            m.turnsBaseTokS = base!.tokS;
             note(
               `${m.adapters} adapter${m.adapters > 1 ? 's' : ''} mixed over ${n} streams, turns: ${r0(m.turnsTokS)} tok/s, ${(m.turnsTokS / m.turnsBaseTokS).toFixed(2)} of base (${r0(m.turnsBaseTokS)})`,
             );

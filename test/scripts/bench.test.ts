@@ -34,7 +34,13 @@ describe('benchmark --quick', () => {
       [4, 1],
       [4, 2],
     ]);
-    for (const m of r.ours.lora.mixes) expect(m.tokS).toBeGreaterThan(0);
+    for (const m of r.ours.lora.mixes) {
+      expect(m.tokS).toBeGreaterThan(0);
+      expect(m.turnsTokS).toBeGreaterThan(0);
+      // Each row's own rounds: steps taken, and with the bank no adapter-set switch once warm.
+      expect(m.steps).toBeGreaterThan(0);
+      expect(m.switches).toBe(0);
+    }
     expect(r.ours.lora.merged.oneStream.decodeTokS).toBeGreaterThan(0);
     expect(r.ours.lora.merged.baseOnMerged.decodeTokS).toBeGreaterThan(0);
     expect(r.ours.studio.aggregateTokS).toBeGreaterThan(0);
