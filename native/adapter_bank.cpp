@@ -2,6 +2,8 @@
 // The graph side is lora_hook.cpp.
 #include "adapter_bank.h"
 
+#include "gathered_lora.h"
+
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -159,8 +161,8 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
                      });
     const ggml_type type = f16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
     if (d.gathered) d.a = ggml_new_tensor_2d(c, type, n_in, layout.rows);  // stacked: below, maybe in a group
-    d.b =
-        d.gathered ? ggml_new_tensor_2d(c, type, n_out, layout.rows) : ggml_new_tensor_2d(c, type, layout.rows, n_out);
+    d.b = d.gathered ? ggml_new_tensor_2d(c, type, gathered_b_cols(n_out), layout.rows)
+                     : ggml_new_tensor_2d(c, type, layout.rows, n_out);
     if (d.a != nullptr) ggml_format_name(d.a, "bank.%s.a", name.c_str());
     ggml_format_name(d.b, "bank.%s.b", name.c_str());
     weights_[name] = d;
@@ -225,13 +227,13 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     bufs_.push_back(buf);
     bytes_ += ggml_backend_buffer_get_size(buf);
   }
-  // Fill: A's rows one member after the other; B's rows (stacked) or columns (gathered) likewise.
+  // Fill: A's rows one member after the other; B's columns (stacked) or tiled rows (gathered) likewise.
   for (const auto& [name, ps] : parts) {
     const Adapted& d = weights_[name];
     const Layout& layout = layouts_[d.layout];
     const int64_t n_in = d.a->ne[0], rows = layout.rows;
-    const int64_t n_out = d.gathered ? d.b->ne[0] : d.b->ne[1];
-    std::vector<float> a(n_in * rows, 0.0f), b(rows * n_out, 0.0f);
+    const int64_t n_out = ps[0].w->b->ne[1], b_cols = d.gathered ? d.b->ne[0] : n_out;
+    std::vector<float> a(n_in * rows, 0.0f), b(rows * b_cols, 0.0f);
     for (size_t i = 0; i < ps.size(); ++i) {
       const Segment& seg = layout.segments[i];
       const std::vector<float> pa = read_floats(ps[i].w->a), pb = read_floats(ps[i].w->b);
@@ -240,7 +242,7 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
         for (int64_t k = 0; k < seg.rank; ++k) {
           const float v = pb[j * seg.rank + k];  // B[k, j]: ne0 is the rank
           if (d.gathered) {
-            b[(seg.offset + k) * n_out + j] = v;
+            b[seg.offset * b_cols + gathered_b_at(seg.rank, k, j)] = v;
           } else {
             b[j * rows + seg.offset + k] = v;
           }

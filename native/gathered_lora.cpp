@@ -58,6 +58,11 @@ CML_AVX2 inline __m256 load8(const ggml_fp16_t* p) {
 CML_AVX2 inline float load1(const float* p) { return *p; }
 CML_AVX2 inline float load1(const ggml_fp16_t* p) { return _cvtsh_ss(*p); }
 
+// How far ahead of its reads the kernel prefetches a member's rows (A's, which lie one after the
+// other, and B's tiles): a member's rows are read once a step, so they come from DRAM or a far cache,
+// and the hardware's prefetchers stop at every 4 KB page.
+constexpr int64_t kAhead = 2048;
+
 // The tokens of a group are taken up to kJ at a time, each with accumulators of its own: the rows
 // of A and B are read (and converted from F16) once for all of them, and the FMAs of the tokens
 // are independent, where one token's alone wait on each other (an FMA's latency is 4 cycles).
@@ -74,8 +79,15 @@ CML_AVX2 void dots_block(const T* a, int64_t n, const float* const* xs, float* u
   __m256 acc[M][Q];
   for (size_t j = 0; j < M; ++j)
     for (size_t q = 0; q < Q; ++q) acc[j][q] = _mm256_setzero_ps();
+  constexpr int64_t kStep = W * static_cast<int64_t>(sizeof(T));  // the bytes of `a` an iteration reads
   int64_t i = 0;
   for (; i + W <= n; i += W) {
+    const char* ahead = reinterpret_cast<const char*>(a + i) + kAhead;
+    if constexpr (kStep >= 64) {
+      for (int64_t b = 0; b < kStep; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+    } else if (i * static_cast<int64_t>(sizeof(T)) % 64 == 0) {
+      _mm_prefetch(ahead, _MM_HINT_T0);
+    }
     for (size_t q = 0; q < Q; ++q) {
       const __m256 av = load8(a + i + 8 * q);
       for (size_t j = 0; j < M; ++j) acc[j][q] = _mm256_fmadd_ps(av, _mm256_loadu_ps(xs[j] + i + 8 * q), acc[j][q]);
@@ -93,43 +105,46 @@ CML_AVX2 void dots_block(const T* a, int64_t n, const float* const* xs, float* u
   }
 }
 
-// out_j[o0..o1) += Σ_r u_j[r] · b[row0 + r][o0..o1) for M tokens, P 8-column blocks at a time:
-// output columns in registers across the member's rows (each out read and written once, not once a
-// row), each block of a row read once for the M tokens, and M x P chains of FMAs. The sums run
-// over r in order, as the axpy loop's do.
+// out_j[o..o1) += Σ_r u_j[r] · B[r][o..o1) for M tokens, P tiles (8 columns each, at a tile's
+// first column o) at a time, from `blk`, a member's block of B in tiles (gathered_b_at): output
+// columns in registers across the member's rows (each out read and written once, not once a row),
+// each tile read once for the M tokens, M x P chains of FMAs, and the block kAhead bytes on
+// prefetched first. The sums run over r in order, as the portable loop's do.
 template <size_t M, size_t P, typename T>
-CML_AVX2 int64_t rows_blocks(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o, int64_t o1,
-                             const float* u, float* const* outs) {
-  for (; o + 8 * static_cast<int64_t>(P) <= o1; o += 8 * P) {
+CML_AVX2 int64_t rows_blocks(const T* blk, int64_t rank, int64_t o, int64_t o1, const float* u, float* const* outs) {
+  constexpr int64_t kTile = kGatheredTile;
+  const int64_t tile_bytes = rank * kTile * static_cast<int64_t>(sizeof(T));
+  for (; o + kTile * static_cast<int64_t>(P) <= o1; o += kTile * P) {
+    const T* tiles = blk + o / kTile * rank * kTile;
+    const char* ahead = reinterpret_cast<const char*>(tiles) + kAhead;
+    for (int64_t b = 0; b < tile_bytes * static_cast<int64_t>(P); b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
     __m256 acc[M][P];
     for (size_t j = 0; j < M; ++j)
-      for (size_t p = 0; p < P; ++p) acc[j][p] = _mm256_loadu_ps(outs[j] + o + 8 * p);
+      for (size_t p = 0; p < P; ++p) acc[j][p] = _mm256_loadu_ps(outs[j] + o + kTile * p);
     for (int64_t r = 0; r < rank; ++r) {
-      const T* row = b + (row0 + r) * stride + o;
       __m256 v[P];
-      for (size_t p = 0; p < P; ++p) v[p] = load8(row + 8 * p);
+      for (size_t p = 0; p < P; ++p) v[p] = load8(tiles + (static_cast<int64_t>(p) * rank + r) * kTile);
       for (size_t j = 0; j < M; ++j) {
         const __m256 k = _mm256_set1_ps(u[j * rank + r]);
         for (size_t p = 0; p < P; ++p) acc[j][p] = _mm256_fmadd_ps(k, v[p], acc[j][p]);
       }
     }
     for (size_t j = 0; j < M; ++j)
-      for (size_t p = 0; p < P; ++p) _mm256_storeu_ps(outs[j] + o + 8 * p, acc[j][p]);
+      for (size_t p = 0; p < P; ++p) _mm256_storeu_ps(outs[j] + o + kTile * p, acc[j][p]);
   }
   return o;
 }
 
-// Eight chains in all (the FMA units' latency times their throughput), then single blocks, then
-// the last columns one by one.
+// Eight chains in all (the FMA units' latency times their throughput), then single tiles, then
+// the columns of a last, partial tile one by one.
 template <size_t M, typename T>
-CML_AVX2 void rows_block(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1, const float* u,
-                         float* const* outs) {
+CML_AVX2 void rows_block(const T* blk, int64_t rank, int64_t o0, int64_t o1, const float* u, float* const* outs) {
   constexpr size_t P = M >= 4 ? 2 : 8 / M;
-  int64_t o = rows_blocks<M, P>(b, stride, row0, rank, o0, o1, u, outs);
-  if constexpr (P > 1) o = rows_blocks<M, 1>(b, stride, row0, rank, o, o1, u, outs);
+  int64_t o = rows_blocks<M, P>(blk, rank, o0, o1, u, outs);
+  if constexpr (P > 1) o = rows_blocks<M, 1>(blk, rank, o, o1, u, outs);
   for (; o < o1; ++o) {
     for (size_t j = 0; j < M; ++j) {
-      for (int64_t r = 0; r < rank; ++r) outs[j][o] += u[j * rank + r] * load1(b + (row0 + r) * stride + o);
+      for (int64_t r = 0; r < rank; ++r) outs[j][o] += u[j * rank + r] * load1(blk + gathered_b_at(rank, r, o));
     }
   }
 }
@@ -155,22 +170,22 @@ CML_AVX2 void dots_avx2(const T* a, int64_t n_in, const float* const* xs, size_t
   }
 }
 template <typename T>
-CML_AVX2 void add_rows_avx2(const T* b, int64_t stride, int64_t row0, int64_t rank, int64_t o0, int64_t o1,
-                            const float* u, float* const* outs, size_t n) {
+CML_AVX2 void add_rows_avx2(const T* blk, int64_t rank, int64_t o0, int64_t o1, const float* u, float* const* outs,
+                            size_t n) {
   for (size_t j = 0; j < n; j += kJ) {
     const float* uj = u + j * rank;
     switch (std::min(kJ, n - j)) {
       case 1:
-        rows_block<1>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        rows_block<1>(blk, rank, o0, o1, uj, outs + j);
         break;
       case 2:
-        rows_block<2>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        rows_block<2>(blk, rank, o0, o1, uj, outs + j);
         break;
       case 3:
-        rows_block<3>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        rows_block<3>(blk, rank, o0, o1, uj, outs + j);
         break;
       default:
-        rows_block<4>(b, stride, row0, rank, o0, o1, uj, outs + j);
+        rows_block<4>(blk, rank, o0, o1, uj, outs + j);
         break;
     }
   }
@@ -186,23 +201,20 @@ constexpr bool kAvx2 = false;
 template <typename T>
 void dots_avx2(const T*, int64_t, const float* const*, size_t, float*) {}
 template <typename T>
-void add_rows_avx2(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, float* const*, size_t) {}
+void add_rows_avx2(const T*, int64_t, int64_t, int64_t, const float*, float* const*, size_t) {}
 #endif
 
-// A row of a gathered copy (F32 or F16) in the loops above: `len` values of row `row` from `from`.
-// Without AVX2 an F16 row is converted into `scratch` first (exactly: every F16 value is an F32 one).
-struct Rows {
+// `len` values of a gathered copy (F32 or F16) from element `at`, for the portable loops: an F16
+// run is converted into `scratch` first (exactly: every F16 value is an F32 one).
+struct Values {
   const ggml_tensor* t;
   std::vector<float> scratch;
-  const float* f32(int64_t row, int64_t from, int64_t len) {
-    const int64_t at = row * t->ne[0] + from;
+  const float* f32(int64_t at, int64_t len) {
     if (t->type == GGML_TYPE_F32) return static_cast<const float*>(t->data) + at;
     scratch.resize(len);
     ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(t->data) + at, scratch.data(), len);
     return scratch.data();
   }
-  float dot(int64_t row, const float* x, int64_t len) { return dot_base(f32(row, 0, len), x, len); }
-  void axpy(float* y, int64_t row, int64_t from, float k, int64_t len) { axpy_base(y, f32(row, from, len), k, len); }
 };
 
 // A thread's share of a call: its tokens, and the output columns [o0, o1) it writes for them.
@@ -235,8 +247,10 @@ Share share_of(const AdapterBank::Layout& layout, const float* scales, int64_t r
   if (adapted < nth) {
     s.tokens.resize(n);
     for (int64_t t = 0; t < n; ++t) s.tokens[t] = t;
-    s.o0 = n_out * ith / nth;
-    s.o1 = n_out * (ith + 1) / nth;
+    // On tile boundaries (the last share takes the partial tile).
+    auto edge = [&](int i) { return i == nth ? n_out : n_out * i / nth / kGatheredTile * kGatheredTile; };
+    s.o0 = edge(ith);
+    s.o1 = edge(ith + 1);
     return s;
   }
   s.o1 = n_out;
@@ -266,6 +280,7 @@ void gathered_lora_as(GatheredIsa isa, ggml_tensor* dst, int ith, int nth, void*
   const auto& layout = *static_cast<const AdapterBank::Layout*>(userdata);
   const ggml_tensor *res = dst->src[0], *cur = dst->src[1], *a = dst->src[2], *b = dst->src[3], *mask = dst->src[4];
   const int64_t n_in = cur->ne[0], n_out = res->ne[0], rows = mask->ne[0];  // = layout.rows (all members)
+  const int64_t b_cols = b->ne[0];                                          // gathered_b_cols(n_out)
   const int64_t n = ggml_nelements(cur) / n_in;
   const auto* x = static_cast<const float*>(cur->data);
   const auto* scales = static_cast<const float*>(mask->data);
@@ -284,7 +299,7 @@ void gathered_lora_as(GatheredIsa isa, ggml_tensor* dst, int ith, int nth, void*
   std::vector<float*> outs;
   std::vector<const float*> xs;
   std::vector<float> d;
-  Rows arows{a, {}}, brows{b, {}};
+  Values avals{a, {}}, bvals{b, {}};
   for (const AdapterBank::Segment& s : layout.segments) {
     group.clear();
     for (int64_t t : mine) {
@@ -309,24 +324,29 @@ void gathered_lora_as(GatheredIsa isa, ggml_tensor* dst, int ith, int nth, void*
         }
         for (size_t j = 0; j < group.size(); ++j) u[j * s.rank + r] = scales[group[j] * rows + s.offset] * d[j];
       }
+      const int64_t blk = s.offset * b_cols;
       if (b->type == GGML_TYPE_F32) {
-        add_rows_avx2(static_cast<const float*>(b->data), n_out, s.offset, s.rank, o0, o1, u.data(), outs.data(),
-                      outs.size());
+        add_rows_avx2(static_cast<const float*>(b->data) + blk, s.rank, o0, o1, u.data(), outs.data(), outs.size());
       } else {
-        add_rows_avx2(static_cast<const ggml_fp16_t*>(b->data), n_out, s.offset, s.rank, o0, o1, u.data(), outs.data(),
+        add_rows_avx2(static_cast<const ggml_fp16_t*>(b->data) + blk, s.rank, o0, o1, u.data(), outs.data(),
                       outs.size());
       }
       continue;
     }
     for (int64_t r = 0; r < s.rank; ++r) {
+      const float* row = avals.f32((s.offset + r) * n_in, n_in);
       for (size_t j = 0; j < group.size(); ++j) {
         const int64_t t = group[j];
-        u[j * s.rank + r] = scales[t * rows + s.offset] * arows.dot(s.offset + r, x + t * n_in, n_in);
+        u[j * s.rank + r] = scales[t * rows + s.offset] * dot_base(row, x + t * n_in, n_in);
       }
     }
-    for (int64_t r = 0; r < s.rank; ++r) {
-      for (size_t j = 0; j < group.size(); ++j) {
-        brows.axpy(out + group[j] * n_out + o0, s.offset + r, o0, u[j * s.rank + r], o1 - o0);
+    // A tile at a time (its rows one after the other, gathered_b_at), each column's sum over r in order.
+    for (int64_t o = o0; o < o1; o += kGatheredTile) {
+      const int64_t len = std::min(kGatheredTile, o1 - o);
+      for (int64_t r = 0; r < s.rank; ++r) {
+        const float* tile_row = bvals.f32(s.offset * b_cols + gathered_b_at(s.rank, r, o), len);
+        for (size_t j = 0; j < group.size(); ++j)
+          axpy_base(out + group[j] * n_out + o, tile_row, u[j * s.rank + r], len);
       }
     }
   }

@@ -59,7 +59,8 @@ double run(const Case& c, GatheredIsa isa) {
   ggml_tensor* res = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c.n_out, c.n);
   ggml_tensor* cur = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c.n_in, c.n);
   ggml_tensor* a = ggml_new_tensor_2d(ctx, wt, c.n_in, rows);
-  ggml_tensor* b = ggml_new_tensor_2d(ctx, wt, c.n_out, rows);  // B transposed: a row per stacked row
+  const int64_t b_cols = cml::gathered_b_cols(c.n_out);
+  ggml_tensor* b = ggml_new_tensor_2d(ctx, wt, b_cols, rows);  // each member's rows in tiles (gathered_b_at)
   ggml_tensor* mask = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, rows, c.n);
   ggml_tensor* dst = c.inplace ? res : ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c.n_out, c.n);
   std::mt19937 gen(7);
@@ -72,7 +73,15 @@ double run(const Case& c, GatheredIsa isa) {
     return ggml_fp16_to_fp32(static_cast<ggml_fp16_t*>(t->data)[i]);
   };
   for (int64_t i = 0; i < c.n_in * rows; ++i) av[i] = put(a, i, 0.2f * u(gen));
-  for (int64_t i = 0; i < c.n_out * rows; ++i) bv[i] = put(b, i, 0.2f * u(gen));
+  // B[r, o] of the member of segment s, bv's row s.offset + r, in its tile; the padding 0, as the bank fills it.
+  for (int64_t i = 0; i < b_cols * rows; ++i) put(b, i, 0.0f);
+  for (const auto& s : layout.segments) {
+    for (int64_t r = 0; r < s.rank; ++r) {
+      for (int64_t o = 0; o < c.n_out; ++o) {
+        bv[(s.offset + r) * c.n_out + o] = put(b, s.offset * b_cols + cml::gathered_b_at(s.rank, r, o), 0.2f * u(gen));
+      }
+    }
+  }
   for (int64_t i = 0; i < c.n_in * c.n; ++i) x[i] = static_cast<float*>(cur->data)[i] = u(gen);
   for (int64_t i = 0; i < c.n_out * c.n; ++i) r0[i] = static_cast<float*>(res->data)[i] = u(gen);
   // The mask as fill_masks writes it: each member's rows of a token's column hold its scale.
@@ -135,9 +144,10 @@ const std::vector<Case>& cases() {
       v.push_back(row("one member, " + std::to_string(n) + " tokens (blocks of 4, then the rest)", 48, 40, n, {8},
                       one_each(n, 1)));
     }
-    v.push_back(row("fewer tokens than threads: output columns split 3 ways (100 = 33/33/34)", 64, 100, 2, {8},
+    v.push_back(row("fewer tokens than threads: output columns split 3 ways on tiles (100 = 32/32/36)", 64, 100, 2, {8},
                     one_each(2, 1), true, 3));
-    v.push_back(row("a lone token on 4 threads, 13 columns each or so", 32, 53, 1, {2}, one_each(1, 1), true, 4));
+    v.push_back(row("a lone token on 4 threads: 53 columns as 8/16/8/21, the last tile partial", 32, 53, 1, {2},
+                    one_each(1, 1), true, 4));
     v.push_back(row("rank 1", 40, 24, 3, {1}, one_each(3, 1)));
     // Token 0: both members (a set of two adapters); 1: none (the base model); 2: the second at -1.5.
     v.push_back(row("a token of two members, one of none, a negative scale; dst apart from res (copied)", 33, 17, 3,
