@@ -16,6 +16,13 @@
 
 namespace cml {
 
+// llama.cpp's CPU threads: one pool, attached to the context for its life (engine.cpp says why),
+// and the CPU backend's function that frees it. Empty where that backend offers no pools.
+struct DecodeThreads {
+  ggml_threadpool_t pool = nullptr;
+  void (*free)(ggml_threadpool_t) = nullptr;
+};
+
 // How a model was split over GPUs, as its load handed llama.cpp (llama_model_params).
 struct LoadedSplit {
   std::string mode;  // none | layer | row
@@ -77,6 +84,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   EngineOptions opts_;
   llama_model* model_ = nullptr;
   llama_context* ctx_ = nullptr;
+  DecodeThreads threads_;  // freed after ctx_
   std::unique_ptr<AdapterRegistry> adapters_;
   std::unique_ptr<Scheduler> scheduler_;
   Napi::ThreadSafeFunction events_;
