@@ -2,8 +2,6 @@
 // The graph side is lora_hook.cpp.
 #include "adapter_bank.h"
 
-#include "gathered_lora.h"
-
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -11,6 +9,7 @@
 
 #include "llama-adapter.h"  // llama.cpp's internal headers: an adapter's tensors, a batch's rows (see adapter_bank.h)
 #include "llama-batch.h"
+#include "gathered_lora.h"  // the gathered copy of B's layout
 
 namespace cml {
 
@@ -227,7 +226,8 @@ bool AdapterBank::set_members(std::vector<std::shared_ptr<LoadedAdapter>> member
     bufs_.push_back(buf);
     bytes_ += ggml_backend_buffer_get_size(buf);
   }
-  // Fill: A's rows one member after the other; B's columns (stacked) or tiled rows (gathered) likewise.
+  // Fill: A's rows one member after the other; B's rows (stacked) likewise, or each member's block
+  // of B in tiles (gathered, gathered_b_at).
   for (const auto& [name, ps] : parts) {
     const Adapted& d = weights_[name];
     const Layout& layout = layouts_[d.layout];
