@@ -1,6 +1,7 @@
 // llama.cpp's CPU threads: one pool for the engine's life (attach_threads in native/engine.cpp), not
 // threads made and joined for every decode. Made per decode, a new thread can start on its maker's
-// CPU and the two spin against each other at each barrier (a tenth of the speed, at times).
+// CPU and the two spin against each other at each barrier (a tenth of the speed, at times). The
+// pool goes with the engine: closing one leaves none of its threads behind.
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../../src/engine/index.ts';
@@ -38,5 +39,15 @@ describe.skipIf(process.platform !== 'linux')('the threads a decode runs on', ()
     }
     expect(steps).toBeGreaterThanOrEqual(600);
     expect([...appeared]).toEqual([]);
+  });
+
+  it('go with the engine: after close, none of its threads is left', async () => {
+    // libuv's threads, made by the first load, stay for the process: counted in `before`.
+    const before = new Set(threadIds());
+    const other = await loadEngine('tiny-qa', { threads: 2, samplingThreads: 2 });
+    await other.generate(prompt, { greedy: true, maxTokens: 8 }).result;
+    expect(threadIds().length).toBeGreaterThan(before.size); // its pool's and its scheduler's
+    await other.close();
+    expect(threadIds().filter((id) => !before.has(id))).toEqual([]);
   });
 });
